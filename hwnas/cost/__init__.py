@@ -1,0 +1,106 @@
+"""Cost models: pure functions ``(LayerInfo, alive, Target) -> Tensor`` in a registry.
+
+A cost function is registered for a (metric, layer type) pair and looked up along the
+layer type's class hierarchy, so a subclass of ``nn.Conv2d`` is costed like a conv.
+``alive`` maps ``"in"`` and ``"out"`` to the number of alive input and output channels
+as tensors: integer counts give the exact cost, expected counts from the L0 gates give
+the differentiable cost, with the same formula.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from hwnas import cost
+    >>> class Scale(nn.Module):
+    ...     def forward(self, x):
+    ...         return x * 2
+    >>> @cost.register("ops", Scale)
+    ... def _scale_ops(info, alive, target):
+    ...     return alive["out"] * info.out_spatial
+    >>> cost.lookup("ops", Scale) is _scale_ops
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+
+from hwnas.cost.targets import LutModel, Target, known_targets, load_target
+
+if TYPE_CHECKING:
+    from hwnas.graph import LayerInfo
+
+__all__ = [
+    "CostFn",
+    "LutModel",
+    "Target",
+    "known_targets",
+    "load_target",
+    "lookup",
+    "metrics",
+    "register",
+    "evaluate",
+]
+
+CostFn = Callable[["LayerInfo", dict[str, torch.Tensor], Target], torch.Tensor]
+
+_REGISTRY: dict[str, dict[type, CostFn]] = {}
+
+
+def register(metric: str, layer_type: type) -> Callable[[CostFn], CostFn]:
+    """Decorator: register ``fn`` as the ``metric`` cost of ``layer_type`` and subclasses.
+
+    Args:
+        metric: Cost name, e.g. ``"params"``, ``"ops"``, ``"luts"`` or a new one.
+        layer_type: The module class the function applies to.
+    """
+    if not isinstance(metric, str) or not metric:
+        raise ValueError(f"`metric` must be a non-empty string, but got {metric!r}")
+    if not isinstance(layer_type, type):
+        raise TypeError(f"`layer_type` must be a class, but got {layer_type!r}")
+
+    def deco(fn: CostFn) -> CostFn:
+        _REGISTRY.setdefault(metric, {})[layer_type] = fn
+        return fn
+
+    return deco
+
+
+def metrics() -> list[str]:
+    """Names of all registered metrics."""
+    return sorted(_REGISTRY)
+
+
+def check_metric(metric: str) -> str:
+    """Return ``metric`` if it is registered, else raise a KeyError listing the known ones."""
+    if metric not in _REGISTRY:
+        raise KeyError(f"unknown cost {metric!r}; known: {', '.join(metrics())}")
+    return metric
+
+
+def lookup(metric: str, layer_type: type) -> CostFn | None:
+    """The cost function of ``metric`` for ``layer_type`` (nearest registered base class).
+
+    Returns ``None`` when no class in ``layer_type``'s hierarchy has one (the layer costs
+    nothing in that metric, like an activation's MACs). Raises KeyError for an unknown metric.
+    """
+    table = _REGISTRY[check_metric(metric)]
+    for cls in layer_type.__mro__:
+        if cls in table:
+            return table[cls]
+    return None
+
+
+def evaluate(metric: str, info: LayerInfo, alive: dict[str, torch.Tensor], target: Target):
+    """Cost of one layer in ``metric``, or ``None`` when nothing is registered for it."""
+    if info.module_type is None:
+        return None
+    fn = lookup(metric, info.module_type)
+    if fn is None:
+        return None
+    return fn(info, alive, target)
+
+
+from hwnas.cost import formulas as _formulas  # noqa: E402,F401  (registers the defaults)
