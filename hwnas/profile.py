@@ -1,0 +1,100 @@
+"""Per-layer cost profile of a model as a pandas DataFrame."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from hwnas import cost
+from hwnas.cost.targets import Target, load_target
+from hwnas.graph import LayerInfo, layers, trace
+
+__all__ = ["profile", "profile_traced", "metrics_for", "full_alive"]
+
+
+def metrics_for(target: Target) -> list[str]:
+    """The cost columns a profile on ``target`` has (``luts`` only on LUT targets)."""
+    return [m for m in cost.metrics() if m != "luts" or target.has_lut_model]
+
+
+def full_alive(info: LayerInfo) -> dict[str, torch.Tensor]:
+    """``alive`` for an unpruned layer: every input and output channel."""
+    return {
+        "in": torch.tensor(float(info.in_channels or 0)),
+        "out": torch.tensor(float(info.out_channels or 0)),
+    }
+
+
+def profile_traced(gm, target: Target) -> pd.DataFrame:
+    """Profile of a model already traced with :func:`hwnas.trace`."""
+    rows = []
+    names = metrics_for(target)
+    for info in layers(gm):
+        alive = full_alive(info)
+        row = {
+            "layer": info.target,
+            "type": info.module_type.__name__ if info.module_type else info.kind,
+            "in_channels": info.in_channels,
+            "out_channels": info.out_channels,
+            "kernel": "x".join(map(str, info.kernel)) if info.kernel else "",
+            "groups": info.groups,
+            "out_shape": "x".join(map(str, info.out_shape or ())),
+        }
+        for metric in names:
+            value = cost.evaluate(metric, info, alive, target)
+            row[metric] = 0.0 if value is None else float(value)
+        row["group"] = int(info.out_slots[0, 0]) if info.out_slots is not None else None
+        row["frozen"] = info.frozen or ""
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    for metric in names:
+        if metric != "luts" and (df[metric] == df[metric].round()).all():
+            df[metric] = df[metric].astype("int64")
+    total = {c: "" for c in df.columns}
+    total.update({"layer": "total", "type": ""})
+    for metric in names:
+        total[metric] = df[metric].sum()
+    total["in_channels"] = total["out_channels"] = total["groups"] = total["group"] = None
+    return pd.concat([df, pd.DataFrame([total])], ignore_index=True)
+
+
+def profile(
+    model: nn.Module,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    target: str | Path | Target = "generic",
+    leaf_modules: tuple[type | str, ...] = (),
+) -> pd.DataFrame:
+    """One row per layer with its channels, shapes and costs, plus a ``total`` row.
+
+    Columns: layer, type, in/out channels, kernel, groups, output shape, one column per
+    cost metric (``params``, ``ops`` = MACs, ``norm_params``, and ``luts`` on LUT targets),
+    the channel group of the layer's outputs and why it is frozen (empty when prunable).
+
+    Args:
+        model: The model (not modified).
+        example_inputs: Inputs with batch size 1 (costs are per example).
+        target: A shipped target name, a TOML path or a :class:`~hwnas.cost.Target`.
+        leaf_modules: Passed to :func:`hwnas.trace`.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+        ...                     nn.Linear(8 * 4 * 4, 10))
+        >>> df = profile(net, torch.randn(1, 3, 4, 4))
+        >>> df[["layer", "params", "ops"]].to_dict("records")[-1]
+        {'layer': 'total', 'params': 1514, 'ops': 4874}
+    """
+    target = load_target(target)
+    was_training = model.training
+    model.eval()
+    try:
+        gm = trace(model, example_inputs, leaf_modules=leaf_modules)
+    finally:
+        model.train(was_training)
+    return profile_traced(gm, target)
