@@ -501,15 +501,15 @@ class _ChannelProp(fx.Interpreter):
             else:
                 dims = n.args[1:] if len(n.args) > 2 or isinstance(n.args[1], int) else n.args[1]
                 perm = [int(v) % len(in_shape) for v in dims]
-            if any(perm[i] != i for i in range(d)) and min(perm[:d] or [0]) < d and sorted(
-                    perm[:d]) != list(range(d)):
-                self.freeze(chan.ids, f"permute moves the batch dims at {n.name}")
+            if d > 0 and perm[0] != 0:
+                self.freeze(chan.ids, f"permute moves the batch dim at {n.name}")
                 return None
-            if sorted(perm[:d]) != list(range(d)):
-                self.freeze(chan.ids, f"permute moves the batch dims at {n.name}")
-                return None
-            new = np.transpose(full, [p - d for p in perm[d:]])
-            return self.checked(n, _compress(d, new))
+            # Ids over every dim but the batch dim: dims before the channels (spatial, tokens)
+            # may move too, e.g. NCHW -> NHWC -> NCHW around a channels-last Linear.
+            lead = min(d, 1)
+            full = np.broadcast_to(full, tuple(in_shape[lead:]))
+            new = np.transpose(full, [p - lead for p in perm[lead:]])
+            return self.checked(n, _compress(lead, new))
         # view / reshape / flatten / squeeze / unsqueeze: keep the dims before the channels
         k = d
         while k > 0 and (len(shape) < k or tuple(shape[:k]) != tuple(in_shape[:k])):

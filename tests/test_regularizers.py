@@ -251,6 +251,7 @@ def test_duccio_epoch_arguments_validated():
     model = FakeSearch()
     with pytest.raises(ValueError, match=r"`epoch` and `n_epochs` must both be given or both"):
         reg(model, epoch=3)
+    assert reg.strengths is None  # a rejected call sets nothing
     with pytest.raises(ValueError, match=r"`n_epochs` must be >= 1, but got 0"):
         reg(model, epoch=0, n_epochs=0)
     with pytest.raises(ValueError, match=r"`epoch` must be >= 0, but got -1"):

@@ -38,10 +38,10 @@ __all__ = ["DUCCIO", "MIN_GAP_FRACTION"]
 MIN_GAP_FRACTION = 0.01
 
 
-def _schedule(strength: float, epoch: int | None, n_epochs: int | None) -> float:
-    """Eq. 14: the strength at ``epoch`` of ``n_epochs``; the full strength without epochs."""
+def _check_epochs(epoch: int | None, n_epochs: int | None) -> None:
+    """ValueError unless both are None or ``0 <= epoch`` and ``n_epochs >= 1``."""
     if epoch is None and n_epochs is None:
-        return strength
+        return
     if epoch is None or n_epochs is None:
         raise ValueError(
             f"`epoch` and `n_epochs` must both be given or both be None, "
@@ -51,6 +51,12 @@ def _schedule(strength: float, epoch: int | None, n_epochs: int | None) -> float
         raise ValueError(f"`n_epochs` must be >= 1, but got {n_epochs}")
     if epoch < 0:
         raise ValueError(f"`epoch` must be >= 0, but got {epoch}")
+
+
+def _schedule(strength: float, epoch: int | None, n_epochs: int | None) -> float:
+    """Eq. 14: the strength at ``epoch`` of ``n_epochs``; the full strength without epochs."""
+    if epoch is None or n_epochs is None:
+        return strength
     ramp = strength / 100 + epoch * 0.99 * strength / (n_epochs / 2)
     return min(ramp, strength)
 
@@ -177,6 +183,7 @@ class DUCCIO:
     ) -> torch.Tensor:
         """The DUCCIO term at ``epoch`` of ``n_epochs`` (full strengths if both are None)."""
         check_cost_names(model, self.targets)
+        _check_epochs(epoch, n_epochs)
         if self.strengths is None:
             self.strengths = self._initial_strengths(model)
         current = self.current_strengths(epoch, n_epochs)
@@ -199,6 +206,7 @@ class DUCCIO:
                 "DUCCIO strengths are set at the first call; call the regularizer on the "
                 "model (or load_state_dict) first"
             )
+        _check_epochs(epoch, n_epochs)
         return {n: _schedule(s, epoch, n_epochs) for n, s in self.strengths.items()}
 
     def violations(self, model: Any) -> dict[str, float]:
@@ -231,4 +239,3 @@ class DUCCIO:
             else f"final_strengths={self.final_strengths!r}"
         )
         return f"DUCCIO(targets={self.targets!r}, {how})"
-

@@ -202,8 +202,7 @@ def output_magnitude_penalty(
     """
     if reduction not in _REDUCTIONS:
         raise ValueError(
-            f"`reduction` must be one of {', '.join(map(repr, _REDUCTIONS))}, "
-            f"but got {reduction!r}"
+            f"`reduction` must be one of {', '.join(map(repr, _REDUCTIONS))}, but got {reduction!r}"
         )
     target = check_nonnegative("target", target)
     if not isinstance(output, torch.Tensor) or not output.is_floating_point() or output.ndim < 1:

@@ -1,0 +1,444 @@
+"""SearchModel: a traced copy of the user's model with one L0 gate per free channel group.
+
+Gates mask the *inputs* of the layers that read a group's channels (convs and linears,
+depthwise convs excepted: their outputs are the same channels, masked downstream). A
+pruned channel therefore contributes exactly nothing wherever it is read, whatever sits
+between its producer and its readers (BatchNorm's shift, activations with f(0) != 0,
+residual adds): this is what removing the channel physically does, so the exported
+model computes the same function as the search model in eval mode.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.fx as fx
+from torch import nn
+
+from hwnas import cost as cost_registry
+from hwnas.cost.targets import Target, load_target
+from hwnas.gates import HardConcreteGate
+from hwnas.graph import ChannelGroup, LayerInfo, channel_groups, layers, trace
+
+__all__ = ["SearchModel", "wrap"]
+
+_MASKED_KINDS = ("conv", "linear")
+
+
+class _GateValues:
+    """The gate values of the current forward pass, shared by the mask modules."""
+
+    def __init__(self) -> None:
+        self.z: dict[int, torch.Tensor] = {}
+        self.batch: int | None = None
+
+
+class ChannelMask(nn.Module):
+    """Multiplies a layer's input channels by their group gates (inserted by :func:`wrap`).
+
+    ``segments`` lists, in input-channel order, ``(group, positions)`` runs; frozen groups
+    contribute ones. ``dim`` is the channel dim of the masked input.
+    """
+
+    def __init__(
+        self,
+        state: _GateValues,
+        segments: list[tuple[int, np.ndarray]],
+        free: set[int],
+        group_sizes: list[int],
+        dim: int,
+        ndim: int,
+    ) -> None:
+        super().__init__()
+        self._state = state
+        self.groups = [g for g, _ in segments]
+        self.free = [g in free for g, _ in segments]
+        self.dim, self.ndim = dim, ndim
+        self.identity = []
+        for k, (_, pos) in enumerate(segments):
+            identity = bool(np.array_equal(pos, np.arange(group_sizes[segments[k][0]])))
+            self.identity.append(identity)
+            self.register_buffer(f"pos{k}", torch.as_tensor(pos, dtype=torch.long), persistent=False)
+        self.sizes = [len(pos) for _, pos in segments]
+
+    def channel_values(self) -> torch.Tensor:
+        """Mask values per input channel: shape (channels,) or (batch, channels)."""
+        parts = []
+        state = self._state
+        for k, g in enumerate(self.groups):
+            if not self.free[k]:
+                shape = (self.sizes[k],) if state.batch is None else (state.batch, self.sizes[k])
+                parts.append(torch.ones(shape, device=self.pos0.device))
+                continue
+            z = state.z[g]
+            parts.append(z if self.identity[k] else z.index_select(-1, getattr(self, f"pos{k}")))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values = self.channel_values().to(x.dtype)
+        per_example = values.dim() == 2
+        shape = [1] * x.dim()
+        shape[self.dim % x.dim()] = values.shape[-1]
+        if per_example:
+            shape[0] = values.shape[0]
+        return x * values.reshape(shape)
+
+
+class SearchModel(nn.Module):
+    """The user's model, traced, with hard-concrete L0 gates on its free channel groups.
+
+    Build it with :func:`wrap`. In training mode each forward samples the gates (one draw
+    per batch, or one per example with ``per_example=True``); in eval mode the
+    deterministic gates are used, which is the architecture :func:`hwnas.materialize`
+    exports.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> import hwnas
+        >>> net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3),
+        ...                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        >>> search = hwnas.wrap(net, torch.randn(1, 1, 8, 8))
+        >>> search.cost("params").requires_grad
+        True
+        >>> search.costs()["params"]
+        382.0
+    """
+
+    def __init__(
+        self,
+        gm: fx.GraphModule,
+        groups: tuple[ChannelGroup, ...],
+        cost_names: tuple[str, ...],
+        target: Target,
+        droprate_init: float,
+        per_example: bool,
+    ) -> None:
+        super().__init__()
+        self.gm = gm
+        self.groups = groups
+        self.cost_names = cost_names
+        self.target = target
+        self.per_example = per_example
+        self._state = _GateValues()
+        self.free_groups = [g.index for g in groups if g.frozen is None]
+        self.gates = nn.ModuleDict(
+            {str(g): HardConcreteGate(groups[g].size, droprate_init, per_example=per_example)
+             for g in self.free_groups}
+        )
+        self.layer_infos: list[LayerInfo] = [
+            info for info in layers(gm) if info.module_type is not None
+        ]
+        self._insert_masks()
+        self._build_alive_index()
+
+    # ------------------------------------------------------------------ construction
+    def _insert_masks(self) -> None:
+        free = set(self.free_groups)
+        graph = self.gm.graph
+        k = 0
+        for node in list(graph.nodes):
+            info: LayerInfo | None = node.meta.get("hwnas")
+            if info is None or node.op != "call_module" or info.kind not in _MASKED_KINDS:
+                continue
+            if info.depthwise or info.in_slots is None:
+                continue
+            slot_groups = info.in_slots[0]
+            if not any(int(g) in free for g in np.unique(slot_groups)):
+                continue
+            segments: list[tuple[int, np.ndarray]] = []
+            start = 0
+            for end in list(np.flatnonzero(np.diff(slot_groups)) + 1) + [len(slot_groups)]:
+                segments.append((int(slot_groups[start]), info.in_slots[1, start:end]))
+                start = end
+            ndim = len(info.out_shape or (0, 0))
+            dim = 1 if info.kind == "conv" else -1
+            mask = ChannelMask(self._state, segments, free, [g.size for g in self.groups], dim, ndim)
+            name = f"hwnas_mask_{k}"
+            k += 1
+            self.gm.add_submodule(name, mask)
+            x = node.args[0]
+            with graph.inserting_before(node):
+                masked = graph.call_module(name, (x,))
+            masked.meta["hwnas_mask_of"] = node.name
+            node.replace_input_with(x, masked)
+        graph.lint()
+        self.gm.recompile()
+
+    def _build_alive_index(self) -> None:
+        # Flat vector of per-channel "alive" values: free groups first (gate order), then
+        # one shared constant 1 for every frozen channel.
+        offsets: dict[int, int] = {}
+        total = 0
+        for g in self.free_groups:
+            offsets[g] = total
+            total += self.groups[g].size
+        self._one_index = total
+
+        def index(slots: np.ndarray | None) -> torch.Tensor:
+            if slots is None:
+                return torch.zeros(0, dtype=torch.long)
+            out = [offsets[int(g)] + int(p) if int(g) in offsets else total
+                   for g, p in zip(slots[0], slots[1], strict=True)]
+            return torch.tensor(out, dtype=torch.long)
+
+        self._alive_index = [(index(i.in_slots), index(i.out_slots)) for i in self.layer_infos]
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        state = self._state
+        batch = inputs[0].shape[0] if (self.per_example and self.training) else None
+        state.batch = batch
+        state.z = {g: self.gates[str(g)](batch) for g in self.free_groups}
+        try:
+            return self.gm(*inputs)
+        finally:
+            state.z = {}
+            state.batch = None
+
+    # ------------------------------------------------------------------ parameters
+    def arch_parameters(self) -> Iterator[nn.Parameter]:
+        """The gate logits (``log_alpha``): train them without weight decay."""
+        return (gate.log_alpha for gate in self.gates.values())
+
+    def weight_parameters(self) -> Iterator[nn.Parameter]:
+        """Every parameter of the wrapped model (not the gates)."""
+        return self.gm.parameters()
+
+    def gate(self, group: int) -> HardConcreteGate:
+        """The gate of channel group ``group`` (KeyError for frozen or unknown groups)."""
+        if str(group) not in self.gates:
+            frozen = self.groups[group].frozen if 0 <= group < len(self.groups) else None
+            raise KeyError(
+                f"group {group} has no gate" + (f" (frozen: {frozen})" if frozen else "")
+                + f"; gated groups: {self.free_groups}"
+            )
+        return self.gates[str(group)]
+
+    def gated_weights(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(weight, P(z != 0))`` pairs for every gated layer input, broadcastable."""
+        for info, (idx_in, _) in zip(self.layer_infos, self._alive_index, strict=True):
+            if info.kind not in _MASKED_KINDS or info.depthwise or info.module is None:
+                continue
+            alive = self._alive_vector("expected")[idx_in]
+            if info.in_slots is None or bool((idx_in == self._one_index).all()):
+                continue
+            weight = info.module.weight
+            shape = [1] * weight.dim()
+            shape[1] = weight.shape[1]
+            if weight.shape[1] * info.groups != alive.numel():
+                continue
+            yield weight, alive.reshape(shape)
+
+    # ------------------------------------------------------------------ costs
+    def keep_masks(self) -> dict[int, torch.Tensor]:
+        """Channels the deterministic architecture keeps, per free group.
+
+        A group whose gates are all closed keeps its channel with the largest
+        ``log_alpha``, so every layer keeps at least one channel (the exported model must
+        stay a valid network); its gate value stays 0, so it contributes nothing.
+        """
+        masks = {}
+        for g in self.free_groups:
+            gate = self.gates[str(g)]
+            keep = gate.keep_mask()
+            if not bool(keep.any()):
+                keep = torch.zeros_like(keep)
+                keep[int(gate.log_alpha.argmax())] = True
+            masks[g] = keep
+        return masks
+
+    def _alive_vector(self, mode: str) -> torch.Tensor:
+        if mode == "expected":
+            parts = [self.gates[str(g)].prob_nonzero() for g in self.free_groups]
+        elif mode == "deterministic":
+            keep = self.keep_masks()
+            parts = [keep[g].float() for g in self.free_groups]
+        elif mode == "straight_through":
+            keep = self.keep_masks()
+            parts = []
+            for g in self.free_groups:
+                p = self.gates[str(g)].prob_nonzero()
+                parts.append(keep[g].to(p.dtype) + p - p.detach())
+        else:
+            raise ValueError(
+                f"`mode` must be 'expected', 'straight_through' or 'deterministic', "
+                f"but got {mode!r}"
+            )
+        device = next(self.gm.parameters(), torch.zeros(())).device
+        one = torch.ones(1, device=device)
+        return torch.cat([p.to(device) for p in parts] + [one])
+
+    def layer_costs(self, mode: str = "deterministic") -> pd.DataFrame:
+        """Per-layer costs (one row per layer) for ``mode`` (see :meth:`cost`)."""
+        rows = []
+        alive_vec = self._alive_vector(mode).detach()
+        for info, (idx_in, idx_out) in zip(self.layer_infos, self._alive_index, strict=True):
+            alive = {"in": alive_vec[idx_in].sum(), "out": alive_vec[idx_out].sum()}
+            row = {"layer": info.target, "type": info.module_type.__name__,
+                   "in_channels": info.in_channels, "in_kept": float(alive["in"]),
+                   "out_channels": info.out_channels, "out_kept": float(alive["out"])}
+            for name in self._metrics():
+                value = cost_registry.evaluate(name, info, alive, self.target)
+                row[name] = 0.0 if value is None else float(value)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def _metrics(self) -> list[str]:
+        return [m for m in cost_registry.metrics() if m != "luts" or self.target.has_lut_model]
+
+    def cost(self, name: str, mode: str = "expected") -> torch.Tensor:
+        """Differentiable total cost ``name`` of the architecture.
+
+        Args:
+            name: A registered metric (``params``, ``ops``, ``luts``, ...).
+            mode: ``"expected"`` uses P(z != 0) per channel (Louizos' expected L0);
+                ``"straight_through"`` has the value of the deterministic architecture
+                (what export produces) and the gradient of the expected cost;
+                ``"deterministic"`` is the exported architecture's cost, no gradient.
+        """
+        cost_registry.check_metric(name)
+        if name == "luts" and not self.target.has_lut_model:
+            cost_registry.formulas.lut_model(self.target)
+        alive_vec = self._alive_vector(mode)
+        total = alive_vec.new_zeros(())
+        for info, (idx_in, idx_out) in zip(self.layer_infos, self._alive_index, strict=True):
+            fn = cost_registry.lookup(name, info.module_type)
+            if fn is None:
+                continue
+            idx_in = idx_in.to(alive_vec.device)
+            idx_out = idx_out.to(alive_vec.device)
+            alive = {"in": alive_vec[idx_in].sum(), "out": alive_vec[idx_out].sum()}
+            total = total + fn(info, alive, self.target)
+        return total
+
+    def costs(self) -> dict[str, float]:
+        """Exact costs of the deterministic architecture (what export will produce)."""
+        with torch.no_grad():
+            return {name: float(self.cost(name, "deterministic")) for name in self._metrics()}
+
+    def reference_costs(self) -> dict[str, float]:
+        """Costs of the unpruned model (every gate open)."""
+        with torch.no_grad():
+            ones = self._alive_vector("expected").detach() * 0 + 1
+            totals = dict.fromkeys(self._metrics(), 0.0)
+            for info, (idx_in, idx_out) in zip(self.layer_infos, self._alive_index, strict=True):
+                alive = {"in": ones[idx_in].sum(), "out": ones[idx_out].sum()}
+                for name in totals:
+                    value = cost_registry.evaluate(name, info, alive, self.target)
+                    totals[name] += 0.0 if value is None else float(value)
+            return totals
+
+    # ------------------------------------------------------------------ reporting
+    def summary(self, by: str = "layer") -> pd.DataFrame:
+        """Channels kept per layer (``by="layer"``) or per channel group (``by="group"``)."""
+        if by == "group":
+            keep = self.keep_masks()
+            rows = []
+            for g in self.groups:
+                kept = int(keep[g.index].sum()) if g.index in keep else g.size
+                rows.append({"group": g.index, "channels": g.size, "kept": kept,
+                             "producers": ", ".join(g.producers), "frozen": g.frozen or ""})
+            return pd.DataFrame(rows)
+        if by != "layer":
+            raise ValueError(f"`by` must be 'layer' or 'group', but got {by!r}")
+        df = self.layer_costs("deterministic")
+        groups = [int(i.out_slots[0, 0]) if i.out_slots is not None else -1
+                  for i in self.layer_infos]
+        df.insert(2, "group", groups)
+        df["frozen"] = [i.frozen or "" for i in self.layer_infos]
+        for col in ("in_kept", "out_kept"):
+            df[col] = df[col].round().astype("int64")
+        return df
+
+    def export(self) -> nn.Module:
+        """The pruned plain model; see :func:`hwnas.materialize`."""
+        from hwnas.export import materialize
+
+        return materialize(self)
+
+
+def wrap(
+    model: nn.Module,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    costs: Iterable[str] = ("params", "ops"),
+    target: str | Path | Target = "generic",
+    exclude: Iterable[str] = (),
+    droprate_init: float = 0.05,
+    per_example: bool = False,
+    leaf_modules: tuple[type | str, ...] = (),
+) -> SearchModel:
+    """Wrap a copy of ``model`` for channel search.
+
+    Args:
+        model: The model; it is deep-copied, never modified.
+        example_inputs: Example inputs with batch size 1 (costs are per example).
+        costs: Metrics the search is expected to use (validated against the registry).
+        target: Hardware target name, TOML path or :class:`~hwnas.cost.Target`.
+        exclude: Module names (as in ``model.named_modules()``) whose output channels
+            must not be pruned.
+        droprate_init: Initial probability that a gate is closed (Louizos' ``p``): small
+            values start from the full model, right for a pre-trained one.
+        per_example: Sample an independent gate per example (a (batch, channels) mask)
+            instead of one per batch.
+        leaf_modules: Passed to :func:`hwnas.trace`.
+
+    Returns:
+        A :class:`SearchModel`.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> import hwnas
+        >>> net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+        >>> search = hwnas.wrap(net, torch.randn(1, 4), costs=("params",))
+        >>> search.summary(by="group")["kept"].tolist()
+        [4, 16, 2]
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be an nn.Module, but got {type(model).__name__}")
+    costs = tuple(costs)
+    if isinstance(exclude, str):
+        raise TypeError("`exclude` must be a collection of module names, not a single string")
+    exclude = tuple(exclude)
+    target = load_target(target)
+    for name in costs:
+        cost_registry.check_metric(name)
+        if name == "luts" and not target.has_lut_model:
+            cost_registry.formulas.lut_model(target)
+    if not 0.0 < droprate_init < 1.0:
+        raise ValueError(f"`droprate_init` must be in (0, 1), but got {droprate_init!r}")
+    copied = copy.deepcopy(model)
+    module_names = {name for name, _ in copied.named_modules() if name}
+    unknown = [e for e in exclude if e not in module_names]
+    if unknown:
+        raise ValueError(
+            f"`exclude` names no layer: {unknown}; layers are e.g. "
+            f"{sorted(module_names)[:10]}"
+        )
+    was_training = copied.training
+    copied.eval()
+    gm = trace(copied, example_inputs, leaf_modules=leaf_modules)
+    gm.train(was_training)
+    groups = list(channel_groups(gm))
+    if exclude:
+        for node in gm.graph.nodes:
+            info = node.meta.get("hwnas")
+            if node.op == "call_module" and info is not None and info.out_slots is not None:
+                if any(str(node.target) == e or str(node.target).startswith(e + ".")
+                       for e in exclude):
+                    for g in np.unique(info.out_slots[0]):
+                        if groups[int(g)].frozen is None:
+                            groups[int(g)] = _frozen(groups[int(g)], f"excluded: {node.target}")
+    return SearchModel(gm, tuple(groups), costs, target, droprate_init, per_example)
+
+
+def _frozen(group: ChannelGroup, reason: str) -> ChannelGroup:
+    from dataclasses import replace
+
+    return replace(group, frozen=reason)
