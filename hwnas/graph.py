@@ -204,16 +204,18 @@ def _symbolic_trace(model: nn.Module, leaf_modules: tuple) -> fx.GraphModule:
     except Exception as e:
         stack = list(tracer.module_stack.items())
         where = ""
-        suggestion = "a leaf module"
-        if len(stack) > 1:
+        suggestion = "a submodule and pass its class in leaf_modules="
+        if stack:  # the root module is not on the stack, only submodules
             qualname, mtype = stack[-1]
             cls = mtype[1] if isinstance(mtype, tuple) else mtype
             cls_name = getattr(cls, "__name__", str(cls))
             where = f" inside module {qualname!r} ({cls_name})"
-            suggestion = f"leaf_modules=({cls_name},) or leaf_modules=({qualname!r},)"
+            suggestion = (
+                f"a leaf module: pass leaf_modules=({cls_name},) or leaf_modules=({qualname!r},)"
+            )
         raise TraceError(
             f"torch.fx cannot trace {type(model).__name__}{where}: {e}{_user_frame(e)}\n"
-            f"Make the part with data-dependent control flow {suggestion}: hwnas then treats "
+            f"Make the part with data-dependent control flow {suggestion}; hwnas then treats "
             f"it as one opaque layer whose channels are frozen."
         ) from e
     name = type(model).__name__

@@ -134,6 +134,7 @@ class SearchModel(nn.Module):
         self.layer_infos: list[LayerInfo] = [
             info for info in layers(gm) if info.module_type is not None
         ]
+        self._nonempty_slot_sets = self._slot_sets()
         self._insert_masks()
         self._build_alive_index()
 
@@ -169,6 +170,18 @@ class SearchModel(nn.Module):
             node.replace_input_with(x, masked)
         graph.lint()
         self.gm.recompile()
+
+    def _slot_sets(self) -> list[np.ndarray]:
+        """Channel sets that must keep at least one channel: each group, each layer's
+        inputs and outputs, each piece of a channel split."""
+        sets = [np.stack([np.full(g.size, g.index), np.arange(g.size)]) for g in self.groups]
+        for info in self.layer_infos:
+            sets.extend(s for s in (info.in_slots, info.out_slots) if s is not None)
+        for node in self.gm.graph.nodes:
+            chan = node.meta.get("hwnas_chan")
+            if isinstance(chan, list):
+                sets.extend(c[1] for c in chan if c is not None and c[1].ndim == 2)
+        return sets
 
     def _build_alive_index(self) -> None:
         # Flat vector of per-channel "alive" values: free groups first (gate order), then
@@ -239,18 +252,21 @@ class SearchModel(nn.Module):
     def keep_masks(self) -> dict[int, torch.Tensor]:
         """Channels the deterministic architecture keeps, per free group.
 
-        A group whose gates are all closed keeps its channel with the largest
-        ``log_alpha``, so every layer keeps at least one channel (the exported model must
-        stay a valid network); its gate value stays 0, so it contributes nothing.
+        Every layer must keep at least one input and one output channel, and every piece
+        of a channel split at least one channel (the exported model must stay a valid
+        network): where the gates close all of them, the channel with the largest
+        ``log_alpha`` is kept. Its gate value stays 0, so it contributes nothing.
         """
-        masks = {}
-        for g in self.free_groups:
-            gate = self.gates[str(g)]
-            keep = gate.keep_mask()
-            if not bool(keep.any()):
-                keep = torch.zeros_like(keep)
-                keep[int(gate.log_alpha.argmax())] = True
-            masks[g] = keep
+        masks = {g: self.gates[str(g)].keep_mask().clone() for g in self.free_groups}
+        for slots in self._nonempty_slot_sets:
+            free = [k for k in range(slots.shape[1]) if int(slots[0, k]) in masks]
+            if not free or len(free) < slots.shape[1]:
+                continue  # some channel is frozen, hence kept
+            if any(bool(masks[int(slots[0, k])][int(slots[1, k])]) for k in free):
+                continue
+            best = max(free, key=lambda k: float(
+                self.gates[str(int(slots[0, k]))].log_alpha[int(slots[1, k])]))
+            masks[int(slots[0, best])][int(slots[1, best])] = True
         return masks
 
     def _alive_vector(self, mode: str) -> torch.Tensor:

@@ -15,7 +15,7 @@ Example:
     ...         return x * 2
     >>> @cost.register("ops", Scale)
     ... def _scale_ops(info, alive, target):
-    ...     return alive["out"] * info.out_spatial
+    ...     return alive["out"] * info.positions
     >>> cost.lookup("ops", Scale) is _scale_ops
     True
 """

@@ -65,9 +65,13 @@ def norm_params(info: LayerInfo, alive: Alive, target: Target) -> torch.Tensor:
         return torch.zeros_like(alive["out"])
     has_bias = getattr(module, "bias", None) is not None
     if isinstance(module, nn.LayerNorm):
-        # LayerNorm's affine covers every normalised element, not only the channel dim.
-        per_channel = sum(p.numel() for p in module.parameters()) / max(info.out_channels or 1, 1)
-        return alive["out"] * per_channel
+        # LayerNorm's affine covers every normalised element, not only the channel dim. When
+        # the tracer found no channel slots (normalised over spatial dims, or over C,H,W) the
+        # count does not follow the alive channels: it is the constant parameter count.
+        total = float(sum(p.numel() for p in module.parameters()))
+        if not info.out_channels:
+            return torch.zeros_like(alive["out"]) + total
+        return alive["out"] * (total / info.out_channels)
     return alive["out"] * (1.0 + float(has_bias))
 
 
