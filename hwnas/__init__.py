@@ -15,15 +15,22 @@ Wrap a model for search, set cost targets, export the pruned model to ONNX:
 
 from hwnas import cost, regularizers
 from hwnas.cost.targets import Target, known_targets, load_target
+from hwnas.export import ExportError, ExportResult, export_onnx, materialize
 from hwnas.gates import L0, HardConcreteGate
 from hwnas.graph import ChannelGroup, LayerInfo, TraceError, channel_groups, layers, trace
 from hwnas.profile import profile
 from hwnas.search import SearchModel, wrap
+from hwnas.train import EarlyStopping, FitConfig, FitResult, fit, relative_targets
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ChannelGroup",
+    "EarlyStopping",
+    "ExportError",
+    "ExportResult",
+    "FitConfig",
+    "FitResult",
     "HardConcreteGate",
     "L0",
     "LayerInfo",
@@ -32,11 +39,15 @@ __all__ = [
     "TraceError",
     "channel_groups",
     "cost",
+    "export_onnx",
+    "fit",
     "known_targets",
     "layers",
     "load_target",
+    "materialize",
     "profile",
     "regularizers",
+    "relative_targets",
     "trace",
     "wrap",
 ]

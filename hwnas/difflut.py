@@ -303,13 +303,15 @@ class LUTLayer(nn.Module):
                 f"LUTLayer expects inputs of shape (batch, {self.in_features}), "
                 f"but got {tuple(x.shape)}"
             )
-        if self.connection_logits is not None and not self.is_binary():
-            soft = torch.softmax(self.connection_logits, dim=-1)
-            hard = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)
-            weights = hard + soft - soft.detach()  # straight-through selection
-            return torch.einsum("bi,nki->bnk", x, weights)
         idx = self.connection_indices()
-        return x.index_select(1, idx.reshape(-1)).reshape(x.shape[0], self.out_features, self.k)
+        hard = x.index_select(1, idx.reshape(-1)).reshape(x.shape[0], self.out_features, self.k)
+        if self.connection_logits is not None and not self.is_binary():
+            # straight-through: the value is exactly the argmax input (``s - s`` is exactly 0);
+            # the connection logits get the softmax mixture's gradient, x the hard one's.
+            soft = torch.softmax(self.connection_logits, dim=-1)
+            mixed = torch.einsum("bi,nki->bnk", x.detach(), soft)
+            return hard + (mixed - mixed.detach())
+        return hard
 
     def forward(self, x: Tensor) -> Tensor:
         sel = self.gather_inputs(x)
@@ -765,14 +767,17 @@ def used_nodes(model: nn.Module) -> list[Tensor]:
     layers = _lut_layers(model)
     used = [torch.ones(m.out_features, dtype=torch.bool) for m in layers]
     for j in range(len(layers) - 1, 0, -1):
-        prev, cur = layers[j - 1], layers[j]
-        if cur.in_features != prev.out_features:
-            continue
-        dep = input_dependence(cur) & used[j][:, None]
-        mask = torch.zeros(prev.out_features, dtype=torch.bool)
-        mask[cur.connection_indices().cpu()[dep]] = True
-        used[j - 1] = mask
+        if layers[j].in_features == layers[j - 1].out_features:
+            used[j - 1] = _read_inputs(layers[j], used[j])
     return used
+
+
+def _read_inputs(layer: LUTLayer, used: Tensor) -> Tensor:
+    """Which of ``layer``'s inputs some used node depends on: bool (in_features,)."""
+    dep = input_dependence(layer) & used[:, None]
+    mask = torch.zeros(layer.in_features, dtype=torch.bool)
+    mask[layer.connection_indices().cpu()[dep]] = True
+    return mask
 
 
 # --------------------------------------------------------------------------- LUT cost
@@ -848,9 +853,9 @@ def groupsum_luts(features: int, k_classes: int, target: Target | str) -> Tensor
     return torch.tensor(float(k_classes * adder_bits * model.luts_per_adder_bit))
 
 
-def _encoder_luts(encoder: ThermometerEncoder, target: Target) -> Tensor:
+def _encoder_luts(encoder: ThermometerEncoder, target: Target, bits: int | None = None) -> Tensor:
     model = _lut_model(target)
-    comparators = encoder.in_features * encoder.num_bits
+    comparators = encoder.out_features if bits is None else bits
     return torch.tensor(float(comparators * target.activation_bits * model.luts_per_comparator_bit))
 
 
@@ -904,7 +909,10 @@ def lut_report(model: nn.Module, target: Target | str) -> pd.DataFrame:
     One row per encoder, LUT layer and GroupSum of ``model`` (in ``model.modules()``
     order), columns ``layer``, ``type``, ``nodes``, ``used_nodes``, ``k``, ``mean_k_eff``
     (over used nodes), ``luts``. LUT layers count ``table_luts(k_eff)`` over their used nodes
-    (:func:`used_nodes`); the sum of ``luts`` is the model's estimate.
+    (:func:`used_nodes`); an encoder counts the comparators of the bits that a used node of
+    the first LUT layer depends on (``used_nodes`` is that number of bits); the sum of
+    ``luts`` is the model's estimate. Constant propagation is not done: a node whose input is
+    a constant bit (a constant node or a threshold above the data range) keeps that input.
 
     Example:
         >>> import torch
@@ -942,15 +950,19 @@ def lut_report(model: nn.Module, target: Target | str) -> pd.DataFrame:
             )
             last_width = m.out_features
         elif isinstance(m, _ENCODERS):
+            first = layers[0]
+            n_bits = m.out_features
+            if first.in_features == n_bits:  # comparators whose bit no used node reads go
+                n_bits = int(_read_inputs(first, used[id(first)]).sum())
             rows.append(
                 dict(
                     layer=name,
                     type=type(m).__name__,
                     nodes=m.out_features,
-                    used_nodes=m.out_features,
+                    used_nodes=n_bits,
                     k=1,
                     mean_k_eff=1.0,
-                    luts=float(_encoder_luts(m, target)),
+                    luts=float(_encoder_luts(m, target, n_bits)),
                 )
             )
         elif isinstance(m, GroupSum):

@@ -261,7 +261,14 @@ def materialize(search: SearchModel) -> fx.GraphModule:
         for node in graph.nodes:
             for key in ("hwnas", "hwnas_chan", "hwnas_mask_of"):
                 node.meta.pop(key, None)
+            if isinstance(node.type, str):
+                # A string annotation (``from __future__ import annotations``) becomes a str
+                # global of the generated code, which GraphModule.__reduce__ cannot pickle.
+                node.type = None
         gm.meta.pop("hwnas_groups", None)
+        # Unpickling a GraphModule re-traces its code with its tracer class: use torch's, so
+        # that loading the exported model does not import hwnas.
+        gm._tracer_cls = graph._tracer_cls = None
         graph.lint()
         gm.recompile()
     gm.train(search.training)

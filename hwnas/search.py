@@ -36,6 +36,7 @@ class _GateValues:
     def __init__(self) -> None:
         self.z: dict[int, torch.Tensor] = {}
         self.batch: int | None = None
+        self.enabled = True
 
 
 class ChannelMask(nn.Module):
@@ -80,6 +81,8 @@ class ChannelMask(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._state.enabled:
+            return x
         values = self.channel_values().to(x.dtype)
         per_example = values.dim() == 2
         shape = [1] * x.dim()
@@ -125,6 +128,8 @@ class SearchModel(nn.Module):
         self.cost_names = cost_names
         self.target = target
         self.per_example = per_example
+        #: Default ``mode`` of :meth:`cost` (regularizers call ``cost(name)``).
+        self.cost_mode = "expected"
         self._state = _GateValues()
         self.free_groups = [g.index for g in groups if g.frozen is None]
         self.gates = nn.ModuleDict(
@@ -203,8 +208,19 @@ class SearchModel(nn.Module):
         self._alive_index = [(index(i.in_slots), index(i.out_slots)) for i in self.layer_infos]
 
     # ------------------------------------------------------------------ forward
+    @property
+    def gates_enabled(self) -> bool:
+        """False while gates are bypassed (plain training of the full model, e.g. warm-up)."""
+        return self._state.enabled
+
+    @gates_enabled.setter
+    def gates_enabled(self, value: bool) -> None:
+        self._state.enabled = bool(value)
+
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         state = self._state
+        if not state.enabled:
+            return self.gm(*inputs)
         batch = inputs[0].shape[0] if (self.per_example and self.training) else None
         state.batch = batch
         state.z = {g: self.gates[str(g)](batch) for g in self.free_groups}
@@ -265,7 +281,7 @@ class SearchModel(nn.Module):
             if any(bool(masks[int(slots[0, k])][int(slots[1, k])]) for k in free):
                 continue
             best = max(free, key=lambda k: float(
-                self.gates[str(int(slots[0, k]))].log_alpha[int(slots[1, k])]))
+                self.gates[str(int(slots[0, k]))].log_alpha.detach()[int(slots[1, k])]))
             masks[int(slots[0, best])][int(slots[1, best])] = True
         return masks
 
@@ -308,12 +324,13 @@ class SearchModel(nn.Module):
     def _metrics(self) -> list[str]:
         return [m for m in cost_registry.metrics() if m != "luts" or self.target.has_lut_model]
 
-    def cost(self, name: str, mode: str = "expected") -> torch.Tensor:
+    def cost(self, name: str, mode: str | None = None) -> torch.Tensor:
         """Differentiable total cost ``name`` of the architecture.
 
         Args:
             name: A registered metric (``params``, ``ops``, ``luts``, ...).
-            mode: ``"expected"`` uses P(z != 0) per channel (Louizos' expected L0);
+            mode: ``None`` uses ``self.cost_mode`` (``"expected"`` unless changed).
+                ``"expected"`` uses P(z != 0) per channel (Louizos' expected L0);
                 ``"straight_through"`` has the value of the deterministic architecture
                 (what export produces) and the gradient of the expected cost;
                 ``"deterministic"`` is the exported architecture's cost, no gradient.
@@ -321,7 +338,7 @@ class SearchModel(nn.Module):
         cost_registry.check_metric(name)
         if name == "luts" and not self.target.has_lut_model:
             cost_registry.formulas.lut_model(self.target)
-        alive_vec = self._alive_vector(mode)
+        alive_vec = self._alive_vector(self.cost_mode if mode is None else mode)
         total = alive_vec.new_zeros(())
         for info, (idx_in, idx_out) in zip(self.layer_infos, self._alive_index, strict=True):
             fn = cost_registry.lookup(name, info.module_type)
@@ -350,6 +367,38 @@ class SearchModel(nn.Module):
                     totals[name] += 0.0 if value is None else float(value)
             return totals
 
+    def enforce_targets_(self, targets: dict[str, float]) -> int:
+        """Close gates, least likely first, until the exported costs meet ``targets``.
+
+        The relaxed cost a regularizer drives under its target can land slightly above it
+        once the gates are binarised. This projection closes the open channel with the
+        smallest ``log_alpha`` (its gate is set to exactly 0) until every target is met
+        or nothing more can be closed (each layer keeps one channel). Returns how many
+        channels it closed.
+        """
+        for name in targets:
+            cost_registry.check_metric(name)
+        closed = 0
+        with torch.no_grad():
+            while any(self.cost(n, "deterministic") > t for n, t in targets.items()):
+                keep = self.keep_masks()
+                best: tuple[float, int, int] | None = None
+                for g in self.free_groups:
+                    gate = self.gates[str(g)]
+                    open_ = gate.keep_mask() & keep[g]
+                    if int(open_.sum()) <= 1:
+                        continue
+                    la = gate.log_alpha.masked_fill(~open_, float("inf"))
+                    k = int(la.argmin())
+                    if best is None or float(la[k]) < best[0]:
+                        best = (float(la[k]), g, k)
+                if best is None:
+                    break
+                _, g, k = best
+                self.gates[str(g)].log_alpha[k] = -10.0
+                closed += 1
+        return closed
+
     # ------------------------------------------------------------------ reporting
     def summary(self, by: str = "layer") -> pd.DataFrame:
         """Channels kept per layer (``by="layer"``) or per channel group (``by="group"``)."""
@@ -367,10 +416,19 @@ class SearchModel(nn.Module):
         groups = [int(i.out_slots[0, 0]) if i.out_slots is not None else -1
                   for i in self.layer_infos]
         df.insert(2, "group", groups)
-        df["frozen"] = [i.frozen or "" for i in self.layer_infos]
+        df["frozen"] = [self._layer_frozen(i) or "" for i in self.layer_infos]
         for col in ("in_kept", "out_kept"):
             df[col] = df[col].round().astype("int64")
         return df
+
+    def _layer_frozen(self, info: LayerInfo) -> str | None:
+        # Like LayerInfo.frozen (the reason of the first frozen group the layer writes), but
+        # from self.groups, which also holds the groups frozen by wrap(exclude=...).
+        own = info.out_slots if info.out_slots is not None else info.in_slots
+        if own is None:
+            return info.frozen
+        return next((self.groups[int(g)].frozen for g in np.unique(own[0])
+                     if self.groups[int(g)].frozen is not None), None)
 
     def export(self) -> nn.Module:
         """The pruned plain model; see :func:`hwnas.materialize`."""
@@ -385,7 +443,7 @@ def wrap(
     costs: Iterable[str] = ("params", "ops"),
     target: str | Path | Target = "generic",
     exclude: Iterable[str] = (),
-    droprate_init: float = 0.05,
+    droprate_init: float = 0.3,
     per_example: bool = False,
     leaf_modules: tuple[type | str, ...] = (),
 ) -> SearchModel:
@@ -398,8 +456,10 @@ def wrap(
         target: Hardware target name, TOML path or :class:`~hwnas.cost.Target`.
         exclude: Module names (as in ``model.named_modules()``) whose output channels
             must not be pruned.
-        droprate_init: Initial probability that a gate is closed (Louizos' ``p``): small
-            values start from the full model, right for a pre-trained one.
+        droprate_init: Initial probability that a gate is closed (Louizos' ``p``). At 0.3
+            the gates start at P(open) = 0.7 (deterministic value 0.79), where they still
+            move quickly; values near 0 start exactly at the full model but saturate the
+            gates, so the search needs more epochs to close channels.
         per_example: Sample an independent gate per example (a (batch, channels) mask)
             instead of one per batch.
         leaf_modules: Passed to :func:`hwnas.trace`.

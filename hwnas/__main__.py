@@ -1,0 +1,6 @@
+"""python -m hwnas"""
+import sys
+
+from hwnas.cli import main
+
+sys.exit(main())

@@ -1,0 +1,308 @@
+"""Tests for hwnas/search.py: wrap(), SearchModel's gates, costs, summaries and bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import hwnas
+from hwnas.search import ChannelMask, SearchModel
+
+try:  # tests/ as a plain directory on sys.path (pytest rootdir "prepend" import mode)
+    from zoo import build, names
+except ImportError:  # tests/ imported as a package
+    from tests.zoo import build, names
+
+LIGHT = names()
+# Zoo models with at least one free group (mlp_layernorm has none: LayerNorm freezes it).
+GATED = [n for n in LIGHT if n != "mlp_layernorm"]
+METRICS = ["norm_params", "ops", "params"]
+
+
+def _wrap(name: str, **kwargs) -> tuple[SearchModel, nn.Module, torch.Tensor]:
+    model, x = build(name)
+    return hwnas.wrap(model, x, **kwargs), model, x
+
+
+def _close_all_(search: SearchModel) -> None:
+    for g in search.free_groups:
+        search.gate(g).set_deterministic_(torch.zeros(search.gate(g).n))
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("name", GATED)
+@pytest.mark.parametrize("metric", ["params", "ops"])
+def test_cost_gradient_reaches_every_gate_logit(name: str, metric: str) -> None:
+    search, _, _ = _wrap(name)
+    assert search.free_groups
+    cost = search.cost(metric)
+    assert cost.requires_grad
+    cost.backward()
+    for g in search.free_groups:
+        grad = search.gate(g).log_alpha.grad
+        assert grad is not None and grad.shape == (search.gate(g).n,)
+        assert bool((grad > 0).all()), (g, grad)  # more channels alive, more cost
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "resnet", "grouped", "split_permute",
+                                  "shufflenet", "densenet"])
+def test_cost_only_loss_drives_free_groups_to_their_minimum(name: str) -> None:
+    search, _, _ = _wrap(name, exclude=("features.0",) if name == "digits_cnn" else ())
+    floor = copy.deepcopy(search)
+    _close_all_(floor)
+    minimum = {g: int(m.sum()) for g, m in floor.keep_masks().items()}
+    before = search.layer_costs()
+    frozen_rows = [
+        k for k, info in enumerate(search.layer_infos)
+        if all(search.groups[int(g)].frozen is not None
+               for slots in (info.in_slots, info.out_slots) if slots is not None
+               for g in slots[0])
+    ]
+    reference = search.reference_costs()["ops"]
+    optimizer = torch.optim.Adam(search.arch_parameters(), lr=0.1)
+    for _ in range(200):
+        optimizer.zero_grad()
+        (search.cost("ops") / reference).backward()
+        optimizer.step()
+    kept = {g: int(m.sum()) for g, m in search.keep_masks().items()}
+    assert kept == minimum
+    assert all(v >= 1 for v in kept.values())
+    summary = search.summary(by="group")
+    for row in summary.itertuples():
+        if row.frozen:
+            assert row.kept == row.channels, row
+        else:
+            assert row.kept == minimum[row.group]
+    after = search.layer_costs()
+    if name in ("digits_cnn", "grouped"):  # excluded conv + BN; grouped convs
+        assert len(frozen_rows) >= 2
+    for k in frozen_rows:
+        assert after.loc[k, METRICS].tolist() == before.loc[k, METRICS].tolist()
+    assert search.costs()["ops"] < 0.7 * reference
+
+
+# ---------------------------------------------------------------------- wrap's copy
+
+
+def test_wrap_does_not_modify_the_model() -> None:
+    model, x = build("resnet")
+    before = copy.deepcopy(model.state_dict())
+    search = hwnas.wrap(model, x)
+    assert search.training and model.training
+    optimizer = torch.optim.SGD([*search.weight_parameters(), *search.arch_parameters()], lr=0.5)
+    xb = torch.randn(4, *x.shape[1:])
+    loss = F.cross_entropy(search(xb), torch.tensor([0, 1, 2, 3])) + search.cost("ops") * 1e-6
+    loss.backward()
+    optimizer.step()
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model.training
+    # the search model did change (weights and BN statistics)
+    moved = search.gm.state_dict()
+    assert not torch.equal(moved["conv1.weight"], before["conv1.weight"])
+    assert not torch.equal(moved["bn1.running_mean"], before["bn1.running_mean"])
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", LIGHT)
+def test_fresh_search_model_equals_the_model_in_eval(name: str) -> None:
+    model, x = build(name)
+    model.eval()
+    search = hwnas.wrap(model, x, droprate_init=0.01).eval()
+    for g in search.free_groups:
+        assert bool((search.gate(g).deterministic() == 1).all())
+    xb = torch.cat([x, torch.randn(2, *x.shape[1:])])
+    with torch.no_grad():
+        assert torch.allclose(search(xb), model(xb), atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------------ per example
+
+
+def _mask_values(search: SearchModel, x: torch.Tensor) -> list[torch.Size]:
+    shapes: list[torch.Size] = []
+    masks = [m for m in search.modules() if isinstance(m, ChannelMask)]
+    handles = [m.register_forward_hook(
+        lambda mod, inp, out: shapes.append(mod.channel_values().shape)) for m in masks]
+    try:
+        search(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def test_per_example_masks() -> None:
+    torch.manual_seed(0)
+    search, _, x = _wrap("digits_cnn", per_example=True, droprate_init=0.5)
+    same = x.expand(2, *x.shape[1:]).clone()
+    search.train()
+    assert _mask_values(search, same) == [torch.Size([2, 32]), torch.Size([2, 64]),
+                                          torch.Size([2, 64])]
+    assert search.gate(1)(5).shape == (5, 32)
+    y = search(same)
+    assert not torch.allclose(y[0], y[1], atol=1e-4)
+    # in eval mode one deterministic mask serves the whole batch
+    search.eval()
+    assert _mask_values(search, same) == [torch.Size([32]), torch.Size([64]), torch.Size([64])]
+    with torch.no_grad():
+        y = search(same)
+    assert torch.allclose(y[0], y[1], atol=1e-6)
+
+
+def test_per_batch_masks_are_shared() -> None:
+    torch.manual_seed(0)
+    search, _, x = _wrap("digits_cnn", droprate_init=0.5)
+    same = x.expand(2, *x.shape[1:]).clone()
+    search.train()
+    assert _mask_values(search, same) == [torch.Size([32]), torch.Size([64]), torch.Size([64])]
+    y = search(same)
+    assert torch.allclose(y[0], y[1], atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ costs
+
+
+@pytest.mark.parametrize("name", LIGHT)
+def test_costs_at_init_match_profile(name: str) -> None:
+    search, model, x = _wrap(name)
+    total = hwnas.profile(model, x).iloc[-1]
+    costs = search.costs()
+    assert sorted(costs) == METRICS
+    for metric in METRICS:
+        assert costs[metric] == float(total[metric]), metric
+    assert search.reference_costs() == costs
+
+
+def test_straight_through_has_the_deterministic_value_and_gradients() -> None:
+    search, _, _ = _wrap("resnet")
+    g = torch.Generator().manual_seed(0)
+    for k in search.free_groups:
+        n = search.gate(k).n
+        values = torch.rand(n, generator=g)
+        values[values < 0.5] = 0.0
+        search.gate(k).set_deterministic_(values)
+    costs = search.costs()
+    for metric in ("params", "ops"):
+        st = search.cost(metric, "straight_through")
+        assert float(st.detach()) == costs[metric]
+        assert float(search.cost(metric, "expected")) != costs[metric]
+        assert not search.cost(metric, "deterministic").requires_grad
+        for p in search.arch_parameters():
+            p.grad = None
+        st.backward()
+        for k in search.free_groups:
+            grad = search.gate(k).log_alpha.grad
+            assert grad is not None and bool((grad > 0).all())
+
+
+def test_parameters_split_into_arch_and_weights() -> None:
+    search, model, _ = _wrap("se")
+    arch = [id(p) for p in search.arch_parameters()]
+    weights = [id(p) for p in search.weight_parameters()]
+    assert len(arch) == len(search.free_groups) == len(set(arch))
+    assert not set(arch) & set(weights)
+    assert set(arch) | set(weights) == {id(p) for p in search.parameters()}
+    assert len(weights) == len(list(model.parameters()))
+    assert sum(p.numel() for p in search.arch_parameters()) == sum(
+        search.groups[g].size for g in search.free_groups)
+
+
+# ---------------------------------------------------------------------------- summary
+
+
+def test_summary_by_layer_and_group() -> None:
+    search, _, _ = _wrap("digits_cnn")
+    search.gate(1).set_deterministic_([0.0, 0.7] * 16)  # 16 of 32 kept
+    search.gate(2).set_deterministic_([0.0, 0.0, 0.0, 1.0] * 16)  # 16 of 64 kept
+    layer = search.summary()
+    assert list(layer.columns) == ["layer", "type", "group", "in_channels", "in_kept",
+                                   "out_channels", "out_kept", *METRICS, "frozen"]
+    rows = layer.set_index("layer")
+    assert rows.loc["features.0", ["in_kept", "out_kept", "group"]].tolist() == [1, 16, 1]
+    assert rows.loc["features.1", ["in_kept", "out_kept", "norm_params"]].tolist() == [16, 16, 32]
+    conv = rows.loc["features.3"]
+    assert [conv.in_channels, conv.in_kept, conv.out_channels, conv.out_kept] == [32, 16, 64, 16]
+    assert conv.params == 16 * (16 * 9 + 1)
+    assert conv.ops == 16 * (16 * 9 + 1) * 8 * 8
+    assert rows.loc["features.7", "params"] == 64 * (16 * 9 + 1)
+    assert rows.loc["fc", "frozen"] == "model output"
+    assert rows.loc["features.0", "frozen"] == ""
+    costs = search.costs()
+    for metric in METRICS:
+        assert layer[metric].sum() == costs[metric]
+    group = search.summary(by="group")
+    assert list(group.columns) == ["group", "channels", "kept", "producers", "frozen"]
+    assert group["channels"].tolist() == [1, 32, 64, 64, 10]
+    assert group["kept"].tolist() == [1, 16, 16, 64, 10]
+    assert group["frozen"].tolist() == ["model input", "", "", "", "model output"]
+    assert group.loc[1, "producers"] == "features_0"
+
+
+# ---------------------------------------------------------------------------- exclude
+
+
+def test_exclude_freezes_the_layer_output_group() -> None:
+    search, _, _ = _wrap("digits_cnn", exclude=("features.0",))
+    assert search.free_groups == [2, 3]
+    group = search.summary(by="group").set_index("group")
+    assert group.loc[1, "frozen"] == "excluded: features.0"
+    assert group.loc[1, "kept"] == 32
+    layer = search.summary().set_index("layer")
+    assert layer.loc["features.0", "frozen"].startswith("excluded")
+    assert layer.loc["features.1", "frozen"].startswith("excluded")  # its BN
+    assert layer.loc["features.3", "frozen"] == ""
+    with pytest.raises(KeyError, match=r"group 1 has no gate \(frozen: excluded"):
+        search.gate(1)
+    _close_all_(search)
+    assert search.summary().set_index("layer").loc["features.0", "out_kept"] == 32
+    everything = hwnas.wrap(*build("digits_cnn"), exclude=("features",))
+    assert everything.free_groups == []
+
+
+# -------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_errors() -> None:
+    model, x = build("digits_cnn")
+    search = hwnas.wrap(model, x)
+    with pytest.raises(KeyError, match=r"unknown cost 'lut'; known: .*luts.*ops.*params"):
+        search.cost("lut")
+    with pytest.raises(KeyError, match=r"unknown cost 'macs'; known: .*ops"):
+        hwnas.wrap(model, x, costs=("macs",))
+    with pytest.raises(ValueError, match=r"`exclude` names no layer: \['conv9'\]; layers are"):
+        hwnas.wrap(model, x, exclude=("conv9",))
+    with pytest.raises(TypeError, match="`exclude` must be a collection"):
+        hwnas.wrap(model, x, exclude="features.0")
+    for bad in (0.0, 1.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match=r"`droprate_init` must be in \(0, 1\)"):
+            hwnas.wrap(model, x, droprate_init=bad)
+    with pytest.raises(ValueError, match="no LUT model; use one of .*ice40-lut4.*xc7-lut6"):
+        hwnas.wrap(model, x, costs=("params", "luts"))
+    with pytest.raises(ValueError, match="no LUT model; use one of"):
+        search.cost("luts")
+    with pytest.raises(TypeError, match="`model` must be an nn.Module, but got function"):
+        hwnas.wrap(lambda t: t, x)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`mode` must be 'expected'"):
+        search.cost("params", "sampled")
+    with pytest.raises(ValueError, match="`by` must be 'layer' or 'group', but got 'node'"):
+        search.summary(by="node")
+    with pytest.raises(KeyError, match=r"group 0 has no gate \(frozen: model input\)"):
+        search.gate(0)
+    with pytest.raises(KeyError, match=r"group 99 has no gate; gated groups: \[1, 2, 3\]"):
+        search.gate(99)
+
+
+def test_luts_cost_on_a_lut_target() -> None:
+    model, x = build("digits_cnn")
+    search = hwnas.wrap(model, x, costs=("params", "luts"), target="xc7-lut6")
+    assert "luts" in search.costs()
+    assert search.costs()["luts"] > 0
+    assert search.cost("luts").requires_grad
