@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     targets = relative_targets(search, {"params": 0.5, "ops": 0.5})
     config = FitConfig(
         warmup_epochs=args.warmup_epochs, search_epochs=args.search_epochs,
-        finetune_epochs=0, lr=1e-3, arch_lr=0.05, seed=args.seed, progress=not args.quiet,
+        finetune_epochs=0, lr=1e-3, arch_lr=0.1, seed=args.seed, progress=not args.quiet,
     )
     t0 = time.perf_counter()
     result = fit(search, data.train, data.test, targets=targets, config=config)
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
         "",
         "Data: scikit-learn digits, 80/20 split (random_state=0), 1437 train / 360 test.",
         "Model: Conv(1,32,3)-BN-ReLU-Conv(32,64,3)-BN-ReLU-MaxPool2-Conv(64,64,3)-BN-ReLU-"
-        "GAP-Linear(64,10). Adam lr 1e-3 (weights), 0.05 (gates), batch 64.",
+        "GAP-Linear(64,10). Adam lr 1e-3 (weights), 0.1 (gates), batch 64.",
         "",
         "| cost | original | target | exported | ratio | met |",
         "|---|---:|---:|---:|---:|:---:|",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     path = Path(args.checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise ValueError(f"{str(path)!r} is not a search result written by `hwnas search` "
+                         f"(torch.load failed: {e})") from e
     if not isinstance(state, dict) or state.get("format") != "hwnas-search":
         raise ValueError(f"{str(path)!r} is not a search result written by `hwnas search` "
                          "(expected search.pt in the output folder)")

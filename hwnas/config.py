@@ -95,7 +95,9 @@ def load_factory(spec: str) -> Callable[..., Any]:
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
-            raise ValueError(f"cannot import module {module_name!r} of factory {spec!r}: {e}") from e
+            raise ValueError(
+                f"cannot import module {module_name!r} of factory {spec!r}: {e}"
+            ) from e
     if not hasattr(module, attr):
         raise ValueError(f"module {module_name!r} has no attribute {attr!r} (factory {spec!r})")
     return getattr(module, attr)
@@ -126,6 +128,11 @@ class ModelSection:
                 and all(isinstance(v, int) and v > 0 for v in shape)):
             raise ValueError(f"[model] `input_shape` must be a list of positive integers, but "
                              f"got {shape!r}")
+        if not isinstance(self.kwargs, dict):
+            raise ValueError(f"[model] `kwargs` must be a table, but got {self.kwargs!r}")
+        if isinstance(self.leaf_modules, str) or not isinstance(self.leaf_modules, (list, tuple)):
+            raise ValueError(f"[model] `leaf_modules` must be a list of class names, but got "
+                             f"{self.leaf_modules!r}")
         object.__setattr__(self, "input_shape", tuple(shape))
         object.__setattr__(self, "leaf_modules", tuple(self.leaf_modules))
 
@@ -139,6 +146,8 @@ class DataSection:
         if not isinstance(self.factory, str) or ":" not in self.factory:
             raise ValueError(f"[data] `factory` must be 'module:function', but got "
                              f"{self.factory!r}")
+        if not isinstance(self.kwargs, dict):
+            raise ValueError(f"[data] `kwargs` must be a table, but got {self.kwargs!r}")
 
 
 @dataclass(frozen=True)
@@ -172,6 +181,11 @@ class SearchSection:
 @dataclass(frozen=True)
 class OutputSection:
     folder: str = "runs/search"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.folder, str) or not self.folder:
+            raise ValueError(f"[output] `folder` must be a non-empty string, but got "
+                             f"{self.folder!r}")
 
 
 @dataclass(frozen=True)
@@ -211,6 +225,8 @@ def _section(raw: Mapping[str, Any], name: str, cls: type, required: bool) -> An
     except TypeError as e:
         missing = [f.name for f in fields(cls) if f.name not in data
                    and f.default is MISSING and f.default_factory is MISSING]
+        if not missing:
+            raise ValueError(f"[{name}]: {e}") from e
         raise ValueError(f"[{name}] is missing required key(s) {missing}") from e
 
 

@@ -660,6 +660,7 @@ class _Run:
             "warmup_loss": self.warmup_loss,
             "phase_done": self.phase_done,
             "rng": _rng_state(),
+            "loader_rng": _loader_generator_state(self.train_data),
         }
 
     def restore(self, state: Mapping[str, Any], path) -> None:
@@ -691,6 +692,15 @@ class _Run:
             self.optimizer.load_state_dict(state["optimizer"])
             self.optimizer_phase = phase
         _set_rng_state(state["rng"])
+        generator = getattr(self.train_data, "generator", None)
+        if state.get("loader_rng") is not None and isinstance(generator, torch.Generator):
+            generator.set_state(state["loader_rng"])
+
+
+def _loader_generator_state(data: Any) -> torch.Tensor | None:
+    """The shuffling generator's state of a DataLoader (so a resumed run shuffles alike)."""
+    generator = getattr(data, "generator", None)
+    return generator.get_state() if isinstance(generator, torch.Generator) else None
 
 
 def _config_fingerprint(config: FitConfig) -> dict[str, Any]:
