@@ -93,6 +93,13 @@ def main(argv: list[str] | None = None) -> dict:
         f"{onnx_result.max_abs_diff:.2e} at batch sizes {onnx_result.batch_sizes}.",
         f"Warm-up + search wall time: {search_time:.1f} s on this machine.",
         "",
+        "Per-epoch history (warm-up and search; validation = the test split):",
+        "",
+        result.history[[c for c in ("epoch", "phase", "task_loss", "reg_loss", "val_accuracy",
+                                    "cost_params", "cost_ops", "closed_by_projection")
+                        if c in result.history.columns]].to_markdown(index=False,
+                                                                     floatfmt=".4g"),
+        "",
         "Channels kept per layer:",
         "",
         search.summary()[["layer", "type", "out_channels", "out_kept"]].to_markdown(index=False),

@@ -48,12 +48,21 @@ def run_search(config, progress: bool = True) -> dict[str, Any]:
     from hwnas.config import load_factory
     from hwnas.export import export_onnx
     from hwnas.report import write_report
-    from hwnas.train import EarlyStopping, FitConfig, evaluate, fit, relative_targets
+    from hwnas.train import (
+        EarlyStopping,
+        FitConfig,
+        evaluate,
+        fit,
+        relative_targets,
+        shard_loader,
+    )
 
     s = config.search
+    rank0 = _init_distributed()
     torch.manual_seed(s.seed)
     model = load_factory(config.model.factory)(**config.model.kwargs)
     train, val = _loaders(load_factory(config.data.factory)(**config.data.kwargs))
+    train = shard_loader(train, seed=s.seed)
     example = torch.randn(config.model.input_shape)
     search = hwnas.wrap(model, example, costs=tuple(s.targets), target=s.target,
                         droprate_init=s.droprate_init,
@@ -63,6 +72,7 @@ def run_search(config, progress: bool = True) -> dict[str, Any]:
         warmup_epochs=s.warmup_epochs, search_epochs=s.search_epochs,
         finetune_epochs=s.finetune_epochs, lr=s.lr, arch_lr=s.arch_lr,
         weight_decay=s.weight_decay, cost_mode=s.cost_mode, seed=s.seed, progress=progress,
+        device=_device(),
         early_stopping=EarlyStopping(patience=s.patience) if s.patience else None,
     )
     out = config.output_dir
@@ -70,7 +80,11 @@ def run_search(config, progress: bool = True) -> dict[str, Any]:
     result = fit(search, train, val, targets=targets, config=fit_config,
                  checkpoint=out / "checkpoint.pt")
     assert result.model is not None
-    exported = result.model.eval()
+    exported = result.model.eval().cpu()
+    search.cpu()
+    if not rank0:  # only rank 0 writes files
+        return {"folder": out, "paths": {}, "onnx": None, "costs": result.costs,
+                "targets": targets, "accuracy": None, "before": None, "after": None}
     torch.save({"format": "hwnas-search", "config": config.to_dict(),
                 "search": search.state_dict(), "model": exported.state_dict()},
                out / "search.pt")
@@ -91,7 +105,35 @@ def run_search(config, progress: bool = True) -> dict[str, Any]:
             "targets": targets, "accuracy": accuracy, "before": before, "after": after}
 
 
+def _device() -> str | None:
+    """``cuda:LOCAL_RANK`` when a GPU is there, else None (the model's device: CPU)."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return None
+
+
+def _init_distributed() -> bool:
+    """Join the process group torchrun describes (gloo on CPU, NCCL on GPU); True on rank 0."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def _print_before_after(summary: dict[str, Any]) -> None:
+    if summary["before"] is None:
+        return
     before = summary["before"].iloc[-1]
     after = summary["after"].iloc[-1]
     print("\n| cost | original | target | exported | met |")
@@ -127,10 +169,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
     from hwnas.config import load_config
 
     config = load_config(args.config)
-    summary = run_search(config, progress=not args.no_progress)
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, but got {args.nproc}")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc_per_node={args.nproc}", "-m", "hwnas", "search", args.config]
+        if args.no_progress:
+            command.append("--no-progress")
+        return subprocess.run(command).returncode
+    try:
+        summary = run_search(config, progress=not args.no_progress)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     _print_before_after(summary)
     return 0
 
@@ -211,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run warm-up, search and fine-tune as described by a TOML "
                                    "config; see hwnas.config for the schema.")
     p.add_argument("config", help="path to the TOML config")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes on this machine (DistributedDataParallel via torchrun; "
+                        "gloo on CPU, NCCL on GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_search)
 

@@ -39,6 +39,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections import deque
@@ -1086,6 +1087,43 @@ def _as_input(example_inputs: Tensor | tuple[Tensor, ...]) -> Tensor:
     return example_inputs.detach().float().cpu()
 
 
+def _torch_onnx_export(net: nn.Module, x: Tensor, path: Path) -> None:
+    """``torch.onnx.export`` with a dynamic batch: dynamo first, TorchScript as fallback."""
+    import warnings
+
+    # the dynamo exporter logs one warning per missing optional op library (torchvision)
+    log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(
+                    net,
+                    (x,),
+                    str(path),
+                    dynamo=True,
+                    external_data=False,
+                    verbose=False,
+                    dynamic_shapes=({0: torch.export.Dim("batch")},),
+                    input_names=["x"],
+                    output_names=["scores"],
+                )
+            except Exception:  # noqa: BLE001 - any dynamo failure: use the TorchScript path
+                torch.onnx.export(
+                    net,
+                    (x,),
+                    str(path),
+                    dynamo=False,
+                    dynamic_axes={"x": {0: "batch"}, "scores": {0: "batch"}},
+                    input_names=["x"],
+                    output_names=["scores"],
+                )
+    finally:
+        log.setLevel(level)
+
+
 def export_lut_onnx(
     model: nn.Module, path: str | os.PathLike[str], example_inputs: Tensor | tuple[Tensor, ...]
 ) -> Path:
@@ -1119,8 +1157,6 @@ def export_lut_onnx(
         ...     out.name
         'lut.onnx'
     """
-    import warnings
-
     import numpy as np
     import onnx
     import onnxruntime as ort
@@ -1137,31 +1173,7 @@ def export_lut_onnx(
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        batch = torch.export.Dim("batch")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(
-                    net,
-                    (x,),
-                    str(tmp),
-                    input_names=["x"],
-                    output_names=["scores"],
-                    dynamo=True,
-                    dynamic_shapes=({0: batch},),
-                    external_data=False,
-                    verbose=False,
-                )
-            except Exception:  # noqa: BLE001 - any dynamo failure: use the TorchScript path
-                torch.onnx.export(
-                    net,
-                    (x,),
-                    str(tmp),
-                    input_names=["x"],
-                    output_names=["scores"],
-                    dynamo=False,
-                    dynamic_axes={"x": {0: "batch"}, "scores": {0: "batch"}},
-                )
+        _torch_onnx_export(net, x, tmp)
         onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]

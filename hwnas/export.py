@@ -434,11 +434,12 @@ def export_onnx(
                         f"onnxruntime output differs from PyTorch by {diff:.3g} > atol={atol:g} "
                         f"(batch sizes {batches})"
                     )
+            # Before the move: a model that fails to profile leaves nothing at ``path`` either.
+            costs = profile(model, tuple(x[:1] for x in example_inputs)).iloc[-1]
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-        costs = profile(model, tuple(x[:1] for x in example_inputs)).iloc[-1]
     finally:
         model.train(was_training)
         quiet.restore()

@@ -36,7 +36,9 @@ __all__ = [
     "FitResult",
     "evaluate",
     "fit",
+    "recalibrate_batchnorm_",
     "relative_targets",
+    "shard_loader",
 ]
 
 PHASES = ("warmup", "search", "finetune")
@@ -126,11 +128,15 @@ class FitConfig:
         enforce_targets: At the end of the search, close the least likely channels until
             the exported costs meet the targets (``SearchModel.enforce_targets_``): the
             relaxed costs can meet a target that the binarised gates overshoot.
+        recalibrate_bn: At the end of the search, recompute BatchNorm statistics on the
+            training data with the eval-mode gates (:func:`recalibrate_batchnorm_`).
         seed: Seeds torch, numpy and random at the start (``None``: leave them).
         device: ``"cpu"``, ``"cuda"``, ... (``None``: where the model is).
         progress: Show tqdm progress bars.
         stop_after: Stop this call after this many epochs in total (the checkpoint then
             resumes the run); ``None`` runs to the end.
+        on_epoch_end: Called as ``on_epoch_end(row, search)`` after every epoch with that
+            epoch's history row (a dict).
     """
 
     warmup_epochs: int = 5
@@ -142,10 +148,12 @@ class FitConfig:
     early_stopping: EarlyStopping | None = None
     cost_mode: str = "expected"
     enforce_targets: bool = True
+    recalibrate_bn: bool = True
     seed: int | None = 0
     device: str | None = None
     progress: bool = True
     stop_after: int | None = None
+    on_epoch_end: Callable[[dict[str, Any], SearchModel], None] | None = None
 
     def __post_init__(self) -> None:
         for name in ("warmup_epochs", "search_epochs", "finetune_epochs"):
@@ -275,6 +283,102 @@ def evaluate(
     return result
 
 
+def evaluate_batches(model: nn.Module, data: Iterable, loss_fn: Callable,
+                     device: torch.device) -> float:
+    """Mean ``loss_fn`` over ``data`` in the model's current modes, without gradients."""
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for batch in data:
+            inputs, target = _split(_to(batch, device))
+            size = inputs[0].shape[0]
+            total += float(loss_fn(model(*inputs), target)) * size
+            n += size
+    return total / max(n, 1)
+
+
+def recalibrate_batchnorm_(
+    model: nn.Module, data: Iterable, device: str | None = None, max_batches: int | None = None
+) -> int:
+    """Recompute every BatchNorm's running statistics on ``data`` with the eval-mode gates.
+
+    During the search, BatchNorm statistics are accumulated under *sampled* gates; the
+    exported architecture uses the deterministic ones, whose activations have other
+    statistics. This re-estimates the statistics (a cumulative average over the batches)
+    with the gates fixed, the standard recalibration for networks whose width changes.
+    Weights are not touched. Returns the number of batches used.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+        >>> recalibrate_batchnorm_(net, [(torch.randn(8, 3) + 5, None)])
+        1
+        >>> bool(net[1].running_mean.abs().sum() > 0)
+        True
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats]
+    if not norms:
+        return 0
+    dev = torch.device(device) if device else _device_of(model)
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+        m.train()
+    used = 0
+    try:
+        with torch.no_grad():
+            for batch in data:
+                if max_batches is not None and used >= max_batches:
+                    break
+                inputs = batch[:-1] if isinstance(batch, (list, tuple)) and len(batch) > 1 \
+                    else (batch,)
+                model(*_to(tuple(inputs), dev))
+                used += 1
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+    return used
+
+
+def shard_loader(loader: Any, seed: int = 0) -> Any:
+    """This rank's share of a DataLoader under torch.distributed (the loader itself otherwise).
+
+    The result reads ``loader.dataset`` through a ``DistributedSampler`` (shuffled when
+    the loader shuffles, seeded by ``seed``; :func:`fit` calls ``set_epoch``) with
+    ``batch_size // world_size`` per rank, so the global batch stays the same.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> loader = DataLoader(TensorDataset(torch.zeros(10, 2)), batch_size=4)
+        >>> shard_loader(loader) is loader  # not distributed
+        True
+    """
+    if not _distributed():
+        return loader
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader, RandomSampler
+    from torch.utils.data.distributed import DistributedSampler
+
+    world = dist.get_world_size()
+    batch = loader.batch_size
+    if batch is None or batch % world:
+        raise ValueError(
+            f"the loader's batch_size must be divisible by the world size {world}, "
+            f"but got {batch}"
+        )
+    shuffle = isinstance(loader.sampler, RandomSampler)
+    sampler = DistributedSampler(loader.dataset, shuffle=shuffle, seed=seed)
+    return DataLoader(loader.dataset, batch_size=batch // world, sampler=sampler,
+                      num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                      drop_last=loader.drop_last)
+
+
 def _device_of(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -353,10 +457,25 @@ class _Checkpoint:
         return state
 
 
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 def _is_rank0() -> bool:
     import torch.distributed as dist
 
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return not _distributed() or dist.get_rank() == 0
+
+
+def _broadcast_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm statistics) on every rank."""
+    if _distributed():
+        import torch.distributed as dist
+
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
 
 
 def _check_model_state(search: SearchModel, state: Mapping[str, torch.Tensor], path) -> None:
@@ -444,7 +563,11 @@ def fit(
     if state is not None:
         run.restore(state, ckpt.path)
     elif config.seed is not None:
-        _seed_all(config.seed)
+        # Under torch.distributed each rank draws its own gate noise (seed + rank);
+        # DistributedDataParallel broadcasts rank 0's weights and gates at the start.
+        import torch.distributed as dist
+
+        _seed_all(config.seed + (dist.get_rank() if _distributed() else 0))
     if stopper is not None and state is not None and state.get("stopper") is not None:
         stopper.load_state_dict(state["stopper"])
 
@@ -471,7 +594,11 @@ def fit(
                 stopper.reset()
             run.finish(phase)
             run.epoch = run.phase_end(phase)
+        if config.on_epoch_end is not None:
+            config.on_epoch_end(row, search)
         ckpt.save(run.state(stopper))
+    for p in search.arch_parameters():
+        p.requires_grad_(True)
     finished = run.epoch >= config.total_epochs
     if finished:
         run.ensure_exported()
@@ -495,10 +622,13 @@ class _Run:
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.warmup_loss: float | None = None
+        self.start_loss: float | None = None
         self.phase_done: dict[str, bool] = {}
         self.exported: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.optimizer_phase: str | None = None
+        self.ddp: nn.Module | None = None
+        self.ddp_phase: str | None = None
 
     # -- phases ------------------------------------------------------------------------
     def bounds(self) -> dict[str, tuple[int, int]]:
@@ -525,20 +655,48 @@ class _Run:
         if self.optimizer_phase != phase:
             self.optimizer = self.new_optimizer(phase)
             self.optimizer_phase = phase
+        if self.ddp_phase != phase:
+            self.ddp = self.wrap_ddp(phase)
+            self.ddp_phase = phase
         if phase == "search" and self.regularizer is None:
             self.regularizer = DUCCIO(self.targets, task_loss=self.task_loss_reference())
 
+    def wrap_ddp(self, phase: str) -> nn.Module | None:
+        """A DistributedDataParallel view of this phase's model (None when not distributed).
+
+        The gates take part only in the search phase: they are frozen (no gradient) in the
+        other phases so DDP needs no ``find_unused_parameters``.
+        """
+        for p in self.search.arch_parameters():
+            p.requires_grad_(phase == "search")
+        if not _distributed():
+            return None
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = self.current_model(phase)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+
     def task_loss_reference(self) -> float:
-        """The warm-up's last task loss, or (no warm-up) the untrained model's loss."""
-        if self.warmup_loss is not None:
-            return self.warmup_loss
-        self.search.gates_enabled = False
+        """L_task(theta_0) of DUCCIO's Eq. 13: the task loss at the start of the search.
+
+        Measured over the training data with the gates on and sampled as in training
+        (BatchNorm in eval mode, no gradient). The converged warm-up loss of a small
+        model can be near zero, which would make every strength too weak to move a
+        gate; the loss with the gates on is the loss the search actually starts from.
+        """
+        if self.start_loss is not None:
+            return self.start_loss
+        was_training = self.search.training
+        self.search.gates_enabled = True
+        self.search.eval()
+        self.search.gates.train()
         try:
-            self.warmup_loss = evaluate(self.search, self.train_data, self.loss_fn,
-                                        str(self.device))["loss"]
+            self.start_loss = evaluate_batches(self.search, self.train_data, self.loss_fn,
+                                               self.device)
         finally:
-            self.search.gates_enabled = True
-        return self.warmup_loss
+            self.search.train(was_training)
+        return self.start_loss
 
     def new_optimizer(self, phase: str) -> torch.optim.Optimizer:
         if phase == "finetune":
@@ -557,6 +715,12 @@ class _Run:
                 row["closed_by_projection"] = closed
                 for name, value in self.search.costs().items():
                     row[f"cost_{name}"] = value
+        if phase == "search" and self.config.recalibrate_bn:
+            recalibrate_batchnorm_(self.search, self.train_data, str(self.device))
+            _broadcast_buffers(self.search)
+            if self.val_data is not None:
+                metrics = evaluate(self.search, self.val_data, self.loss_fn, str(self.device))
+                self.history[-1].update({f"val_{k}": v for k, v in metrics.items()})
         if phase == "warmup":
             self.warmup_loss = next(
                 (r["task_loss"] for r in reversed(self.history) if r["phase"] == "warmup"), None)
@@ -578,9 +742,13 @@ class _Run:
 
         model = self.current_model(phase)
         assert model is not None and self.optimizer is not None
+        forward = self.ddp if self.ddp is not None else model
         search_phase = phase == "search"
         self.search.gates_enabled = phase != "warmup"
         model.train()
+        sampler = getattr(self.train_data, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)  # DistributedSampler: a new shuffle every epoch
         t0 = time.perf_counter()
         sums = {"loss": 0.0, "task_loss": 0.0, "reg_loss": 0.0}
         seen, correct, counted = 0, 0, 0
@@ -589,7 +757,7 @@ class _Run:
                    disable=not (self.config.progress and _is_rank0()), leave=False)
         for batch in bar:
             inputs, target = _split(_to(batch, self.device))
-            output = model(*inputs)
+            output = forward(*inputs)
             task = self.loss_fn(output, target)
             loss = task
             reg = None
@@ -610,6 +778,9 @@ class _Run:
                 counted += size
             bar.set_postfix(self.postfix(sums, seen, correct, counted, search_phase))
         bar.close()
+        # DDP syncs buffers at the start of a forward: make the last step's BatchNorm
+        # statistics agree too, so every rank evaluates and saves the same model.
+        _broadcast_buffers(model)
         row: dict[str, Any] = {"epoch": self.epoch, "phase": phase}
         row.update({k: v / max(seen, 1) for k, v in sums.items()})
         if counted:
@@ -658,6 +829,7 @@ class _Run:
             "stopper": None if stopper is None else stopper.state_dict(),
             "history": self.history,
             "warmup_loss": self.warmup_loss,
+            "start_loss": self.start_loss,
             "phase_done": self.phase_done,
             "rng": _rng_state(),
             "loader_rng": _loader_generator_state(self.train_data),
@@ -677,6 +849,7 @@ class _Run:
         self.epoch = state["epoch"]
         self.history = list(state["history"])
         self.warmup_loss = state["warmup_loss"]
+        self.start_loss = state["start_loss"]
         self.phase_done = dict(state["phase_done"])
         if state["exported"] is not None:
             self.ensure_exported()
@@ -704,7 +877,8 @@ def _loader_generator_state(data: Any) -> torch.Tensor | None:
 
 
 def _config_fingerprint(config: FitConfig) -> dict[str, Any]:
-    keep = replace(config, progress=False, stop_after=None, early_stopping=None, device=None)
+    keep = replace(config, progress=False, stop_after=None, early_stopping=None, device=None,
+                   on_epoch_end=None)
     out = {k: getattr(keep, k) for k in keep.__dataclass_fields__}
     out["early_stopping"] = None if config.early_stopping is None else (
         config.early_stopping.patience, config.early_stopping.min_delta,

@@ -55,7 +55,11 @@ def parity_logits(k: int, m: int) -> torch.Tensor:
 
 def info_for(module: nn.Module, in_channels: int | None = None) -> LayerInfo:
     return LayerInfo(
-        name="n", target="n", kind="layer", module_type=type(module), module=module,
+        name="n",
+        target="n",
+        kind="layer",
+        module_type=type(module),
+        module=module,
         in_channels=in_channels,
     )
 

@@ -248,7 +248,8 @@ class RandomNet(nn.Module):
 
 WIDTH = st.integers(2, 12)
 BLOCK = st.one_of(
-    st.tuples(st.just("conv"), WIDTH, st.sampled_from((1, 3)), st.booleans(), st.sampled_from(ACTS)),
+    st.tuples(st.just("conv"), WIDTH, st.sampled_from((1, 3)), st.booleans(),
+              st.sampled_from(ACTS)),
     st.tuples(st.just("res"), WIDTH, st.sampled_from(ACTS)),
     st.tuples(st.just("cat"), st.integers(1, 6), st.integers(1, 6), st.sampled_from(ACTS)),
     st.tuples(st.just("dw"), st.booleans(), st.sampled_from(ACTS)),
@@ -478,7 +479,18 @@ def test_failed_export_keeps_an_older_file(tmp_path: Path) -> None:
 
 
 class _Unexportable(nn.Module):
-    """Leaves torch through numpy: the exporter cannot trace it."""
+    """An op without an ONNX translation: the exporter fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) + torch.special.bessel_j0(x[:, :2])
+
+
+class _Untraceable(nn.Module):
+    """Leaves torch through numpy: the ONNX exporter copes, torch.fx (the profile) cannot."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -490,8 +502,16 @@ class _Unexportable(nn.Module):
 
 def test_exporter_failure_leaves_no_file(tmp_path: Path) -> None:
     path = tmp_path / "net.onnx"
-    with pytest.raises(ExportError, match="torch.onnx.export failed"):
+    with pytest.raises(ExportError, match="torch.onnx.export failed for _Unexportable"):
         export_onnx(_Unexportable(), path, torch.randn(1, 4))
+    assert not path.exists()
+    _no_leftovers(tmp_path, set())
+
+
+def test_profile_failure_leaves_no_file(tmp_path: Path) -> None:
+    path = tmp_path / "net.onnx"
+    with pytest.raises(hwnas.TraceError, match="cannot trace _Untraceable"):
+        export_onnx(_Untraceable(), path, torch.randn(1, 4))
     assert not path.exists()
     _no_leftovers(tmp_path, set())
 

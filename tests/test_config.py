@@ -1,0 +1,179 @@
+"""Tests for hwnas/config.py: TOML schema validation, loading, factories, output folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hwnas.config import DEMO_CONFIG, SearchConfig, load_config, load_factory, parse_config
+
+torch.set_num_threads(1)
+
+MINIMAL = """
+[model]
+factory = "hwnas.models:digits_cnn"
+input_shape = [1, 1, 8, 8]
+
+[data]
+factory = "hwnas.datasets:digits"
+
+[search]
+targets = {params = 0.5}
+"""
+
+
+def test_demo_config_parses() -> None:
+    cfg = parse_config(DEMO_CONFIG)
+    assert isinstance(cfg, SearchConfig)
+    assert cfg.model.factory == "hwnas.models:digits_cnn"
+    assert cfg.model.input_shape == (1, 1, 8, 8)
+    assert cfg.data.kwargs == {"batch_size": 64}
+    assert cfg.search.target == "xc7-lut6"
+    assert cfg.search.targets == {"params": 0.5, "ops": 0.5}
+    assert (cfg.search.warmup_epochs, cfg.search.search_epochs,
+            cfg.search.finetune_epochs, cfg.search.patience) == (10, 20, 10, 3)
+    assert cfg.output_dir == Path("reports/demo")
+
+
+def test_defaults_of_a_minimal_config() -> None:
+    cfg = parse_config(MINIMAL)
+    assert cfg.search.target == "generic"
+    assert cfg.search.cost_mode == "expected"
+    assert cfg.search.lr == pytest.approx(1e-3)
+    assert cfg.model.leaf_modules == ()
+    assert cfg.output.folder == "runs/search"
+    assert cfg.to_dict()["model"]["input_shape"] == (1, 1, 8, 8)
+
+
+def test_unknown_key_is_named_with_allowed_keys() -> None:
+    text = MINIMAL.replace("[search]\n", "[search]\nwarmup = 3\n")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['warmup'\] in \[search\]") as info:
+        parse_config(text)
+    allowed = str(info.value).split("allowed: ")[1].split(", ")
+    assert {"warmup_epochs", "search_epochs", "finetune_epochs", "targets"} <= set(allowed)
+    assert "warmup" not in allowed
+
+
+def test_unknown_table() -> None:
+    with pytest.raises(ValueError,
+                       match=r"unknown table\(s\) \['trainer'\]; allowed: data, model, output"):
+        parse_config(MINIMAL + "\n[trainer]\nepochs = 3\n")
+
+
+def test_missing_model_table() -> None:
+    text = MINIMAL.replace('[model]\nfactory = "hwnas.models:digits_cnn"\n'
+                           "input_shape = [1, 1, 8, 8]\n", "")
+    assert "[model]" not in text
+    with pytest.raises(ValueError, match=r"the config needs a \[model\] table"):
+        parse_config(text)
+
+
+def test_missing_required_key_is_named() -> None:
+    text = MINIMAL.replace('factory = "hwnas.models:digits_cnn"\n', "")
+    with pytest.raises(ValueError, match=r"\[model\] is missing required key\(s\) \['factory'\]"):
+        parse_config(text)
+
+
+@pytest.mark.parametrize("shape", ["[]", "[1, 0, 8, 8]", "[1, -1]", '"1,1,8,8"', "[1.5, 8]"])
+def test_bad_input_shape(shape: str) -> None:
+    text = MINIMAL.replace("input_shape = [1, 1, 8, 8]", f"input_shape = {shape}")
+    with pytest.raises(ValueError, match=r"\[model\] `input_shape` must be a list of positive"):
+        parse_config(text)
+
+
+@pytest.mark.parametrize("fraction", ["0", "-0.5", '"half"'])
+def test_bad_target_fraction(fraction: str) -> None:
+    text = MINIMAL.replace("targets = {params = 0.5}", f"targets = {{params = {fraction}}}")
+    with pytest.raises(ValueError,
+                       match=r"target fraction for 'params' must be a number > 0, but got"):
+        parse_config(text)
+
+
+def test_empty_targets() -> None:
+    text = MINIMAL.replace("targets = {params = 0.5}", "targets = {}")
+    with pytest.raises(ValueError, match=r"\[search\] `targets` must be a table like"):
+        parse_config(text)
+
+
+def test_bad_toml_syntax() -> None:
+    with pytest.raises(ValueError, match=r"the config is not valid TOML: .*line 2"):
+        parse_config('[model]\nfactory = "a:b\ninput_shape = [1, 1]\n')
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("leaf_modules = 3", r"\[model\] `leaf_modules` must be a list of class names, but got 3"),
+    ("kwargs = 3", r"\[model\] `kwargs` must be a table, but got 3"),
+])
+def test_bad_model_values_are_named(line: str, message: str) -> None:
+    text = MINIMAL.replace("input_shape = [1, 1, 8, 8]\n", f"input_shape = [1, 1, 8, 8]\n{line}\n")
+    with pytest.raises(ValueError, match=message):
+        parse_config(text)
+
+
+def test_bad_output_folder() -> None:
+    with pytest.raises(ValueError, match=r"\[output\] `folder` must be a non-empty string, but "
+                                         r"got 3"):
+        parse_config(MINIMAL + "\n[output]\nfolder = 3\n")
+
+
+def test_load_config_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    with pytest.raises(FileNotFoundError, match=r"config file '.*nope\.toml' does not exist"):
+        load_config(path)
+
+
+def test_load_config_error_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(MINIMAL.replace("[search]\n", "[search]\nepochs = 3\n"))
+    with pytest.raises(ValueError, match=r"bad\.toml: unknown key\(s\) \['epochs'\]"):
+        load_config(path)
+
+
+def test_output_folder_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    sub = tmp_path / "experiments" / "a"
+    sub.mkdir(parents=True)
+    (sub / "search.toml").write_text(MINIMAL + '\n[output]\nfolder = "out"\n')
+    assert load_config(sub / "search.toml").output_dir == sub / "out"
+    absolute = tmp_path / "elsewhere"
+    (sub / "abs.toml").write_text(MINIMAL + f'\n[output]\nfolder = "{absolute.as_posix()}"\n')
+    assert load_config(sub / "abs.toml").output_dir == absolute
+
+
+def test_load_factory_module() -> None:
+    fn = load_factory("hwnas.models:digits_cnn")
+    model = fn()
+    assert sum(p.numel() for p in model.parameters()) == 56234 + 320
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("nocolon", r"a factory must be 'module:function', but got 'nocolon'"),
+    ("a:b:c", r"a factory must be 'module:function', but got 'a:b:c'"),
+    ("hwnas_no_such_module:fn", r"cannot import module 'hwnas_no_such_module' of factory"),
+    ("hwnas.models:no_such_model", r"module 'hwnas.models' has no attribute 'no_such_model'"),
+])
+def test_load_factory_errors(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_factory(spec)
+
+
+def test_load_factory_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"factory file '.*missing\.py' does not exist"):
+        load_factory(f"{tmp_path / 'missing.py'}:build")
+
+
+def test_load_factory_from_file(tmp_path: Path) -> None:
+    (tmp_path / "helper_layers.py").write_text("WIDTH = 7\n")
+    (tmp_path / "my_model.py").write_text(
+        "from torch import nn\n"
+        "from helper_layers import WIDTH\n\n"
+        "def build(classes=3):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(4, WIDTH), nn.Linear(WIDTH, classes))\n"
+    )
+    build = load_factory(f"{tmp_path / 'my_model.py'}:build")
+    model = build(classes=5)
+    assert tuple(model(torch.ones(2, 1, 2, 2)).shape) == (2, 5)
+    assert model[1].out_features == 7
+    with pytest.raises(ValueError, match=r"has no attribute 'nope'"):
+        load_factory(f"{tmp_path / 'my_model.py'}:nope")
