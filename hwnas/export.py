@@ -20,7 +20,7 @@ import torch.fx as fx
 from torch import nn
 
 from hwnas.graph import LayerInfo
-from hwnas.search import ChannelMask, SearchModel
+from hwnas.search import ChannelMask, SearchModel, WeightMasked
 
 __all__ = [
     "ExportError",
@@ -225,6 +225,9 @@ def materialize(search: SearchModel) -> fx.GraphModule:
         keep = {g: m.cpu().numpy() for g, m in keep_t.items()}
         zdet = {g: search.gate(g).deterministic().detach().cpu() for g in search.free_groups}
         gm = copy.deepcopy(search.gm)
+        for name, module in list(gm.named_modules()):
+            if isinstance(module, WeightMasked):
+                gm.set_submodule(name, module.layer)
         graph = gm.graph
         for node in list(graph.nodes):
             if node.op == "call_module" and isinstance(gm.get_submodule(node.target), ChannelMask):

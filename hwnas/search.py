@@ -81,7 +81,9 @@ class ChannelMask(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._state.enabled:
+        if not self._state.enabled or not self._state.z:
+            # gates bypassed, or read outside SearchModel.forward (a weight parametrization
+            # then gives the unmasked weight)
             return x
         values = self.channel_values().to(x.dtype)
         per_example = values.dim() == 2
@@ -90,6 +92,26 @@ class ChannelMask(nn.Module):
         if per_example:
             shape[0] = values.shape[0]
         return x * values.reshape(shape)
+
+
+class WeightMasked(nn.Module):
+    """A conv or linear layer whose weight's input channels are scaled by their gates.
+
+    ``layer`` is the user's layer, unchanged; :func:`hwnas.materialize` puts it back in
+    place of this wrapper.
+    """
+
+    def __init__(self, layer: nn.Module, mask: ChannelMask) -> None:
+        super().__init__()
+        self.layer = layer
+        self.mask = mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layer
+        weight = self.mask(layer.weight)
+        if isinstance(layer, nn.Linear):
+            return nn.functional.linear(x, weight, layer.bias)
+        return layer._conv_forward(x, weight, layer.bias)
 
 
 class SearchModel(nn.Module):
@@ -145,8 +167,19 @@ class SearchModel(nn.Module):
 
     # ------------------------------------------------------------------ construction
     def _insert_masks(self) -> None:
+        """Mask the input channels of every layer that reads a free group.
+
+        With one gate draw per batch the mask is folded into the layer's weight
+        (:class:`WeightMasked` scales the weight's input-channel dim): conv(x * z) ==
+        conv_{W * z}(x), and a weight is far smaller than an activation. With per-example gates (or a module called more than once) the mask
+        multiplies the activation in a graph node inserted before the layer.
+        """
         free = set(self.free_groups)
         graph = self.gm.graph
+        uses: dict[str, int] = {}
+        for node in graph.nodes:
+            if node.op == "call_module":
+                uses[str(node.target)] = uses.get(str(node.target), 0) + 1
         k = 0
         for node in list(graph.nodes):
             info: LayerInfo | None = node.meta.get("hwnas")
@@ -163,8 +196,15 @@ class SearchModel(nn.Module):
                 segments.append((int(slot_groups[start]), info.in_slots[1, start:end]))
                 start = end
             ndim = len(info.out_shape or (0, 0))
+            sizes = [g.size for g in self.groups]
+            module = self.gm.get_submodule(str(node.target))
+            if not self.per_example and uses[str(node.target)] == 1:
+                # weight layout (out, in/groups, *kernel) for convs and (out, in) for linears
+                mask = ChannelMask(self._state, segments, free, sizes, 1, module.weight.dim())
+                self.gm.set_submodule(str(node.target), WeightMasked(module, mask))
+                continue
             dim = 1 if info.kind == "conv" else -1
-            mask = ChannelMask(self._state, segments, free, [g.size for g in self.groups], dim, ndim)
+            mask = ChannelMask(self._state, segments, free, sizes, dim, ndim)
             name = f"hwnas_mask_{k}"
             k += 1
             self.gm.add_submodule(name, mask)

@@ -755,7 +755,8 @@ class _Run:
         n_batches = len(self.train_data) if hasattr(self.train_data, "__len__") else None
         bar = tqdm(self.train_data, total=n_batches, desc=f"{phase} {e + 1}/{n}",
                    disable=not (self.config.progress and _is_rank0()), leave=False)
-        for batch in bar:
+        show = self.config.progress and _is_rank0()
+        for step, batch in enumerate(bar):
             inputs, target = _split(_to(batch, self.device))
             output = forward(*inputs)
             task = self.loss_fn(output, target)
@@ -776,7 +777,8 @@ class _Run:
             if c is not None:
                 correct += c
                 counted += size
-            bar.set_postfix(self.postfix(sums, seen, correct, counted, search_phase))
+            if show and (step % 10 == 0 or step + 1 == n_batches):  # costs are not free
+                bar.set_postfix(self.postfix(sums, seen, correct, counted, search_phase))
         bar.close()
         # DDP syncs buffers at the start of a forward: make the last step's BatchNorm
         # statistics agree too, so every rank evaluates and saves the same model.
