@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--nodes", type=int, nargs=2, default=(1000, 500), metavar=("N1", "N2"))
     p.add_argument("--k", type=int, default=6, help="inputs per LUT node")
     p.add_argument("--tau", type=float, default=10.0, help="GroupSum temperature")
-    p.add_argument("--lam", type=float, default=10.0, help="sensitivity regularizer strength")
+    p.add_argument("--lam", type=float, default=5.0, help="sensitivity regularizer strength")
     p.add_argument("--p", type=float, default=1.0, help="sensitivity exponent")
     p.add_argument("--mode", default="exact", choices=("exact", "input", "random"))
     p.add_argument("--seed", type=int, default=0)

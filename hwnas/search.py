@@ -246,6 +246,16 @@ class SearchModel(nn.Module):
             return torch.tensor(out, dtype=torch.long)
 
         self._alive_index = [(index(i.in_slots), index(i.out_slots)) for i in self.layer_infos]
+        # Channel sets that must keep a channel, as flat indices; a set with a frozen
+        # (always kept) channel never needs a fix and is left out.
+        flat, ids = [], []
+        for slots in self._nonempty_slot_sets:
+            idx = index(slots)
+            if len(idx) and not bool((idx == total).any()):
+                flat.append(idx)
+                ids.append(torch.full((len(idx),), len(ids), dtype=torch.long))
+        self._set_index = (torch.cat(flat) if flat else torch.zeros(0, dtype=torch.long),
+                           torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long), len(ids))
 
     # ------------------------------------------------------------------ forward
     @property
@@ -313,16 +323,25 @@ class SearchModel(nn.Module):
         network): where the gates close all of them, the channel with the largest
         ``log_alpha`` is kept. Its gate value stays 0, so it contributes nothing.
         """
-        masks = {g: self.gates[str(g)].keep_mask().clone() for g in self.free_groups}
-        for slots in self._nonempty_slot_sets:
-            free = [k for k in range(slots.shape[1]) if int(slots[0, k]) in masks]
-            if not free or len(free) < slots.shape[1]:
-                continue  # some channel is frozen, hence kept
-            if any(bool(masks[int(slots[0, k])][int(slots[1, k])]) for k in free):
-                continue
-            best = max(free, key=lambda k: float(
-                self.gates[str(int(slots[0, k]))].log_alpha.detach()[int(slots[1, k])]))
-            masks[int(slots[0, best])][int(slots[1, best])] = True
+        if not self.free_groups:
+            return {}
+        gates = [self.gates[str(g)] for g in self.free_groups]
+        keep = torch.cat([gate.keep_mask() for gate in gates]).cpu()
+        set_index, set_id, n_sets = self._set_index
+        if n_sets:
+            counts = torch.zeros(n_sets).index_add_(0, set_id, keep[set_index].float())
+            empty = torch.nonzero(counts == 0).flatten().tolist()
+            if empty:
+                log_alpha = torch.cat([gate.log_alpha.detach() for gate in gates]).cpu()
+                for k in empty:
+                    idx = set_index[set_id == k]
+                    if not bool(keep[idx].any()):  # an earlier fix may have filled it
+                        keep[idx[int(log_alpha[idx].argmax())]] = True
+        masks, start = {}, 0
+        for g, gate in zip(self.free_groups, gates, strict=True):
+            n = gate.log_alpha.numel()
+            masks[g] = keep[start:start + n].to(gate.log_alpha.device)
+            start += n
         return masks
 
     def _alive_vector(self, mode: str) -> torch.Tensor:

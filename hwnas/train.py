@@ -124,7 +124,11 @@ class FitConfig:
         weight_decay: Decoupled weight decay of the weights (AdamW), never of the gates.
         early_stopping: Applied to the warm-up and fine-tune phases (needs validation
             data); the search phase follows the regularizer's schedule.
-        cost_mode: ``"expected"`` or ``"straight_through"`` (see ``SearchModel.cost``).
+        cost_mode: How the regularizer sees the costs during the search (see
+            ``SearchModel.cost``). ``"straight_through"`` (default): the value of the
+            exported architecture with the gradient of the expected cost, so a constraint
+            stays active until the binarised gates meet it; ``"expected"``: Louizos'
+            expected cost, which can meet a target that the binarised gates overshoot.
         enforce_targets: At the end of the search, close the least likely channels until
             the exported costs meet the targets (``SearchModel.enforce_targets_``): the
             relaxed costs can meet a target that the binarised gates overshoot.
@@ -146,7 +150,7 @@ class FitConfig:
     arch_lr: float = 0.1
     weight_decay: float = 0.0
     early_stopping: EarlyStopping | None = None
-    cost_mode: str = "expected"
+    cost_mode: str = "straight_through"
     enforce_targets: bool = True
     recalibrate_bn: bool = True
     seed: int | None = 0
