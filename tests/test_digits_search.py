@@ -1,0 +1,29 @@
+"""A short version of examples/digits_search.py: DUCCIO to 50% params and 50% MACs."""
+
+from __future__ import annotations
+
+import torch
+
+import hwnas
+from hwnas.datasets import digits
+from hwnas.models import digits_cnn
+from hwnas.train import FitConfig, evaluate, fit, relative_targets
+
+
+def test_digits_duccio_search_meets_targets_and_keeps_accuracy():
+    torch.manual_seed(0)
+    data = digits(batch_size=64, seed=0)
+    search = hwnas.wrap(digits_cnn(), data.example, costs=("params", "ops"))
+    targets = relative_targets(search, {"params": 0.5, "ops": 0.5})
+    config = FitConfig(warmup_epochs=4, search_epochs=6, finetune_epochs=0, progress=False,
+                       enforce_targets=False)  # DUCCIO alone must get there
+    result = fit(search, data.train, data.test, targets=targets, config=config)
+    costs = search.costs()
+    assert costs["params"] <= targets["params"]
+    assert costs["ops"] <= targets["ops"]
+    exported = hwnas.materialize(search.eval())
+    accuracy = evaluate(exported, data.test)["accuracy"]
+    assert accuracy >= 0.95, accuracy
+    assert evaluate(search, data.test)["accuracy"] == accuracy
+    search_rows = result.history[result.history.phase == "search"]
+    assert search_rows["strength_params"].iloc[-1] > search_rows["strength_params"].iloc[0]
