@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,8 +33,8 @@ __all__ = [
     "slice_out",
 ]
 
-SliceOut = Callable[[nn.Module, torch.Tensor], None]
-SliceIn = Callable[[nn.Module, torch.Tensor, torch.Tensor], None]
+SliceOut = Callable[[Any, torch.Tensor], None]
+SliceIn = Callable[[Any, torch.Tensor, torch.Tensor], None]
 _SLICERS: dict[type, tuple[SliceOut, SliceIn]] = {}
 
 
@@ -108,7 +109,7 @@ def _linear_in(m: nn.Linear, keep: torch.Tensor, scale: torch.Tensor) -> None:
     m.in_features = len(keep)
 
 
-def _norm_out(m: nn.Module, keep: torch.Tensor) -> None:
+def _norm_out(m: Any, keep: torch.Tensor) -> None:
     if getattr(m, "weight", None) is not None:
         m.weight = _param(m.weight[keep])
     if getattr(m, "bias", None) is not None:
@@ -123,7 +124,7 @@ def _norm_out(m: nn.Module, keep: torch.Tensor) -> None:
         m.num_features = len(keep)
 
 
-def _norm_in(m: nn.Module, keep: torch.Tensor, scale: torch.Tensor) -> None:
+def _norm_in(m: Any, keep: torch.Tensor, scale: torch.Tensor) -> None:
     return None  # a normalisation layer's inputs are its outputs
 
 
@@ -372,7 +373,9 @@ def export_onnx(
     if isinstance(model, SearchModel):
         model = materialize(model.eval())
     if not isinstance(model, nn.Module):
-        raise TypeError(f"`model` must be an nn.Module or SearchModel, but got {type(model).__name__}")
+        raise TypeError(
+            f"`model` must be an nn.Module or SearchModel, but got {type(model).__name__}"
+        )
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
@@ -400,9 +403,13 @@ def export_onnx(
                     model, trace_inputs, dynamo=True, dynamic_shapes=dynamic_shapes,
                     opset_version=opset, external_data=False, verbose=False,
                 )
+                if program is None:
+                    raise ExportError("torch.onnx.export returned no program")
                 program.save(tmp, external_data=False)
             except Exception as e:
-                raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {e}") from e
+                raise ExportError(
+                    f"torch.onnx.export failed for {type(model).__name__}: {e}"
+                ) from e
             proto = onnx.load(tmp)
             opset_used = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
             input_names = tuple(i.name for i in proto.graph.input)

@@ -6,6 +6,7 @@ import math
 import os
 import traceback
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -120,6 +121,15 @@ _CAT = {"cat", "concat", "concatenate"}
 _SHAPE = {"size", "dim", "numel", "getattr"}
 
 
+def _args(node: fx.Node) -> tuple[Any, ...]:
+    """``node.args`` typed loosely: fx's Argument union is too wide to be useful here."""
+    return tuple(node.args)
+
+
+def _kwargs(node: fx.Node) -> dict[str, Any]:
+    return dict(node.kwargs)
+
+
 def _fn_name(node: fx.Node) -> str:
     target = node.target
     if isinstance(target, str):
@@ -190,7 +200,8 @@ class _Tracer(fx.Tracer):
 
 def _user_frame(exc: BaseException) -> str:
     torch_dir = os.path.dirname(torch.__file__)
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(torch_dir)]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith(torch_dir)]
     if not frames:
         return ""
     f = frames[-1]
@@ -228,10 +239,10 @@ class _ChannelProp(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm)
         self.uf = _UnionFind()
-        self.chan: dict[fx.Node, object] = {}
+        self.chan: dict[fx.Node, Any] = {}
         self.frozen: dict[int, str] = {}
         self.blocks: list[tuple[str, np.ndarray]] = []  # producer node name, its ids
-        self.slots: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}
+        self.slots: dict[str, tuple[Any, Any]] = {}
         self.kinds: dict[str, str] = {}
 
     # -- helpers -------------------------------------------------------------------------
@@ -296,7 +307,8 @@ class _ChannelProp(fx.Interpreter):
             raise
         except Exception as e:
             raise TraceError(f"channel analysis failed at node {n.format_node()}: {e}") from e
-        n.meta["tensor_meta_shape"] = tuple(result.shape) if isinstance(result, torch.Tensor) else None
+        is_tensor = isinstance(result, torch.Tensor)
+        n.meta["tensor_meta_shape"] = tuple(result.shape) if is_tensor else None
         return result
 
     def propagate(self, n: fx.Node, result):
@@ -316,7 +328,7 @@ class _ChannelProp(fx.Interpreter):
         return self.function_rule(n, _fn_name(n), result)
 
     def module_rule(self, n: fx.Node, m: nn.Module, out):
-        x = n.args[0] if n.args else None
+        x = _args(n)[0] if _args(n) else None
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
         if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed:
             self.kinds[n.name] = "conv"
@@ -340,7 +352,7 @@ class _ChannelProp(fx.Interpreter):
             return _Chan(len(shape) - 1, ids_out)
         if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm)):
             self.kinds[n.name] = "norm"
-            c = m.num_features if hasattr(m, "num_features") else m.num_channels
+            c = int(m.num_channels if isinstance(m, nn.GroupNorm) else m.num_features)
             ids = self.along(n, x, 1, c, f"{type(m).__name__} input")
             if isinstance(m, nn.GroupNorm) and m.num_groups != m.num_channels:
                 self.freeze(ids, f"GroupNorm {n.target} normalises across channels")
@@ -370,16 +382,17 @@ class _ChannelProp(fx.Interpreter):
         reason = f"{type(m).__name__} {n.target} is opaque to channel pruning"
         self.freeze_args(n, reason)
         if isinstance(out, torch.Tensor) and out.dim() >= 2:
-            ids_in = self.along(n, x, 1, x.meta["tensor_meta_shape"][1], reason) if (
-                isinstance(x, fx.Node) and x.meta.get("tensor_meta_shape")
-                and len(x.meta["tensor_meta_shape"]) >= 2) else None
+            x_shape = x.meta.get("tensor_meta_shape") if isinstance(x, fx.Node) else None
+            layer_in = None
+            if x_shape is not None and len(x_shape) >= 2:
+                layer_in = self.along(n, x, 1, x_shape[1], reason)
             ids_out = self.new_ids(n, shape[-1] if out.dim() == 2 else shape[1], frozen=reason)
-            self.slots[n.name] = (ids_in, ids_out)
+            self.slots[n.name] = (layer_in, ids_out)
             return _Chan(1, ids_out)
         return None
 
     def function_rule(self, n: fx.Node, name: str, out):
-        args = n.args
+        args = _args(n)
         x = args[0] if args else None
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
         if name in _SHAPE or not isinstance(out, (torch.Tensor, tuple, list)):
@@ -391,7 +404,7 @@ class _ChannelProp(fx.Interpreter):
             self.kinds[n.name] = "elementwise"
             return self.info(x)
         if name in ("softmax", "log_softmax"):
-            dim = args[1] if len(args) > 1 else n.kwargs.get("dim")
+            dim = args[1] if len(args) > 1 else _kwargs(n).get("dim")
             return self.softmax(n, x, dim, shape)
         if name in _BINARY or name == "where":
             self.kinds[n.name] = "elementwise"
@@ -399,7 +412,7 @@ class _ChannelProp(fx.Interpreter):
         if name in _SPATIAL:
             self.kinds[n.name] = "pool"
             if name == "pad":
-                pad = args[1] if len(args) > 1 else n.kwargs["pad"]
+                pad = args[1] if len(args) > 1 else _kwargs(n)["pad"]
                 chan = self.info(x)
                 if chan is not None and chan.dim + chan.ids.ndim > len(shape) - len(pad) // 2:
                     self.freeze(chan.ids, "pad over the channel dim")
@@ -437,8 +450,8 @@ class _ChannelProp(fx.Interpreter):
         return chan
 
     def binary(self, n: fx.Node, shape):
-        operands = [a for a in n.args if isinstance(a, fx.Node)]
-        chans = []
+        operands = [a for a in _args(n) if isinstance(a, fx.Node)]
+        chans: list[tuple[_Chan | None, Any, int]] = []
         for a in operands:
             a_shape = a.meta.get("tensor_meta_shape")
             if a_shape is None:
@@ -497,11 +510,12 @@ class _ChannelProp(fx.Interpreter):
             if name == "t":
                 perm = list(range(len(in_shape)))[::-1]
             elif name == "transpose":
-                a, b = (int(v) % len(in_shape) for v in n.args[1:3])
+                a, b = (int(v) % len(in_shape) for v in _args(n)[1:3])
                 perm = list(range(len(in_shape)))
                 perm[a], perm[b] = perm[b], perm[a]
             else:
-                dims = n.args[1:] if len(n.args) > 2 or isinstance(n.args[1], int) else n.args[1]
+                args = _args(n)
+                dims = args[1:] if len(args) > 2 or isinstance(args[1], int) else args[1]
                 perm = [int(v) % len(in_shape) for v in dims]
             if d > 0 and perm[0] != 0:
                 self.freeze(chan.ids, f"permute moves the batch dim at {n.name}")
@@ -534,12 +548,13 @@ class _ChannelProp(fx.Interpreter):
         if chan is None:
             return None
         in_shape = x.meta["tensor_meta_shape"]
-        dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
-        keepdim = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
+        dims = _args(n)[1] if len(_args(n)) > 1 else _kwargs(n).get("dim")
+        keepdim = _args(n)[2] if len(_args(n)) > 2 else _kwargs(n).get("keepdim", False)
         if dims is None:
             self.freeze(chan.ids, f"reduction over all dims at {n.name}")
             return None
-        dims = [int(v) % len(in_shape) for v in (dims if isinstance(dims, (list, tuple)) else [dims])]
+        dims = [int(v) % len(in_shape)
+                for v in (dims if isinstance(dims, (list, tuple)) else [dims])]
         if any(chan.dim <= v < chan.dim + chan.ids.ndim for v in dims):
             self.freeze(chan.ids, f"reduction over the channel dim at {n.name}")
             return None
@@ -547,8 +562,8 @@ class _ChannelProp(fx.Interpreter):
         return _Chan(chan.dim - shift, chan.ids)
 
     def cat(self, n: fx.Node, shape):
-        tensors = n.args[0]
-        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+        tensors = _args(n)[0]
+        dim = _args(n)[1] if len(_args(n)) > 1 else _kwargs(n).get("dim", 0)
         dim = int(dim) % len(shape)
         parts = []
         for t in tensors:
@@ -566,9 +581,9 @@ class _ChannelProp(fx.Interpreter):
             return None
         in_shape = x.meta["tensor_meta_shape"]
         name = _fn_name(n)
-        dim = n.kwargs.get("dim", n.args[2] if len(n.args) > 2 else 0)
+        dim = _kwargs(n).get("dim", _args(n)[2] if len(_args(n)) > 2 else 0)
         if name == "unbind":
-            dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+            dim = _args(n)[1] if len(_args(n)) > 1 else _kwargs(n).get("dim", 0)
         dim = int(dim) % len(in_shape)
         if not (chan.dim <= dim < chan.dim + chan.ids.ndim):
             return [chan for _ in out]
@@ -629,16 +644,16 @@ def _finalize(gm: fx.GraphModule, prop: _ChannelProp) -> tuple[ChannelGroup, ...
     position = np.zeros(n_ids, dtype=np.int64)
     group = np.zeros(n_ids, dtype=np.int64)
     pos_of_root: dict[int, int] = {}
-    for g, roots in members.items():
-        for p, r in enumerate(sorted(roots)):
+    for g, group_roots in members.items():
+        for p, r in enumerate(sorted(group_roots)):
             pos_of_root[r] = p
             group_of_root[r] = group_index[g]
     for i in range(n_ids):
         group[i] = group_of_root[int(cls[i])]
         position[i] = pos_of_root[int(cls[i])]
     frozen: dict[int, str] = {}
-    for i, reason in sorted(prop.frozen.items()):
-        frozen.setdefault(int(group[i]), reason)
+    for i, why in sorted(prop.frozen.items()):
+        frozen.setdefault(int(group[i]), why)
 
     producers: dict[int, list[str]] = {k: [] for k in range(len(members))}
     consumers: dict[int, list[str]] = {k: [] for k in range(len(members))}
@@ -688,8 +703,10 @@ def _map_chan(chan, group: np.ndarray, position: np.ndarray):
     return None
 
 
-def _layer_info(node, kind, module, shape, in_slots, out_slots, reason) -> LayerInfo:
-    common = dict(
+def _layer_info(node: fx.Node, kind: str, module: nn.Module | None, shape: Any,
+                in_slots: np.ndarray | None, out_slots: np.ndarray | None,
+                reason: str | None) -> LayerInfo:
+    common: dict[str, Any] = dict(
         name=node.name,
         target=str(node.target) if node.op == "call_module" else _fn_name(node),
         kind=kind,
@@ -709,7 +726,8 @@ def _layer_info(node, kind, module, shape, in_slots, out_slots, reason) -> Layer
             kernel=tuple(module.kernel_size),
             stride=tuple(module.stride),
             groups=module.groups,
-            depthwise=module.groups > 1 and module.groups == module.in_channels == module.out_channels,
+            depthwise=(module.groups > 1
+                       and module.groups == module.in_channels == module.out_channels),
             bias=module.bias is not None,
             positions=positions,
         )

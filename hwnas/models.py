@@ -12,7 +12,10 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
 
 
 def digits_cnn(num_classes: int = 10) -> nn.Module:
-    """The digits CNN: Conv(1,32,3)-BN-ReLU-Conv(32,64,3)-BN-ReLU-MaxPool2-Conv(64,64,3)-BN-ReLU-GAP-Linear(64,10).
+    """The digits CNN of the examples and the demo.
+
+    Conv(1,32,3)-BN-ReLU-Conv(32,64,3)-BN-ReLU-MaxPool2-Conv(64,64,3)-BN-ReLU-GAP-Linear(64,10),
+    padding 1, for 8x8 inputs.
 
     Example:
         >>> import torch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -34,7 +35,7 @@ def profile_traced(gm, target: Target) -> pd.DataFrame:
     names = metrics_for(target)
     for info in layers(gm):
         alive = full_alive(info)
-        row = {
+        row: dict[str, Any] = {
             "layer": info.target,
             "type": info.module_type.__name__ if info.module_type else info.kind,
             "in_channels": info.in_channels,
@@ -55,11 +56,10 @@ def profile_traced(gm, target: Target) -> pd.DataFrame:
     for metric in names:
         if metric != "luts" and (df[metric] == df[metric].round()).all():
             df[metric] = df[metric].astype("int64")
-    total = {c: "" for c in df.columns}
-    total.update({"layer": "total", "type": ""})
+    total: dict[str, Any] = {c: "" for c in df.columns}
+    total["layer"] = "total"
     for metric in names:
         total[metric] = df[metric].sum()
-    total["in_channels"] = total["out_channels"] = total["groups"] = total["group"] = None
     return pd.concat([df, pd.DataFrame([total])], ignore_index=True)
 
 

@@ -64,8 +64,12 @@ class ChannelMask(nn.Module):
         for k, (_, pos) in enumerate(segments):
             identity = bool(np.array_equal(pos, np.arange(group_sizes[segments[k][0]])))
             self.identity.append(identity)
-            self.register_buffer(f"pos{k}", torch.as_tensor(pos, dtype=torch.long), persistent=False)
+            self.register_buffer(f"pos{k}", torch.as_tensor(pos, dtype=torch.long),
+                                 persistent=False)
         self.sizes = [len(pos) for _, pos in segments]
+
+    def device_of_buffers(self) -> torch.device:
+        return next(self.buffers()).device
 
     def channel_values(self) -> torch.Tensor:
         """Mask values per input channel: shape (channels,) or (batch, channels)."""
@@ -74,7 +78,7 @@ class ChannelMask(nn.Module):
         for k, g in enumerate(self.groups):
             if not self.free[k]:
                 shape = (self.sizes[k],) if state.batch is None else (state.batch, self.sizes[k])
-                parts.append(torch.ones(shape, device=self.pos0.device))
+                parts.append(torch.ones(shape, device=self.device_of_buffers()))
                 continue
             z = state.z[g]
             parts.append(z if self.identity[k] else z.index_select(-1, getattr(self, f"pos{k}")))
@@ -101,7 +105,7 @@ class WeightMasked(nn.Module):
     place of this wrapper.
     """
 
-    def __init__(self, layer: nn.Module, mask: ChannelMask) -> None:
+    def __init__(self, layer: nn.Linear | nn.modules.conv._ConvNd, mask: ChannelMask) -> None:
         super().__init__()
         self.layer = layer
         self.mask = mask
@@ -111,7 +115,7 @@ class WeightMasked(nn.Module):
         weight = self.mask(layer.weight)
         if isinstance(layer, nn.Linear):
             return nn.functional.linear(x, weight, layer.bias)
-        return layer._conv_forward(x, weight, layer.bias)
+        return layer._conv_forward(x, weight, layer.bias)  # type: ignore[operator]
 
 
 class SearchModel(nn.Module):
@@ -154,10 +158,11 @@ class SearchModel(nn.Module):
         self.cost_mode = "expected"
         self._state = _GateValues()
         self.free_groups = [g.index for g in groups if g.frozen is None]
-        self.gates = nn.ModuleDict(
-            {str(g): HardConcreteGate(groups[g].size, droprate_init, per_example=per_example)
-             for g in self.free_groups}
-        )
+        self._gate_of: dict[int, HardConcreteGate] = {
+            g: HardConcreteGate(groups[g].size, droprate_init, per_example=per_example)
+            for g in self.free_groups
+        }
+        self.gates = nn.ModuleDict({str(g): gate for g, gate in self._gate_of.items()})
         self.layer_infos: list[LayerInfo] = [
             info for info in layers(gm) if info.module_type is not None
         ]
@@ -171,8 +176,9 @@ class SearchModel(nn.Module):
 
         With one gate draw per batch the mask is folded into the layer's weight
         (:class:`WeightMasked` scales the weight's input-channel dim): conv(x * z) ==
-        conv_{W * z}(x), and a weight is far smaller than an activation. With per-example gates (or a module called more than once) the mask
-        multiplies the activation in a graph node inserted before the layer.
+        conv_{W * z}(x), and a weight is far smaller than an activation. With per-example
+        gates (or a module called more than once) the mask multiplies the activation in a
+        graph node inserted before the layer.
         """
         free = set(self.free_groups)
         graph = self.gm.graph
@@ -192,12 +198,14 @@ class SearchModel(nn.Module):
                 continue
             segments: list[tuple[int, np.ndarray]] = []
             start = 0
-            for end in list(np.flatnonzero(np.diff(slot_groups)) + 1) + [len(slot_groups)]:
+            ends = [int(e) for e in np.flatnonzero(np.diff(slot_groups)) + 1]
+            for end in ends + [len(slot_groups)]:
                 segments.append((int(slot_groups[start]), info.in_slots[1, start:end]))
                 start = end
             ndim = len(info.out_shape or (0, 0))
             sizes = [g.size for g in self.groups]
             module = self.gm.get_submodule(str(node.target))
+            assert isinstance(module, (nn.Linear, nn.modules.conv._ConvNd))
             if not self.per_example and uses[str(node.target)] == 1:
                 # weight layout (out, in/groups, *kernel) for convs and (out, in) for linears
                 mask = ChannelMask(self._state, segments, free, sizes, 1, module.weight.dim())
@@ -248,7 +256,8 @@ class SearchModel(nn.Module):
         self._alive_index = [(index(i.in_slots), index(i.out_slots)) for i in self.layer_infos]
         # Channel sets that must keep a channel, as flat indices; a set with a frozen
         # (always kept) channel never needs a fix and is left out.
-        flat, ids = [], []
+        flat: list[torch.Tensor] = []
+        ids: list[torch.Tensor] = []
         for slots in self._nonempty_slot_sets:
             idx = index(slots)
             if len(idx) and not bool((idx == total).any()):
@@ -273,7 +282,7 @@ class SearchModel(nn.Module):
             return self.gm(*inputs)
         batch = inputs[0].shape[0] if (self.per_example and self.training) else None
         state.batch = batch
-        state.z = {g: self.gates[str(g)](batch) for g in self.free_groups}
+        state.z = {g: self._gate_of[g](batch) for g in self.free_groups}
         try:
             return self.gm(*inputs)
         finally:
@@ -283,7 +292,7 @@ class SearchModel(nn.Module):
     # ------------------------------------------------------------------ parameters
     def arch_parameters(self) -> Iterator[nn.Parameter]:
         """The gate logits (``log_alpha``): train them without weight decay."""
-        return (gate.log_alpha for gate in self.gates.values())
+        return (gate.log_alpha for gate in self._gate_of.values())
 
     def weight_parameters(self) -> Iterator[nn.Parameter]:
         """Every parameter of the wrapped model (not the gates)."""
@@ -297,7 +306,7 @@ class SearchModel(nn.Module):
                 f"group {group} has no gate" + (f" (frozen: {frozen})" if frozen else "")
                 + f"; gated groups: {self.free_groups}"
             )
-        return self.gates[str(group)]
+        return self._gate_of[group]
 
     def gated_weights(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(weight, P(z != 0))`` pairs for every gated layer input, broadcastable."""
@@ -308,6 +317,7 @@ class SearchModel(nn.Module):
             if info.in_slots is None or bool((idx_in == self._one_index).all()):
                 continue
             weight = info.module.weight
+            assert isinstance(weight, torch.Tensor)
             shape = [1] * weight.dim()
             shape[1] = weight.shape[1]
             if weight.shape[1] * info.groups != alive.numel():
@@ -325,7 +335,7 @@ class SearchModel(nn.Module):
         """
         if not self.free_groups:
             return {}
-        gates = [self.gates[str(g)] for g in self.free_groups]
+        gates = [self._gate_of[g] for g in self.free_groups]
         keep = torch.cat([gate.keep_mask() for gate in gates]).cpu()
         set_index, set_id, n_sets = self._set_index
         if n_sets:
@@ -346,7 +356,7 @@ class SearchModel(nn.Module):
 
     def _alive_vector(self, mode: str) -> torch.Tensor:
         if mode == "expected":
-            parts = [self.gates[str(g)].prob_nonzero() for g in self.free_groups]
+            parts = [self._gate_of[g].prob_nonzero() for g in self.free_groups]
         elif mode == "deterministic":
             keep = self.keep_masks()
             parts = [keep[g].float() for g in self.free_groups]
@@ -354,14 +364,15 @@ class SearchModel(nn.Module):
             keep = self.keep_masks()
             parts = []
             for g in self.free_groups:
-                p = self.gates[str(g)].prob_nonzero()
+                p = self._gate_of[g].prob_nonzero()
                 parts.append(keep[g].to(p.dtype) + p - p.detach())
         else:
             raise ValueError(
                 f"`mode` must be 'expected', 'straight_through' or 'deterministic', "
                 f"but got {mode!r}"
             )
-        device = next(self.gm.parameters(), torch.zeros(())).device
+        device = next(self.gm.parameters()).device if any(True for _ in self.gm.parameters()) \
+            else torch.device("cpu")
         one = torch.ones(1, device=device)
         return torch.cat([p.to(device) for p in parts] + [one])
 
@@ -371,7 +382,7 @@ class SearchModel(nn.Module):
         alive_vec = self._alive_vector(mode).detach()
         for info, (idx_in, idx_out) in zip(self.layer_infos, self._alive_index, strict=True):
             alive = {"in": alive_vec[idx_in].sum(), "out": alive_vec[idx_out].sum()}
-            row = {"layer": info.target, "type": info.module_type.__name__,
+            row = {"layer": info.target, "type": getattr(info.module_type, "__name__", ""),
                    "in_channels": info.in_channels, "in_kept": float(alive["in"]),
                    "out_channels": info.out_channels, "out_kept": float(alive["out"])}
             for name in self._metrics():
@@ -400,7 +411,7 @@ class SearchModel(nn.Module):
         alive_vec = self._alive_vector(self.cost_mode if mode is None else mode)
         total = alive_vec.new_zeros(())
         for info, (idx_in, idx_out) in zip(self.layer_infos, self._alive_index, strict=True):
-            fn = cost_registry.lookup(name, info.module_type)
+            fn = cost_registry.lookup(name, info.module_type or type(None))
             if fn is None:
                 continue
             idx_in = idx_in.to(alive_vec.device)
@@ -443,7 +454,7 @@ class SearchModel(nn.Module):
                 keep = self.keep_masks()
                 best: tuple[float, int, int] | None = None
                 for g in self.free_groups:
-                    gate = self.gates[str(g)]
+                    gate = self._gate_of[g]
                     open_ = gate.keep_mask() & keep[g]
                     if int(open_.sum()) <= 1:
                         continue
@@ -454,7 +465,7 @@ class SearchModel(nn.Module):
                 if best is None:
                     break
                 _, g, k = best
-                self.gates[str(g)].log_alpha[k] = -10.0
+                self._gate_of[g].log_alpha[k] = -10.0
                 closed += 1
         return closed
 

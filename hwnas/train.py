@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+import torch.utils.data.distributed
 from torch import nn
 
 from hwnas.regularizers import DUCCIO
@@ -377,7 +378,7 @@ def shard_loader(loader: Any, seed: int = 0) -> Any:
             f"but got {batch}"
         )
     shuffle = isinstance(loader.sampler, RandomSampler)
-    sampler = DistributedSampler(loader.dataset, shuffle=shuffle, seed=seed)
+    sampler: DistributedSampler = DistributedSampler(loader.dataset, shuffle=shuffle, seed=seed)
     return DataLoader(loader.dataset, batch_size=batch // world, sampler=sampler,
                       num_workers=loader.num_workers, collate_fn=loader.collate_fn,
                       drop_last=loader.drop_last)
@@ -651,7 +652,10 @@ class _Run:
         raise RuntimeError("no phase left")
 
     def current_model(self, phase: str) -> nn.Module:
-        return self.exported if phase == "finetune" else self.search
+        if phase == "finetune":
+            assert self.exported is not None, "the fine-tune phase starts after the export"
+            return self.exported
+        return self.search
 
     def enter(self, phase: str) -> None:
         if phase == "finetune":
@@ -751,8 +755,8 @@ class _Run:
         self.search.gates_enabled = phase != "warmup"
         model.train()
         sampler = getattr(self.train_data, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(self.epoch)  # DistributedSampler: a new shuffle every epoch
+        if isinstance(sampler, torch.utils.data.distributed.DistributedSampler):
+            sampler.set_epoch(self.epoch)  # a new shuffle every epoch
         t0 = time.perf_counter()
         sums = {"loss": 0.0, "task_loss": 0.0, "reg_loss": 0.0}
         seen, correct, counted = 0, 0, 0

@@ -40,7 +40,7 @@ def test_demo_config_parses() -> None:
 def test_defaults_of_a_minimal_config() -> None:
     cfg = parse_config(MINIMAL)
     assert cfg.search.target == "generic"
-    assert cfg.search.cost_mode == "expected"
+    assert cfg.search.cost_mode == "straight_through"
     assert cfg.search.lr == pytest.approx(1e-3)
     assert cfg.model.leaf_modules == ()
     assert cfg.output.folder == "runs/search"

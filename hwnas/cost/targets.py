@@ -17,7 +17,9 @@ __all__ = ["Target", "LutModel", "load_target", "known_targets"]
 _FAMILIES = ("generic", "lut")
 _TABLE_MODELS = ("logicnets", "shannon")
 _MAC_MODELS = ("multiplier_array",)
-_TOP_KEYS = {"name", "description", "family", "lut_inputs", "weight_bits", "activation_bits", "luts"}
+_TOP_KEYS = {
+    "name", "description", "family", "lut_inputs", "weight_bits", "activation_bits", "luts"
+}
 _LUT_KEYS = {"table", "mac", "luts_per_pp_bit", "luts_per_adder_bit", "luts_per_comparator_bit"}
 
 
