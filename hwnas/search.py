@@ -22,7 +22,7 @@ from torch import nn
 
 from hwnas import cost as cost_registry
 from hwnas.cost.targets import Target, load_target
-from hwnas.gates import HardConcreteGate
+from hwnas.gates import HardConcreteGate, hard_concrete_deterministic, hard_concrete_sample
 from hwnas.graph import ChannelGroup, LayerInfo, channel_groups, layers, trace
 
 __all__ = ["SearchModel", "wrap"]
@@ -267,6 +267,19 @@ class SearchModel(nn.Module):
                            torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long), len(ids))
 
     # ------------------------------------------------------------------ forward
+    def _gate_values(self, sample: bool, batch: int | None) -> dict[int, torch.Tensor]:
+        """All gates in one draw (one op chain for every group, then split per group)."""
+        if not self.free_groups:
+            return {}
+        log_alpha = torch.cat([self._gate_of[g].log_alpha for g in self.free_groups])
+        if sample:
+            shape = log_alpha.shape if batch is None else (batch, log_alpha.numel())
+            z = hard_concrete_sample(log_alpha, shape)
+        else:
+            z = hard_concrete_deterministic(log_alpha)
+        parts = z.split([self.groups[g].size for g in self.free_groups], dim=-1)
+        return dict(zip(self.free_groups, parts, strict=True))
+
     @property
     def gates_enabled(self) -> bool:
         """False while gates are bypassed (plain training of the full model, e.g. warm-up)."""
@@ -280,9 +293,10 @@ class SearchModel(nn.Module):
         state = self._state
         if not state.enabled:
             return self.gm(*inputs)
-        batch = inputs[0].shape[0] if (self.per_example and self.training) else None
+        sample = self.gates.training
+        batch = inputs[0].shape[0] if (self.per_example and sample) else None
         state.batch = batch
-        state.z = {g: self._gate_of[g](batch) for g in self.free_groups}
+        state.z = self._gate_values(sample, batch)
         try:
             return self.gm(*inputs)
         finally:
