@@ -9,7 +9,7 @@ Wrap a model for search, set cost targets, export the pruned model to ONNX:
     ...                     nn.Flatten(), nn.Linear(8, 2))
     >>> search = hwnas.wrap(net, torch.randn(1, 1, 8, 8), costs=("params", "ops"))
     >>> reg = hwnas.regularizers.DUCCIO({"params": 60.0}, final_strengths={"params": 1e-3})
-    >>> float(reg(search)) > 0
+    >>> float(reg(search).detach()) > 0
     True
 """
 

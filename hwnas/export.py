@@ -20,7 +20,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from hwnas.graph import LayerInfo
+from hwnas.graph import LayerInfo, TraceError
 from hwnas.search import ChannelMask, SearchModel, WeightMasked
 
 __all__ = [
@@ -292,7 +292,8 @@ class ExportResult:
         input_names / output_names: Graph input and output names.
         max_abs_diff: Largest |onnxruntime - PyTorch| over the checked batches.
         batch_sizes: Batch sizes checked in onnxruntime.
-        params / ops: Exact parameter and MAC counts of the exported model (batch 1).
+        params / ops: Exact parameter and MAC counts of the exported model (batch 1); NaN
+            when torch.fx cannot trace the model (the ONNX file is still verified).
     """
 
     path: Path
@@ -444,8 +445,12 @@ def export_onnx(
                         f"onnxruntime output differs from PyTorch by {diff:.3g} > atol={atol:g} "
                         f"(batch sizes {batches})"
                     )
-            # Before the move: a model that fails to profile leaves nothing at ``path`` either.
-            costs = profile(model, tuple(x[:1] for x in example_inputs)).iloc[-1]
+            try:
+                table = profile(model, tuple(x[:1] for x in example_inputs))
+                params, ops = float(table.iloc[-1]["params"]), float(table.iloc[-1]["ops"])
+            except TraceError:
+                # torch.onnx could export what torch.fx cannot trace: no cost counts then.
+                params = ops = float("nan")
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -460,6 +465,6 @@ def export_onnx(
         output_names=output_names,
         max_abs_diff=diff,
         batch_sizes=batches,
-        params=float(costs["params"]),
-        ops=float(costs["ops"]),
+        params=params,
+        ops=ops,
     )
