@@ -10,6 +10,7 @@ batch and matches PyTorch. Both are checked on the zoo and on random architectur
 from __future__ import annotations
 
 import copy
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -518,12 +519,15 @@ def test_exporter_failure_leaves_no_file(tmp_path: Path) -> None:
     _no_leftovers(tmp_path, set())
 
 
-def test_profile_failure_leaves_no_file(tmp_path: Path) -> None:
+def test_model_fx_cannot_trace_is_exported_without_costs(tmp_path: Path) -> None:
     path = tmp_path / "net.onnx"
     with pytest.raises(hwnas.TraceError, match="cannot trace _Untraceable"):
-        export_onnx(_Untraceable(), path, torch.randn(1, 4))
-    assert not path.exists()
-    _no_leftovers(tmp_path, set())
+        hwnas.profile(_Untraceable(), torch.randn(1, 4))
+    result = export_onnx(_Untraceable(), path, torch.randn(1, 4))
+    assert path.exists()
+    assert result.max_abs_diff <= 1e-4 and result.batch_sizes == (1, 3)
+    assert math.isnan(result.params) and math.isnan(result.ops)
+    _no_leftovers(tmp_path, {"net.onnx"})
 
 
 def test_bad_paths(tmp_path: Path) -> None:
