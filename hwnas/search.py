@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -254,6 +255,15 @@ class SearchModel(nn.Module):
             return torch.tensor(out, dtype=torch.long)
 
         self._alive_index = [(index(i.in_slots), index(i.out_slots)) for i in self.layer_infos]
+        self._compiled_cache: dict[str, Any] = {}
+
+        def segments(which: int) -> tuple[torch.Tensor, torch.Tensor]:
+            flat = [pair[which] for pair in self._alive_index]
+            layer = [torch.full((len(f),), k, dtype=torch.long) for k, f in enumerate(flat)]
+            empty = torch.zeros(0, dtype=torch.long)
+            return (torch.cat(flat) if flat else empty, torch.cat(layer) if layer else empty)
+
+        self._segments = (segments(0), segments(1))
         # Channel sets that must keep a channel, as flat indices; a set with a frozen
         # (always kept) channel never needs a fix and is left out.
         flat: list[torch.Tensor] = []
@@ -423,16 +433,66 @@ class SearchModel(nn.Module):
         if name == "luts" and not self.target.has_lut_model:
             cost_registry.formulas.lut_model(self.target)
         alive_vec = self._alive_vector(self.cost_mode if mode is None else mode)
-        total = alive_vec.new_zeros(())
-        for info, (idx_in, idx_out) in zip(self.layer_infos, self._alive_index, strict=True):
+        bilinear, others = self._compiled(name)
+        total = alive_vec.new_zeros((), dtype=torch.float64)
+        if bilinear is not None:
+            # Costs bilinear in the alive counts, for all those layers at once:
+            # c0 + c1 * in + c2 * out + c3 * in * out (see _compiled).
+            layers_idx, coef = bilinear
+            dev = alive_vec.device
+            a_in, a_out = self._layer_alive(alive_vec.double())
+            a_in, a_out = a_in[layers_idx.to(dev)], a_out[layers_idx.to(dev)]
+            coef = coef.to(dev)
+            total = total + (coef[:, 0] + coef[:, 1] * a_in + coef[:, 2] * a_out
+                             + coef[:, 3] * a_in * a_out).sum()
+        for k in others:
+            info = self.layer_infos[k]
+            fn = cost_registry.lookup(name, info.module_type or type(None))
+            assert fn is not None
+            idx_in, idx_out = (i.to(alive_vec.device) for i in self._alive_index[k])
+            alive = {"in": alive_vec[idx_in].sum(), "out": alive_vec[idx_out].sum()}
+            total = total + fn(info, alive, self.target).double()
+        return total.to(alive_vec.dtype) if mode != "deterministic" else total
+
+    def _layer_alive(self, alive_vec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Alive input and output channels of every layer: two segment sums."""
+        (in_flat, in_layer), (out_flat, out_layer) = self._segments
+        dev = alive_vec.device
+        n = len(self.layer_infos)
+        a_in = alive_vec.new_zeros(n).index_add(0, in_layer.to(dev), alive_vec[in_flat.to(dev)])
+        a_out = alive_vec.new_zeros(n).index_add(0, out_layer.to(dev),
+                                                 alive_vec[out_flat.to(dev)])
+        return a_in, a_out
+
+    def _compiled(self, name: str):
+        """Split the layers of metric ``name`` into bilinear ones (coefficients) and others.
+
+        A registered cost function is probed at (in, out) in {0, 1}^2, which fixes
+        c0 + c1*in + c2*out + c3*in*out, and checked at two more points (the layer's
+        full size and a third one); a function that passes is evaluated for all such
+        layers in one vectorised expression, the others layer by layer. Convs and linears
+        (params, MACs) are bilinear; the LUT estimate (log2 of the fan-in) is not.
+        """
+        cache = self._compiled_cache
+        if name in cache:
+            return cache[name]
+        rows, idx, others = [], [], []
+        for k, info in enumerate(self.layer_infos):
             fn = cost_registry.lookup(name, info.module_type or type(None))
             if fn is None:
                 continue
-            idx_in = idx_in.to(alive_vec.device)
-            idx_out = idx_out.to(alive_vec.device)
-            alive = {"in": alive_vec[idx_in].sum(), "out": alive_vec[idx_out].sum()}
-            total = total + fn(info, alive, self.target)
-        return total
+            coef = _bilinear_coefficients(fn, info, self.target)
+            if coef is None:
+                others.append(k)
+            else:
+                rows.append(coef)
+                idx.append(k)
+        bilinear = None
+        if rows:
+            bilinear = (torch.tensor(idx, dtype=torch.long),
+                        torch.tensor(rows, dtype=torch.float64))
+        cache[name] = (bilinear, others)
+        return cache[name]
 
     def costs(self) -> dict[str, float]:
         """Exact costs of the deterministic architecture (what export will produce)."""
@@ -519,6 +579,27 @@ class SearchModel(nn.Module):
         from hwnas.export import materialize
 
         return materialize(self)
+
+
+def _bilinear_coefficients(fn, info: LayerInfo, target: Target) -> list[float] | None:
+    """(c0, c1, c2, c3) with fn == c0 + c1*in + c2*out + c3*in*out, or None if it is not."""
+
+    def at(a_in: float, a_out: float) -> float:
+        alive = {"in": torch.tensor(a_in, dtype=torch.float64),
+                 "out": torch.tensor(a_out, dtype=torch.float64)}
+        return float(fn(info, alive, target))
+
+    try:
+        f00, f10, f01, f11 = at(0, 0), at(1, 0), at(0, 1), at(1, 1)
+        coef = [f00, f10 - f00, f01 - f00, f11 - f10 - f01 + f00]
+        for a_in, a_out in ((float(info.in_channels or 0), float(info.out_channels or 0)),
+                            (3.0, 7.0)):
+            expected = coef[0] + coef[1] * a_in + coef[2] * a_out + coef[3] * a_in * a_out
+            if abs(at(a_in, a_out) - expected) > 1e-9 * max(1.0, abs(expected)):
+                return None
+    except Exception:  # a function that cannot take these probes is evaluated as is
+        return None
+    return coef
 
 
 def wrap(
