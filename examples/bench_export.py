@@ -258,7 +258,9 @@ def to_markdown(rows: list[dict[str, object]], command: str, args, load: float, 
         "where the model's groups are only 16 or 32 wide (ResNet) alignment cannot reach the "
         "MAC targets, and the closest aligned state is listed with its own MAC ratio. A "
         "hardware-aware search for this target should cost channels in blocks (or round the "
-        "kept counts to the block) rather than count MACs one channel at a time.",
+        "kept counts to the block) rather than count MACs one channel at a time: "
+        "`hwnas.wrap(model, x, channel_multiple=16)` gives every group one gate per block of "
+        "16 channels, so a search only produces aligned widths.",
         "- Noise. The machine is shared (see the load average); interleaving makes the "
         "ratios comparable within one model, but single ratios can still move by 10-20 % "
         "between runs, most at batch 1.",

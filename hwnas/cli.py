@@ -65,7 +65,7 @@ def run_search(config, progress: bool = True) -> dict[str, Any]:
     train = shard_loader(train, seed=s.seed)
     example = torch.randn(config.model.input_shape)
     search = hwnas.wrap(model, example, costs=tuple(s.targets), target=s.target,
-                        droprate_init=s.droprate_init,
+                        droprate_init=s.droprate_init, channel_multiple=s.channel_multiple,
                         leaf_modules=tuple(config.model.leaf_modules))
     targets = relative_targets(search, s.targets)
     fit_config = FitConfig(
@@ -231,6 +231,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     example = torch.randn(tuple(cfg["model"]["input_shape"]))
     search = hwnas.wrap(model, example, costs=tuple(cfg["search"]["targets"]),
                         target=cfg["search"]["target"],
+                        channel_multiple=cfg["search"].get("channel_multiple", 1),
                         leaf_modules=tuple(cfg["model"]["leaf_modules"]))
     search.load_state_dict(state["search"])
     exported = materialize(search.eval())

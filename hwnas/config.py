@@ -23,6 +23,7 @@ Schema (every key optional unless marked required)::
     arch_lr = 0.1
     weight_decay = 0.0
     droprate_init = 0.3
+    channel_multiple = 1                   # channels per gate (16: kept widths multiple of 16)
     cost_mode = "straight_through"         # or "expected"
     patience = 3                           # early stopping in warm-up and fine-tune (0: off)
     seed = 0
@@ -161,6 +162,7 @@ class SearchSection:
     arch_lr: float = 0.1
     weight_decay: float = 0.0
     droprate_init: float = 0.3
+    channel_multiple: int = 1
     cost_mode: str = "straight_through"
     patience: int = 3
     seed: int = 0

@@ -224,7 +224,7 @@ def materialize(search: SearchModel) -> fx.GraphModule:
     with torch.no_grad():
         keep_t = search.keep_masks()
         keep = {g: m.cpu().numpy() for g, m in keep_t.items()}
-        zdet = {g: search.gate(g).deterministic().detach().cpu() for g in search.free_groups}
+        zdet = {g: search.channel_gate_values(g).detach().cpu() for g in search.free_groups}
         gm = copy.deepcopy(search.gm)
         for name, module in list(gm.named_modules()):
             if isinstance(module, WeightMasked):

@@ -148,8 +148,11 @@ class SearchModel(nn.Module):
         target: Target,
         droprate_init: float,
         per_example: bool,
+        channel_multiple: int = 1,
     ) -> None:
         super().__init__()
+        #: Channels per gate: pruning keeps whole blocks of this many channels per group.
+        self.channel_multiple = channel_multiple
         self.gm = gm
         self.groups = groups
         self.cost_names = cost_names
@@ -160,7 +163,8 @@ class SearchModel(nn.Module):
         self._state = _GateValues()
         self.free_groups = [g.index for g in groups if g.frozen is None]
         self._gate_of: dict[int, HardConcreteGate] = {
-            g: HardConcreteGate(groups[g].size, droprate_init, per_example=per_example)
+            g: HardConcreteGate(-(-groups[g].size // channel_multiple), droprate_init,
+                                per_example=per_example)
             for g in self.free_groups
         }
         self.gates = nn.ModuleDict({str(g): gate for g, gate in self._gate_of.items()})
@@ -277,6 +281,13 @@ class SearchModel(nn.Module):
                            torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long), len(ids))
 
     # ------------------------------------------------------------------ forward
+    def _to_channels(self, g: int, values: torch.Tensor) -> torch.Tensor:
+        """Per-gate values of group ``g`` (last dim) repeated for every channel of its block."""
+        m = self.channel_multiple
+        if m == 1:
+            return values
+        return values.repeat_interleave(m, dim=-1)[..., : self.groups[g].size]
+
     def _gate_values(self, sample: bool, batch: int | None) -> dict[int, torch.Tensor]:
         """All gates in one draw (one op chain for every group, then split per group)."""
         if not self.free_groups:
@@ -287,8 +298,9 @@ class SearchModel(nn.Module):
             z = hard_concrete_sample(log_alpha, shape)
         else:
             z = hard_concrete_deterministic(log_alpha)
-        parts = z.split([self.groups[g].size for g in self.free_groups], dim=-1)
-        return dict(zip(self.free_groups, parts, strict=True))
+        parts = z.split([self._gate_of[g].log_alpha.numel() for g in self.free_groups], dim=-1)
+        return {g: self._to_channels(g, z_g) for g, z_g in zip(self.free_groups, parts,
+                                                                strict=True)}
 
     @property
     def gates_enabled(self) -> bool:
@@ -321,6 +333,10 @@ class SearchModel(nn.Module):
     def weight_parameters(self) -> Iterator[nn.Parameter]:
         """Every parameter of the wrapped model (not the gates)."""
         return self.gm.parameters()
+
+    def channel_gate_values(self, group: int) -> torch.Tensor:
+        """Deterministic gate value of every channel of ``group`` (blocks expanded)."""
+        return self._to_channels(group, self.gate(group).deterministic())
 
     def gate(self, group: int) -> HardConcreteGate:
         """The gate of channel group ``group`` (KeyError for frozen or unknown groups)."""
@@ -360,27 +376,31 @@ class SearchModel(nn.Module):
         if not self.free_groups:
             return {}
         gates = [self._gate_of[g] for g in self.free_groups]
-        keep = torch.cat([gate.keep_mask() for gate in gates]).cpu()
+        keep = torch.cat([self._to_channels(g, gate.keep_mask())
+                          for g, gate in zip(self.free_groups, gates, strict=True)]).cpu()
         set_index, set_id, n_sets = self._set_index
         if n_sets:
             counts = torch.zeros(n_sets).index_add_(0, set_id, keep[set_index].float())
             empty = torch.nonzero(counts == 0).flatten().tolist()
             if empty:
-                log_alpha = torch.cat([gate.log_alpha.detach() for gate in gates]).cpu()
+                log_alpha = torch.cat([self._to_channels(g, gate.log_alpha.detach())
+                                       for g, gate in zip(self.free_groups, gates,
+                                                          strict=True)]).cpu()
                 for k in empty:
                     idx = set_index[set_id == k]
                     if not bool(keep[idx].any()):  # an earlier fix may have filled it
                         keep[idx[int(log_alpha[idx].argmax())]] = True
         masks, start = {}, 0
         for g, gate in zip(self.free_groups, gates, strict=True):
-            n = gate.log_alpha.numel()
+            n = self.groups[g].size
             masks[g] = keep[start:start + n].to(gate.log_alpha.device)
             start += n
         return masks
 
     def _alive_vector(self, mode: str) -> torch.Tensor:
         if mode == "expected":
-            parts = [self._gate_of[g].prob_nonzero() for g in self.free_groups]
+            parts = [self._to_channels(g, self._gate_of[g].prob_nonzero())
+                     for g in self.free_groups]
         elif mode == "deterministic":
             keep = self.keep_masks()
             parts = [keep[g].float() for g in self.free_groups]
@@ -388,7 +408,7 @@ class SearchModel(nn.Module):
             keep = self.keep_masks()
             parts = []
             for g in self.free_groups:
-                p = self._gate_of[g].prob_nonzero()
+                p = self._to_channels(g, self._gate_of[g].prob_nonzero())
                 parts.append(keep[g].to(p.dtype) + p - p.detach())
         else:
             raise ValueError(
@@ -529,8 +549,8 @@ class SearchModel(nn.Module):
                 best: tuple[float, int, int] | None = None
                 for g in self.free_groups:
                     gate = self._gate_of[g]
-                    open_ = gate.keep_mask() & keep[g]
-                    if int(open_.sum()) <= 1:
+                    open_ = gate.keep_mask()
+                    if int(open_.sum()) <= 1 or not bool(keep[g].any()):
                         continue
                     la = gate.log_alpha.masked_fill(~open_, float("inf"))
                     k = int(la.argmin())
@@ -611,6 +631,7 @@ def wrap(
     droprate_init: float = 0.3,
     per_example: bool = False,
     leaf_modules: tuple[type | str, ...] = (),
+    channel_multiple: int = 1,
 ) -> SearchModel:
     """Wrap a copy of ``model`` for channel search.
 
@@ -628,6 +649,9 @@ def wrap(
         per_example: Sample an independent gate per example (a (batch, channels) mask)
             instead of one per batch.
         leaf_modules: Passed to :func:`hwnas.trace`.
+        channel_multiple: Channels per gate. With 16, every group keeps a multiple of 16
+            channels (its last block may be shorter): the blocked layouts of CPU/GPU
+            kernels (e.g. onnxruntime's NCHWc) then run the pruned layers at full speed.
 
     Returns:
         A :class:`SearchModel`.
@@ -652,6 +676,10 @@ def wrap(
         cost_registry.check_metric(name)
         if name == "luts" and not target.has_lut_model:
             cost_registry.formulas.lut_model(target)
+    if not isinstance(channel_multiple, int) or channel_multiple < 1:
+        raise ValueError(
+            f"`channel_multiple` must be an integer >= 1, but got {channel_multiple!r}"
+        )
     if not 0.0 < droprate_init < 1.0:
         raise ValueError(f"`droprate_init` must be in (0, 1), but got {droprate_init!r}")
     copied = copy.deepcopy(model)
@@ -676,7 +704,8 @@ def wrap(
                     for g in np.unique(info.out_slots[0]):
                         if groups[int(g)].frozen is None:
                             groups[int(g)] = _frozen(groups[int(g)], f"excluded: {node.target}")
-    return SearchModel(gm, tuple(groups), costs, target, droprate_init, per_example)
+    return SearchModel(gm, tuple(groups), costs, target, droprate_init, per_example,
+                       channel_multiple)
 
 
 def _frozen(group: ChannelGroup, reason: str) -> ChannelGroup:

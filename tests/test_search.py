@@ -316,3 +316,28 @@ def test_luts_cost_on_a_lut_target() -> None:
     assert "luts" in search.costs()
     assert search.costs()["luts"] > 0
     assert search.cost("luts").requires_grad
+
+
+def test_channel_multiple_keeps_whole_blocks(tmp_path):
+    model, x = build("resnet")
+    model.eval()
+    search = hwnas.wrap(model, x, channel_multiple=8)
+    for g in search.free_groups:
+        n = search.gate(g).log_alpha.numel()
+        assert n == -(-search.groups[g].size // 8)
+        values = torch.ones(n)
+        values[n // 2:] = 0.0
+        values[0] = 0.6  # folded into the weights on export
+        search.gate(g).set_deterministic_(values)
+    search.eval()
+    kept = search.summary(by="group").set_index("group")["kept"]
+    for g in search.free_groups:
+        assert kept[g] % 8 == 0 and 0 < kept[g] < search.groups[g].size
+    pruned = hwnas.materialize(search).eval()
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), search(x), atol=1e-5)
+    total = hwnas.profile(pruned, x).iloc[-1]
+    assert float(total["params"]) == search.costs()["params"]
+    assert float(total["ops"]) == search.costs()["ops"]
+    with pytest.raises(ValueError, match="`channel_multiple` must be an integer >= 1, but got 0"):
+        hwnas.wrap(model, x, channel_multiple=0)
