@@ -15,12 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from hwnas.cli import main
 from hwnas.report import check_png_not_blank
-
-torch.set_num_threads(1)
 
 SUBCOMMANDS = ("demo", "search", "profile", "export", "targets")
 DIGITS_PARAMS = 56234

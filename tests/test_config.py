@@ -9,8 +9,6 @@ import torch
 
 from hwnas.config import DEMO_CONFIG, SearchConfig, load_config, load_factory, parse_config
 
-torch.set_num_threads(1)
-
 MINIMAL = """
 [model]
 factory = "hwnas.models:digits_cnn"

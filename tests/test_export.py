@@ -35,16 +35,6 @@ LIGHT = names()
 FRACTIONS = (0.0, 0.5, 0.9)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tensors are tiny: intra-op threads only add contention (tens of times slower on
-    a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------- helpers
 
 

@@ -23,16 +23,6 @@ GATED = [n for n in LIGHT if n != "mlp_layernorm"]
 METRICS = ["norm_params", "ops", "params"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tensors are tiny: intra-op threads only add contention (tens of times slower on
-    a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _wrap(name: str, **kwargs) -> tuple[SearchModel, nn.Module, torch.Tensor]:
     model, x = build(name)
     return hwnas.wrap(model, x, **kwargs), model, x

@@ -14,8 +14,6 @@ from torch.utils.data import DataLoader, TensorDataset
 import hwnas
 from hwnas.train import CheckpointError, EarlyStopping, FitConfig, fit, relative_targets
 
-torch.set_num_threads(1)
-
 
 def _data(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
