@@ -23,7 +23,12 @@ from torch import nn
 
 from hwnas import cost as cost_registry
 from hwnas.cost.targets import Target, load_target
-from hwnas.gates import HardConcreteGate, hard_concrete_deterministic, hard_concrete_sample
+from hwnas.gates import (
+    HardConcreteGate,
+    hard_concrete_deterministic,
+    hard_concrete_sample,
+    prob_nonzero,
+)
 from hwnas.graph import ChannelGroup, LayerInfo, channel_groups, layers, trace
 
 __all__ = ["SearchModel", "wrap"]
@@ -375,46 +380,51 @@ class SearchModel(nn.Module):
         """
         if not self.free_groups:
             return {}
-        gates = [self._gate_of[g] for g in self.free_groups]
-        keep = torch.cat([self._to_channels(g, gate.keep_mask())
-                          for g, gate in zip(self.free_groups, gates, strict=True)]).cpu()
+        keep = self._keep_flat()
+        device = self._gate_of[self.free_groups[0]].log_alpha.device
+        sizes = [self.groups[g].size for g in self.free_groups]
+        return {g: k.to(device) for g, k in zip(self.free_groups, keep.split(sizes),
+                                                 strict=True)}
+
+    def _flat_channels(self, per_gate: torch.Tensor) -> torch.Tensor:
+        """Concatenated per-gate values of all free groups, expanded to channels."""
+        if self.channel_multiple == 1:
+            return per_gate
+        parts = per_gate.split([self._gate_of[g].log_alpha.numel() for g in self.free_groups])
+        return torch.cat([self._to_channels(g, p) for g, p in zip(self.free_groups, parts,
+                                                                  strict=True)])
+
+    def _log_alpha(self) -> torch.Tensor:
+        return torch.cat([self._gate_of[g].log_alpha for g in self.free_groups])
+
+    def _keep_flat(self) -> torch.Tensor:
+        """Channel-level keep mask of all free groups (CPU), see :meth:`keep_masks`."""
+        log_alpha = self._flat_channels(self._log_alpha().detach()).cpu()
+        keep = hard_concrete_deterministic(log_alpha) > 0
         set_index, set_id, n_sets = self._set_index
         if n_sets:
             counts = torch.zeros(n_sets).index_add_(0, set_id, keep[set_index].float())
-            empty = torch.nonzero(counts == 0).flatten().tolist()
-            if empty:
-                log_alpha = torch.cat([self._to_channels(g, gate.log_alpha.detach())
-                                       for g, gate in zip(self.free_groups, gates,
-                                                          strict=True)]).cpu()
-                for k in empty:
-                    idx = set_index[set_id == k]
-                    if not bool(keep[idx].any()):  # an earlier fix may have filled it
-                        keep[idx[int(log_alpha[idx].argmax())]] = True
-        masks, start = {}, 0
-        for g, gate in zip(self.free_groups, gates, strict=True):
-            n = self.groups[g].size
-            masks[g] = keep[start:start + n].to(gate.log_alpha.device)
-            start += n
-        return masks
+            for k in torch.nonzero(counts == 0).flatten().tolist():
+                idx = set_index[set_id == k]
+                if not bool(keep[idx].any()):  # an earlier fix may have filled it
+                    keep[idx[int(log_alpha[idx].argmax())]] = True
+        return keep
 
     def _alive_vector(self, mode: str) -> torch.Tensor:
-        if mode == "expected":
-            parts = [self._to_channels(g, self._gate_of[g].prob_nonzero())
-                     for g in self.free_groups]
-        elif mode == "deterministic":
-            keep = self.keep_masks()
-            parts = [keep[g].float() for g in self.free_groups]
-        elif mode == "straight_through":
-            keep = self.keep_masks()
-            parts = []
-            for g in self.free_groups:
-                p = self._to_channels(g, self._gate_of[g].prob_nonzero())
-                parts.append(keep[g].to(p.dtype) + p - p.detach())
-        else:
+        if mode not in ("expected", "deterministic", "straight_through"):
             raise ValueError(
                 f"`mode` must be 'expected', 'straight_through' or 'deterministic', "
                 f"but got {mode!r}"
             )
+        parts: list[torch.Tensor] = []
+        if self.free_groups:
+            if mode == "deterministic":
+                parts = [self._keep_flat().float()]
+            else:
+                p = self._flat_channels(prob_nonzero(self._log_alpha()))
+                if mode == "straight_through":
+                    p = self._keep_flat().to(p) + p - p.detach()
+                parts = [p]
         device = next(self.gm.parameters()).device if any(True for _ in self.gm.parameters()) \
             else torch.device("cpu")
         one = torch.ones(1, device=device)
