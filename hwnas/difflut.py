@@ -39,9 +39,7 @@ Example:
 from __future__ import annotations
 
 import json
-import logging
 import os
-import tempfile
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,7 +84,6 @@ _CONNECTIONS = ("random", "learnable")
 _MAX_K = 12
 # Elements of the largest interpolation intermediate before LUTLayer splits nodes into chunks.
 _DEFAULT_MAX_ELEMENTS = 2**23
-_LUT_TARGETS = ("xc7-lut6", "ice40-lut4")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -785,12 +782,7 @@ def _read_inputs(layer: LUTLayer, used: Tensor) -> Tensor:
 
 
 def _lut_model(target: Target) -> LutModel:
-    if target.luts is None:
-        raise ValueError(
-            f"target {target.name!r} has no LUT model; use one of {', '.join(_LUT_TARGETS)} "
-            "or a target file with a [luts] table"
-        )
-    return target.luts
+    return _cost.formulas.lut_model(target)
 
 
 def table_luts(k_eff: Tensor | int, target: Target | str) -> Tensor:
@@ -1087,43 +1079,6 @@ def _as_input(example_inputs: Tensor | tuple[Tensor, ...]) -> Tensor:
     return example_inputs.detach().float().cpu()
 
 
-def _torch_onnx_export(net: nn.Module, x: Tensor, path: Path) -> None:
-    """``torch.onnx.export`` with a dynamic batch: dynamo first, TorchScript as fallback."""
-    import warnings
-
-    # the dynamo exporter logs one warning per missing optional op library (torchvision)
-    log = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(
-                    net,
-                    (x,),
-                    str(path),
-                    dynamo=True,
-                    external_data=False,
-                    verbose=False,
-                    dynamic_shapes=({0: torch.export.Dim("batch")},),
-                    input_names=["x"],
-                    output_names=["scores"],
-                )
-            except Exception:  # noqa: BLE001 - any dynamo failure: use the TorchScript path
-                torch.onnx.export(
-                    net,
-                    (x,),
-                    str(path),
-                    dynamo=False,
-                    dynamic_axes={"x": {0: "batch"}, "scores": {0: "batch"}},
-                    input_names=["x"],
-                    output_names=["scores"],
-                )
-    finally:
-        log.setLevel(level)
-
-
 def export_lut_onnx(
     model: nn.Module, path: str | os.PathLike[str], example_inputs: Tensor | tuple[Tensor, ...]
 ) -> Path:
@@ -1132,10 +1087,9 @@ def export_lut_onnx(
     The graph (from :func:`binary_inference_module`): thresholds (``Greater``), bit packing
     (``Mul`` by ``2^j``, ``ReduceSum``), ``Gather`` from the flattened {0, 1} tables,
     group sums; output: (batch, classes) scores, or the last layer's bits without a GroupSum.
-    Uses the dynamo exporter (falls back to the TorchScript one if it fails), writes to a
-    temporary file in the same folder and renames it, so a failed export leaves no file;
-    then runs ``onnx.checker.check_model(full_check=True)`` and checks that onnxruntime's
-    outputs on ``example_inputs`` equal the PyTorch binary module's exactly.
+    The export is :func:`hwnas.export_onnx` with ``atol=0``: a single file written only
+    when ``onnx.checker`` passes and onnxruntime's outputs equal the PyTorch binary
+    module's exactly (at the example batch and at batch 3); a failed export leaves no file.
 
     Args:
         model: A LUT network (see :func:`binary_inference_module`).
@@ -1146,7 +1100,7 @@ def export_lut_onnx(
         The path written.
 
     Raises:
-        RuntimeError: if onnxruntime disagrees with PyTorch on ``example_inputs``.
+        hwnas.ExportError: if the exporter fails or onnxruntime disagrees with PyTorch.
 
     Example:
         >>> import tempfile, torch
@@ -1157,37 +1111,12 @@ def export_lut_onnx(
         ...     out.name
         'lut.onnx'
     """
-    import numpy as np
-    import onnx
-    import onnxruntime as ort
+    from hwnas.export import export_onnx
 
     path = Path(path)
-    x = _as_input(example_inputs)
     net = binary_inference_module(model)
-    if x.shape[0] < 2:  # a batch of 1 would be specialised by the tracer
-        x = torch.cat([x, x])
-    with torch.no_grad():
-        expected = net(x).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        _torch_onnx_export(net, x, tmp)
-        onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
-        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-        if got.shape != expected.shape or not np.array_equal(got, expected):
-            raise RuntimeError(
-                f"onnxruntime output differs from PyTorch binary output on example_inputs "
-                f"({int((got != expected).sum()) if got.shape == expected.shape else 'shape'}"
-                " mismatches)"
-            )
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return export_onnx(net, path, (_as_input(example_inputs),), atol=0.0).path
 
 
 def _node_table(row: Tensor, conn: Tensor, dep: Tensor) -> tuple[list[int], str]:

@@ -447,7 +447,9 @@ def export_onnx(
                     )
             try:
                 table = profile(model, tuple(x[:1] for x in example_inputs))
-                params, ops = float(table.iloc[-1]["params"]), float(table.iloc[-1]["ops"])
+                params = ops = 0.0  # no costed layer (e.g. a LUT network): no params/MACs
+                if not table.empty:
+                    params, ops = float(table.iloc[-1]["params"]), float(table.iloc[-1]["ops"])
             except TraceError:
                 # torch.onnx could export what torch.fx cannot trace: no cost counts then.
                 params = ops = float("nan")
