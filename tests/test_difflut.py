@@ -278,7 +278,8 @@ def test_lut_formulas_and_generic_target():
     enc = ThermometerEncoder(3).fit(torch.rand(10, 4))
     assert cost.evaluate("luts", info_for(enc), {}, load_target("xc7-lut6")).item() == 12 * 8
     layer = parity_layer(6, [6])
-    with pytest.raises(ValueError, match="target 'generic' has no LUT model; use one of ice40-lut4, xc7-lut6"):
+    with pytest.raises(ValueError,
+                       match="target 'generic' has no LUT model; use one of ice40-lut4, xc7-lut6"):
         cost.evaluate("luts", info_for(layer), {}, load_target("generic"))
 
 

@@ -38,6 +38,18 @@ def test_three_calls_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert onnx_file.is_file() and onnx_file.stat().st_size > 1000
 
 
+def test_difflut_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    heading = "## DiffLUT: lookup-table networks for FPGAs"
+    blocks = _blocks(_section(README.read_text(), heading), "python")
+    assert blocks, f"no ```python block under {heading!r} in README.md"
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    exec(compile(blocks[0], str(README), "exec"), {"__name__": "__readme__"})
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "True"
+    assert (tmp_path / "digits_lut.onnx").stat().st_size > 1000
+
+
 def test_quick_start_commands_are_verbatim() -> None:
     bash = [b.strip() for b in _blocks(_section(README.read_text(), "## Quick start"), "bash")]
     assert bash == [DEMO_COMMAND, TEST_COMMAND]
