@@ -30,6 +30,7 @@ from hwnas.gates import (
     prob_nonzero,
 )
 from hwnas.graph import ChannelGroup, LayerInfo, channel_groups, layers, trace
+from hwnas.profile import metrics_for
 
 __all__ = ["SearchModel", "wrap"]
 
@@ -446,7 +447,7 @@ class SearchModel(nn.Module):
         return pd.DataFrame(rows)
 
     def _metrics(self) -> list[str]:
-        return [m for m in cost_registry.metrics() if m != "luts" or self.target.has_lut_model]
+        return metrics_for(self.target)
 
     def cost(self, name: str, mode: str | None = None) -> torch.Tensor:
         """Differentiable total cost ``name`` of the architecture.

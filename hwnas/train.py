@@ -288,7 +288,7 @@ def evaluate(
     return result
 
 
-def evaluate_batches(model: nn.Module, data: Iterable, loss_fn: Callable,
+def _mean_loss(model: nn.Module, data: Iterable, loss_fn: Callable,
                      device: torch.device) -> float:
     """Mean ``loss_fn`` over ``data`` in the model's current modes, without gradients."""
     total, n = 0.0, 0
@@ -700,8 +700,8 @@ class _Run:
         self.search.eval()
         self.search.gates.train()
         try:
-            self.start_loss = evaluate_batches(self.search, self.train_data, self.loss_fn,
-                                               self.device)
+            self.start_loss = _mean_loss(self.search, self.train_data, self.loss_fn,
+                                         self.device)
         finally:
             self.search.train(was_training)
         return self.start_loss
