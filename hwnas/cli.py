@@ -34,13 +34,14 @@ def _loaders(data: Any) -> tuple[Any, Any]:
     )
 
 
-def run_search(config, progress: bool = True) -> dict[str, Any]:
+def run_search(config, progress: bool = True, resume: bool = True) -> dict[str, Any]:
     """Run a whole search from a :class:`~hwnas.config.SearchConfig`; write its outputs.
 
     Writes to ``config.output_dir``: ``checkpoint.pt`` (resumable fit state),
     ``search.pt`` (config + weights, read by ``hwnas export``), ``model.onnx``
     (verified), and the report (``report.md``, ``report.html``, figures, CSVs).
-    Returns a summary dict (paths, costs, targets, accuracy).
+    Returns a summary dict (paths, costs, targets, accuracy). With ``resume`` an
+    existing ``checkpoint.pt`` continues an interrupted search; otherwise it is replaced.
     """
     import torch
 
@@ -77,6 +78,12 @@ def run_search(config, progress: bool = True) -> dict[str, Any]:
     )
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
+    if not resume and rank0 and (out / "checkpoint.pt").exists():
+        (out / "checkpoint.pt").unlink()
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # no rank reads the checkpoint before rank 0 has removed it
     result = fit(search, train, val, targets=targets, config=fit_config,
                  checkpoint=out / "checkpoint.pt")
     assert result.model is not None
@@ -163,7 +170,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                                                 search_epochs=3, finetune_epochs=1))
     print("hwnas demo: digits CNN, DUCCIO search to 50% params and 50% MACs, "
           f"target {config.search.target}")
-    summary = run_search(config, progress=not args.no_progress)
+    summary = run_search(config, progress=not args.no_progress, resume=False)
     _print_before_after(summary)
     return 0
 
@@ -182,9 +189,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
                    f"--nproc_per_node={args.nproc}", "-m", "hwnas", "search", args.config]
         if args.no_progress:
             command.append("--no-progress")
+        if args.fresh:
+            command.append("--fresh")
         return subprocess.run(command).returncode
     try:
-        summary = run_search(config, progress=not args.no_progress)
+        summary = run_search(config, progress=not args.no_progress, resume=not args.fresh)
     finally:
         import torch.distributed as dist
 
@@ -271,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run warm-up, search and fine-tune as described by a TOML "
                                    "config; see hwnas.config for the schema.")
     p.add_argument("config", help="path to the TOML config")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over instead of resuming from OUT/checkpoint.pt")
     p.add_argument("--nproc", type=int, default=1,
                    help="processes on this machine (DistributedDataParallel via torchrun; "
                         "gloo on CPU, NCCL on GPU)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -400,10 +401,14 @@ def export_onnx(
         os.close(fd)
         try:
             try:
-                program = torch.onnx.export(
-                    model, trace_inputs, dynamo=True, dynamic_shapes=dynamic_shapes,
-                    opset_version=opset, external_data=False, verbose=False,
-                )
+                with warnings.catch_warnings():
+                    # torch 2.13's exporter warns about its own pytree internals
+                    warnings.filterwarnings("ignore", message=".*LeafSpec.*",
+                                            category=FutureWarning)
+                    program = torch.onnx.export(
+                        model, trace_inputs, dynamo=True, dynamic_shapes=dynamic_shapes,
+                        opset_version=opset, external_data=False, verbose=False,
+                    )
                 if program is None:
                     raise ExportError("torch.onnx.export returned no program")
                 program.save(tmp, external_data=False)

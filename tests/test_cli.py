@@ -211,3 +211,18 @@ def test_python_dash_m_targets() -> None:
     assert proc.returncode == 0, proc.stderr
     assert {"generic", "xc7-lut6", "ice40-lut4"} <= {
         line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
+
+
+def test_search_resumes_its_checkpoint_and_fresh_starts_over(
+        searched: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    folder = searched["folder"]
+    changed = folder / "changed.toml"
+    changed.write_text(TINY_CONFIG.replace("search_epochs = 1", "search_epochs = 2"))
+    # same output folder, other settings: resuming the old checkpoint is refused ...
+    assert main(["search", str(changed), "--no-progress"]) == 2
+    assert "different configuration" in capsys.readouterr().err
+    assert (searched["out"] / "checkpoint.pt").exists()  # ... and the checkpoint is kept
+    # --fresh starts over
+    assert main(["search", str(changed), "--no-progress", "--fresh"]) == 0
+    history = pd.read_csv(searched["out"] / "history.csv")
+    assert list(history["phase"]) == ["warmup", "search", "search", "finetune"]
