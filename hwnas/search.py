@@ -464,6 +464,11 @@ class SearchModel(nn.Module):
         if name == "luts" and not self.target.has_lut_model:
             cost_registry.formulas.lut_model(self.target)
         alive_vec = self._alive_vector(self.cost_mode if mode is None else mode)
+        total = self._total(name, alive_vec)
+        return total.to(alive_vec.dtype) if mode != "deterministic" else total
+
+    def _total(self, name: str, alive_vec: torch.Tensor) -> torch.Tensor:
+        """Cost ``name`` summed over layers for per-channel alive values ``alive_vec``."""
         bilinear, others = self._compiled(name)
         total = alive_vec.new_zeros((), dtype=torch.float64)
         if bilinear is not None:
@@ -483,7 +488,7 @@ class SearchModel(nn.Module):
             idx_in, idx_out = (i.to(alive_vec.device) for i in self._alive_index[k])
             alive = {"in": alive_vec[idx_in].sum(), "out": alive_vec[idx_out].sum()}
             total = total + fn(info, alive, self.target).double()
-        return total.to(alive_vec.dtype) if mode != "deterministic" else total
+        return total
 
     def _layer_alive(self, alive_vec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Alive input and output channels of every layer: two segment sums."""
@@ -531,16 +536,10 @@ class SearchModel(nn.Module):
             return {name: float(self.cost(name, "deterministic")) for name in self._metrics()}
 
     def reference_costs(self) -> dict[str, float]:
-        """Costs of the unpruned model (every gate open)."""
+        """Costs of the unpruned model (every channel alive)."""
         with torch.no_grad():
-            ones = self._alive_vector("expected").detach() * 0 + 1
-            totals = dict.fromkeys(self._metrics(), 0.0)
-            for info, (idx_in, idx_out) in zip(self.layer_infos, self._alive_index, strict=True):
-                alive = {"in": ones[idx_in].sum(), "out": ones[idx_out].sum()}
-                for name in totals:
-                    value = cost_registry.evaluate(name, info, alive, self.target)
-                    totals[name] += 0.0 if value is None else float(value)
-            return totals
+            ones = torch.ones_like(self._alive_vector("deterministic"), dtype=torch.float64)
+            return {name: float(self._total(name, ones)) for name in self._metrics()}
 
     def enforce_targets_(self, targets: dict[str, float]) -> int:
         """Close gates, least likely first, until the exported costs meet ``targets``.
