@@ -265,14 +265,22 @@ def evaluate(
         >>> evaluate(nn.Identity(), data)["accuracy"]
         1.0
     """
-    loss_fn = loss_fn or F.cross_entropy
     dev = torch.device(device) if device else _device_of(model)
     was_training = model.training
     model.eval()
+    try:
+        return _metrics(model, data, loss_fn or F.cross_entropy, dev)
+    finally:
+        model.train(was_training)
+
+
+def _metrics(model: nn.Module, data: Iterable, loss_fn: Callable,
+             device: torch.device) -> dict[str, float]:
+    """Mean loss (and accuracy) over ``data`` in the model's current modes, no gradients."""
     total, n, correct, counted = 0.0, 0, 0, 0
     with torch.no_grad():
         for batch in data:
-            inputs, target = _split(_to(batch, dev))
+            inputs, target = _split(_to(batch, device))
             output = model(*inputs)
             size = inputs[0].shape[0]
             total += float(loss_fn(output, target)) * size
@@ -281,24 +289,10 @@ def evaluate(
             if c is not None:
                 correct += c
                 counted += size
-    model.train(was_training)
     result = {"loss": total / max(n, 1)}
     if counted:
         result["accuracy"] = correct / counted
     return result
-
-
-def _mean_loss(model: nn.Module, data: Iterable, loss_fn: Callable,
-                     device: torch.device) -> float:
-    """Mean ``loss_fn`` over ``data`` in the model's current modes, without gradients."""
-    total, n = 0.0, 0
-    with torch.no_grad():
-        for batch in data:
-            inputs, target = _split(_to(batch, device))
-            size = inputs[0].shape[0]
-            total += float(loss_fn(model(*inputs), target)) * size
-            n += size
-    return total / max(n, 1)
 
 
 def recalibrate_batchnorm_(
@@ -700,8 +694,8 @@ class _Run:
         self.search.eval()
         self.search.gates.train()
         try:
-            self.start_loss = _mean_loss(self.search, self.train_data, self.loss_fn,
-                                         self.device)
+            self.start_loss = _metrics(self.search, self.train_data, self.loss_fn,
+                                       self.device)["loss"]
         finally:
             self.search.train(was_training)
         return self.start_loss
