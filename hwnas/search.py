@@ -356,10 +356,11 @@ class SearchModel(nn.Module):
 
     def gated_weights(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(weight, P(z != 0))`` pairs for every gated layer input, broadcastable."""
+        expected = self._alive_vector("expected")
         for info, (idx_in, _) in zip(self.layer_infos, self._alive_index, strict=True):
             if info.kind not in _MASKED_KINDS or info.depthwise or info.module is None:
                 continue
-            alive = self._alive_vector("expected")[idx_in]
+            alive = expected[idx_in]
             if info.in_slots is None or bool((idx_in == self._one_index).all()):
                 continue
             weight = info.module.weight
