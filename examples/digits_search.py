@@ -16,8 +16,9 @@ import torch
 
 import hwnas
 from hwnas.datasets import digits
-from hwnas.export import export_onnx, materialize
 from hwnas.models import digits_cnn
+from hwnas.onnx import export_onnx
+from hwnas.search import materialize
 from hwnas.train import EarlyStopping, FitConfig, evaluate, fit, relative_targets
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -47,7 +47,7 @@ def run_search(config, progress: bool = True, resume: bool = True) -> dict[str, 
 
     import hwnas
     from hwnas.config import load_factory
-    from hwnas.export import export_onnx
+    from hwnas.onnx import export_onnx
     from hwnas.report import write_report
     from hwnas.train import (
         EarlyStopping,
@@ -222,7 +222,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     import hwnas
     from hwnas.config import load_factory
-    from hwnas.export import export_onnx, materialize
+    from hwnas.onnx import export_onnx
+    from hwnas.search import materialize
 
     path = Path(args.checkpoint)
     if not path.is_file():

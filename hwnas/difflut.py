@@ -55,7 +55,7 @@ from hwnas.regularizers.registry import register as _register_regularizer
 if TYPE_CHECKING:
     import pandas as pd
 
-    from hwnas.graph import LayerInfo
+    from hwnas.ir import LayerInfo
 
 __all__ = [
     "GaussianThermometerEncoder",
@@ -1111,7 +1111,7 @@ def export_lut_onnx(
         ...     out.name
         'lut.onnx'
     """
-    from hwnas.export import export_onnx
+    from hwnas.onnx import export_onnx
 
     path = Path(path)
     net = binary_inference_module(model)

@@ -32,6 +32,7 @@ __all__ = [
     "LIMIT_A",
     "LIMIT_B",
     "TEMPERATURE",
+    "GateSlice",
     "HardConcreteGate",
     "L0",
     "L0Mask",
@@ -227,6 +228,55 @@ class HardConcreteGate(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n={self.n}, droprate_init={self.droprate_init}, per_example={self.per_example}"
+
+
+class GateSlice:
+    """A view of entries ``[start, stop)`` of a :class:`HardConcreteGate` (one channel group).
+
+    It reads and writes the gate's own ``log_alpha``: nothing is copied.
+
+    Example:
+        >>> import torch
+        >>> gate = HardConcreteGate(6)
+        >>> part = GateSlice(gate, 2, 4)
+        >>> part.set_deterministic_([0.0, 1.0])
+        >>> gate.keep_mask().tolist()[2:4], part.n
+        ([False, True], 2)
+    """
+
+    def __init__(self, gate: HardConcreteGate, start: int, stop: int) -> None:
+        if not 0 <= start < stop <= gate.n:
+            raise ValueError(f"slice [{start}, {stop}) is not inside a gate of {gate.n} entries")
+        self.gate, self.start, self.stop = gate, start, stop
+
+    @property
+    def n(self) -> int:
+        """Number of entries."""
+        return self.stop - self.start
+
+    @property
+    def log_alpha(self) -> Tensor:
+        """The entries' logits (a view of the gate's parameter)."""
+        return self.gate.log_alpha[self.start : self.stop]
+
+    def deterministic(self) -> Tensor:
+        """The eval/export gates of the entries; 0 means pruned."""
+        return hard_concrete_deterministic(self.log_alpha)
+
+    def prob_nonzero(self) -> Tensor:
+        """``P(z != 0)`` per entry, differentiable."""
+        return prob_nonzero(self.log_alpha)
+
+    def keep_mask(self) -> Tensor:
+        """Boolean mask of the entries the deterministic gate keeps."""
+        return self.deterministic() > 0
+
+    def set_deterministic_(self, values: Tensor | list[float]) -> None:
+        """Sets the entries' logits so that ``deterministic()`` returns ``values``."""
+        _set_log_alpha_(self.log_alpha, values)
+
+    def __repr__(self) -> str:
+        return f"GateSlice([{self.start}, {self.stop}) of {self.gate.n})"
 
 
 # ------------------------------------------------------------- connection-level masks

@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 import torch.utils.data.distributed
 from torch import nn
 
+from hwnas.errors import CheckpointError
 from hwnas.regularizers import DUCCIO
 from hwnas.search import SearchModel
 
@@ -44,10 +46,6 @@ __all__ = [
 
 PHASES = ("warmup", "search", "finetune")
 _CHECKPOINT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is corrupt or does not belong to this model / configuration."""
 
 
 @dataclass
@@ -254,9 +252,13 @@ def _correct(output: torch.Tensor, target: Any) -> int | None:
 
 
 def evaluate(
-    model: nn.Module, data: Iterable, loss_fn: Callable | None = None, device: str | None = None
+    model: nn.Module, data: Iterable, loss_fn: Callable | None = None, device: str | None = None,
+    **forward_kwargs: Any,
 ) -> dict[str, float]:
     """Mean loss and accuracy (for class-index targets) of ``model`` in eval mode.
+
+    ``forward_kwargs`` go to every forward call (``gates="off"`` evaluates a SearchModel
+    without its gates).
 
     Example:
         >>> import torch
@@ -269,12 +271,13 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        return _metrics(model, data, loss_fn or F.cross_entropy, dev)
+        forward = partial(model, **forward_kwargs) if forward_kwargs else model
+        return _metrics(forward, data, loss_fn or F.cross_entropy, dev)
     finally:
         model.train(was_training)
 
 
-def _metrics(model: nn.Module, data: Iterable, loss_fn: Callable,
+def _metrics(model: Callable[..., Any], data: Iterable, loss_fn: Callable,
              device: torch.device) -> dict[str, float]:
     """Mean loss (and accuracy) over ``data`` in the model's current modes, no gradients."""
     total, n, correct, counted = 0.0, 0, 0, 0
@@ -690,12 +693,10 @@ class _Run:
         if self.start_loss is not None:
             return self.start_loss
         was_training = self.search.training
-        self.search.gates_enabled = True
         self.search.eval()
-        self.search.gates.train()
         try:
-            self.start_loss = _metrics(self.search, self.train_data, self.loss_fn,
-                                       self.device)["loss"]
+            self.start_loss = _metrics(partial(self.search, gates="sample"), self.train_data,
+                                       self.loss_fn, self.device)["loss"]
         finally:
             self.search.train(was_training)
         return self.start_loss
@@ -729,9 +730,7 @@ class _Run:
 
     def ensure_exported(self) -> None:
         if self.exported is None:
-            from hwnas.export import materialize
-
-            self.exported = materialize(self.search.eval()).to(self.device)
+            self.exported = self.search.eval().export().to(self.device)
 
     def absolute_targets(self) -> dict[str, float]:
         if self.targets:
@@ -744,9 +743,10 @@ class _Run:
 
         model = self.current_model(phase)
         assert model is not None and self.optimizer is not None
-        forward = self.ddp if self.ddp is not None else model
+        forward: Callable[..., Any] = self.ddp if self.ddp is not None else model
+        if phase == "warmup":
+            forward = partial(forward, gates="off")  # the full model, no gate draws
         search_phase = phase == "search"
-        self.search.gates_enabled = phase != "warmup"
         model.train()
         sampler = getattr(self.train_data, "sampler", None)
         if isinstance(sampler, torch.utils.data.distributed.DistributedSampler):
@@ -790,7 +790,8 @@ class _Run:
         if counted:
             row["train_accuracy"] = correct / counted
         if self.val_data is not None:
-            metrics = evaluate(model, self.val_data, self.loss_fn, str(self.device))
+            kwargs = {"gates": "off"} if phase == "warmup" else {}
+            metrics = evaluate(model, self.val_data, self.loss_fn, str(self.device), **kwargs)
             row.update({f"val_{k}": v for k, v in metrics.items()})
         self.search.eval()
         costs = self.search.costs() if phase != "warmup" else self.search.reference_costs()

@@ -14,8 +14,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hwnas import cost
 from hwnas.cost import Target, load_target
+from hwnas.cost.profile import full_alive, profile
 from hwnas.graph import layers, trace
-from hwnas.profile import full_alive, profile
 
 try:  # tests/ as a plain directory on sys.path (pytest rootdir "prepend" import mode)
     from zoo import build, names
@@ -30,7 +30,7 @@ NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 @pytest.fixture
 def clean_registry():
     """Restore the cost registry after a test that registers its own functions."""
-    saved = {metric: dict(table) for metric, table in cost._REGISTRY.items()}
+    saved = {metric: table.copy() for metric, table in cost._REGISTRY.items()}
     yield
     cost._REGISTRY.clear()
     cost._REGISTRY.update(saved)
@@ -258,7 +258,7 @@ def test_register_custom_layer_and_subclass(clean_registry) -> None:
     assert cost.lookup("params", nn.Conv1d) is cost.lookup("params", nn.Conv2d)
 
     net = nn.Sequential(nn.Conv2d(3, 8, 1), ShiftScale(8), nn.Conv2d(8, 2, 1))
-    gm = trace(net, torch.randn(1, 3, 4, 4))
+    gm = trace(net, torch.randn(1, 3, 4, 4), is_leaf=cost.is_costed)
     # the registered module is a leaf (not traced into): one call_module node
     assert [n.op for n in gm.graph.nodes if n.name == "_1"] == ["call_module"]
     assert [i.kind for i in layers(gm)] == ["conv", "layer", "conv"]

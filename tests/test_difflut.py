@@ -30,7 +30,7 @@ from hwnas.difflut import (
     table_luts,
     used_nodes,
 )
-from hwnas.graph import LayerInfo
+from hwnas.ir import LayerInfo
 from hwnas.regularizers import registry
 
 

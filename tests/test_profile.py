@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from hwnas.cost import load_target
+from hwnas.cost.profile import metrics_for, profile
 from hwnas.graph import layers, trace
-from hwnas.profile import metrics_for, profile
 
 try:  # tests/ as a plain directory on sys.path (pytest rootdir "prepend" import mode)
     from zoo import build, names

@@ -12,7 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import hwnas
-from hwnas.train import CheckpointError, EarlyStopping, FitConfig, fit, relative_targets
+from hwnas.errors import CheckpointError
+from hwnas.train import EarlyStopping, FitConfig, fit, relative_targets
 
 
 def _data(seed: int = 0):

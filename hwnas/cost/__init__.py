@@ -26,46 +26,73 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from hwnas.cost.targets import LutModel, Target, known_targets, load_target
+from hwnas.errors import InvalidTypeError, InvalidValueError, UnknownNameError
+from hwnas.registry import Registry
 
 if TYPE_CHECKING:
-    from hwnas.graph import LayerInfo
+    from hwnas.ir import LayerInfo
 
 __all__ = [
     "CostFn",
     "LutModel",
     "Target",
+    "check_metric",
+    "evaluate",
+    "is_costed",
+    "is_pure",
     "known_targets",
     "load_target",
     "lookup",
     "metrics",
     "register",
-    "evaluate",
+    "version",
 ]
 
 CostFn = Callable[["LayerInfo", dict[str, torch.Tensor], Target], torch.Tensor]
 
-_REGISTRY: dict[str, dict[type, CostFn]] = {}
+_REGISTRY: dict[str, Registry[CostFn]] = {}
 
 
-def register(metric: str, layer_type: type) -> Callable[[CostFn], CostFn]:
+_IMPURE: set[CostFn] = set()
+
+
+def register(metric: str, layer_type: type, pure: bool = True) -> Callable[[CostFn], CostFn]:
     """Decorator: register ``fn`` as the ``metric`` cost of ``layer_type`` and subclasses.
 
     Args:
         metric: Cost name, e.g. ``"params"``, ``"ops"``, ``"luts"`` or a new one.
         layer_type: The module class the function applies to.
+        pure: The function depends only on ``(info, alive, target)``, so a search may
+            cache what it derives from it. Pass False for a function that reads state
+            that changes during training (a LUT layer's truth tables, a layer's weights):
+            it is then evaluated afresh every time.
     """
     if not isinstance(metric, str) or not metric:
-        raise ValueError(f"`metric` must be a non-empty string, but got {metric!r}")
+        raise InvalidValueError(f"`metric` must be a non-empty string, but got {metric!r}")
     if not isinstance(layer_type, type):
-        raise TypeError(f"`layer_type` must be a class, but got {layer_type!r}")
+        raise InvalidTypeError(f"`layer_type` must be a class, but got {layer_type!r}")
 
     def deco(fn: CostFn) -> CostFn:
-        _REGISTRY.setdefault(metric, {})[layer_type] = fn
+        table = _REGISTRY.setdefault(metric, Registry(f"{metric!r} cost", "hwnas.register_cost"))
+        table.register(layer_type, fn)
+        if not pure:
+            _IMPURE.add(fn)
         return fn
 
     return deco
+
+
+def version() -> int:
+    """Changes whenever a cost function is registered (a key for caches of lookups)."""
+    return max((table.version for table in _REGISTRY.values()), default=0)
+
+
+def is_pure(fn: CostFn) -> bool:
+    """False for a cost function registered with ``pure=False``."""
+    return fn not in _IMPURE
 
 
 def metrics() -> list[str]:
@@ -74,9 +101,9 @@ def metrics() -> list[str]:
 
 
 def check_metric(metric: str) -> str:
-    """Return ``metric`` if it is registered, else raise a KeyError listing the known ones."""
+    """Return ``metric`` if it is registered, else raise an error listing the known ones."""
     if metric not in _REGISTRY:
-        raise KeyError(f"unknown cost {metric!r}; known: {', '.join(metrics())}")
+        raise UnknownNameError(f"unknown cost {metric!r}; known: {', '.join(metrics())}")
     return metric
 
 
@@ -84,13 +111,15 @@ def lookup(metric: str, layer_type: type) -> CostFn | None:
     """The cost function of ``metric`` for ``layer_type`` (nearest registered base class).
 
     Returns ``None`` when no class in ``layer_type``'s hierarchy has one (the layer costs
-    nothing in that metric, like an activation's MACs). Raises KeyError for an unknown metric.
+    nothing in that metric, like an activation's MACs). Raises UnknownNameError for an
+    unknown metric.
     """
-    table = _REGISTRY[check_metric(metric)]
-    for cls in layer_type.__mro__:
-        if cls in table:
-            return table[cls]
-    return None
+    return _REGISTRY[check_metric(metric)].lookup(layer_type)
+
+
+def is_costed(module: nn.Module) -> bool:
+    """True when some metric has a cost function for ``module``'s type (a tracer leaf)."""
+    return any(table.lookup(type(module)) is not None for table in _REGISTRY.values())
 
 
 def evaluate(metric: str, info: LayerInfo, alive: dict[str, torch.Tensor], target: Target):

@@ -21,9 +21,10 @@ from torch import nn
 
 from hwnas.cost import register
 from hwnas.cost.targets import Target
+from hwnas.errors import InvalidValueError
 
 if TYPE_CHECKING:
-    from hwnas.graph import LayerInfo
+    from hwnas.ir import LayerInfo
 
 Alive = dict[str, torch.Tensor]
 
@@ -81,7 +82,7 @@ def lut_model(target: Target):
         from hwnas.cost.targets import known_targets, load_target
 
         lut_targets = [t for t in known_targets() if load_target(t).luts is not None]
-        raise ValueError(
+        raise InvalidValueError(
             f"target {target.name!r} has no LUT model; use one of {', '.join(lut_targets)} "
             "or a target file with a [luts] table"
         )

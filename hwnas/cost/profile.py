@@ -1,4 +1,8 @@
-"""Per-layer cost profile of a model as a pandas DataFrame."""
+"""Per-layer cost profile of a model as a pandas DataFrame (the one per-layer cost table).
+
+Costs are evaluated in float64 and integral columns are stored as int64, so counts above
+2^24 (a float32's exact range) stay exact in every row and in the total.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from torch import nn
 
 from hwnas import cost
 from hwnas.cost.targets import Target, load_target
-from hwnas.graph import LayerInfo, layers, trace
+from hwnas.graph import layers, trace
+from hwnas.ir import LayerInfo
 
 __all__ = ["profile", "profile_traced", "metrics_for", "full_alive"]
 
@@ -24,8 +29,8 @@ def metrics_for(target: Target) -> list[str]:
 def full_alive(info: LayerInfo) -> dict[str, torch.Tensor]:
     """``alive`` for an unpruned layer: every input and output channel."""
     return {
-        "in": torch.tensor(float(info.in_channels or 0)),
-        "out": torch.tensor(float(info.out_channels or 0)),
+        "in": torch.tensor(float(info.in_channels or 0), dtype=torch.float64),
+        "out": torch.tensor(float(info.out_channels or 0), dtype=torch.float64),
     }
 
 
@@ -54,8 +59,8 @@ def profile_traced(gm, target: Target) -> pd.DataFrame:
     if df.empty:
         return df
     for metric in names:
-        if metric != "luts" and (df[metric] == df[metric].round()).all():
-            df[metric] = df[metric].astype("int64")
+        if (df[metric] == df[metric].round()).all() and df[metric].abs().max() < 2**53:
+            df[metric] = df[metric].round().astype("int64")  # exact counts stay integers
     total: dict[str, Any] = {c: "" for c in df.columns}
     total["layer"] = "total"
     for metric in names:
@@ -94,7 +99,7 @@ def profile(
     was_training = model.training
     model.eval()
     try:
-        gm = trace(model, example_inputs, leaf_modules=leaf_modules)
+        gm = trace(model, example_inputs, leaf_modules=leaf_modules, is_leaf=cost.is_costed)
     finally:
         model.train(was_training)
     return profile_traced(gm, target)

@@ -1,0 +1,166 @@
+"""Tracing: torch.fx symbolic trace, then one run of ChannelProp on the example inputs.
+
+The tracer does not know which modules hwnas can cost: callers inject that as ``is_leaf``
+(``hwnas.cost.profile`` and ``hwnas.wrap`` pass "has a registered cost"), so ``graph``
+never imports ``cost``.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from hwnas.errors import InvalidTypeError, ShapeError, TraceError
+from hwnas.graph.channel_prop import ChannelProp
+from hwnas.graph.groups import finalize
+from hwnas.graph.rules import rule_for
+from hwnas.ir import GROUPS_KEY, LAYER_KEY, ChannelGroup, LayerInfo
+
+__all__ = ["channel_groups", "layers", "trace"]
+
+LeafPredicate = Callable[[nn.Module], bool]
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, leaf_modules: tuple[type | str, ...], is_leaf: LeafPredicate | None) -> None:
+        super().__init__()
+        self.leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
+        self.leaf_names = {m for m in leaf_modules if isinstance(m, str)}
+        self.is_leaf = is_leaf
+        self.record_stack_traces = True
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, self.leaf_types) or module_qualified_name in self.leaf_names:
+            return True
+        if self.is_leaf is not None and self.is_leaf(m):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def _user_frame(exc: BaseException) -> str:
+    torch_dir = os.path.dirname(torch.__file__)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith(torch_dir) and "/hwnas/" not in f.filename]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f"\n  at {f.filename}:{f.lineno}: {f.line}"
+
+
+def _symbolic_trace(model: nn.Module, leaf_modules: tuple[type | str, ...],
+                    is_leaf: LeafPredicate | None) -> fx.GraphModule:
+    tracer = _Tracer(leaf_modules, is_leaf)
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:
+        stack = list(tracer.module_stack.items())
+        where = ""
+        suggestion = "a submodule and pass its class in leaf_modules="
+        if stack:  # the root module is not on the stack, only submodules
+            qualname, mtype = stack[-1]
+            cls = mtype[1] if isinstance(mtype, tuple) else mtype
+            cls_name = getattr(cls, "__name__", str(cls))
+            where = f" inside module {qualname!r} ({cls_name})"
+            suggestion = (
+                f"a leaf module: pass leaf_modules=({cls_name},) or leaf_modules=({qualname!r},)"
+            )
+        raise TraceError(
+            f"torch.fx cannot trace {type(model).__name__}{where}: {e}{_user_frame(e)}\n"
+            f"Make the part with data-dependent control flow {suggestion}; hwnas then treats "
+            f"it as one opaque layer whose channels are frozen."
+        ) from e
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _check_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if not isinstance(example_inputs, (tuple, list)) or not all(
+            isinstance(t, torch.Tensor) for t in example_inputs):
+        raise InvalidTypeError("`example_inputs` must be a tensor or a tuple of tensors, but "
+                               f"got {type(example_inputs).__name__}")
+    return tuple(example_inputs)
+
+
+def trace(
+    model: nn.Module,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    leaf_modules: tuple[type | str, ...] = (),
+    is_leaf: LeafPredicate | None = None,
+) -> fx.GraphModule:
+    """Trace ``model`` with torch.fx and annotate every node (see :mod:`hwnas.ir`).
+
+    The model is run once on ``example_inputs`` (in its current train/eval mode, without
+    gradients) to record shapes. Channel dimensions that must be pruned together (residual
+    adds, concats, splits, depthwise convs, flatten->linear) are joined into
+    :class:`~hwnas.ir.ChannelGroup` s, available with :func:`channel_groups`. Groups that
+    cannot be pruned exactly are frozen with a reason.
+
+    Args:
+        model: The model. It is not modified.
+        example_inputs: One tensor or a tuple of positional inputs, batch first.
+        leaf_modules: Module classes or qualified names to keep opaque (not traced into),
+            e.g. modules with data-dependent control flow. Their channels are frozen.
+        is_leaf: Also keep a module opaque when ``is_leaf(module)`` is true (hwnas's own
+            callers pass "has a registered cost", so costed custom layers stay whole).
+
+    Returns:
+        The ``fx.GraphModule``; ``node.meta["hwnas"]`` holds each node's LayerInfo.
+
+    Raises:
+        TraceError: torch.fx cannot trace the model (the message names the source line
+            and suggests ``leaf_modules=``), or the model raised while running.
+        ShapeError: the example inputs do not fit the model.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+        >>> gm = trace(net, torch.randn(1, 3, 8, 8))
+        >>> [layer.name for layer in layers(gm)]
+        ['_0', '_2']
+        >>> [(g.size, g.frozen) for g in channel_groups(gm)][1]
+        (8, None)
+    """
+    if not isinstance(model, nn.Module):
+        raise InvalidTypeError(f"`model` must be an nn.Module, but got {type(model).__name__}")
+    inputs = _check_inputs(example_inputs)
+    for m in leaf_modules:
+        if not isinstance(m, (type, str)):
+            raise InvalidTypeError(
+                f"`leaf_modules` entries must be classes or names, but got {m!r}")
+    gm = _symbolic_trace(model, tuple(leaf_modules), is_leaf)
+    names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(inputs) != len(names):
+        raise ShapeError(
+            f"the model takes {len(names)} input(s), but {len(inputs)} example input(s) were "
+            f"given (its inputs: {', '.join(names)})"
+        )
+    prop = ChannelProp(gm, rule_for)
+    with torch.no_grad():
+        prop.run(*inputs)
+    gm.meta[GROUPS_KEY] = finalize(gm, prop)
+    return gm
+
+
+def channel_groups(gm: fx.GraphModule) -> tuple[ChannelGroup, ...]:
+    """The channel groups of a traced model (see :func:`trace`)."""
+    if GROUPS_KEY not in gm.meta:
+        raise InvalidTypeError(
+            "`gm` was not made by hwnas.graph.trace(); call trace(model, x) first")
+    return gm.meta[GROUPS_KEY]
+
+
+def layers(gm: fx.GraphModule) -> list[LayerInfo]:
+    """LayerInfo of every ``call_module`` node with channels (convs, linears, norms, ...)."""
+    return [
+        n.meta[LAYER_KEY]
+        for n in gm.graph.nodes
+        if n.op == "call_module" and n.meta[LAYER_KEY].kind in ("conv", "linear", "norm", "layer")
+    ]

@@ -1,0 +1,302 @@
+"""Verified ONNX export of any ``nn.Module``: torch.onnx, onnx.checker, onnxruntime parity.
+
+A model passes only when the checker accepts the file and onnxruntime reproduces every
+PyTorch output within ``|ort - torch| <= atol + rtol * |torch|`` at each checked batch size.
+A non-finite value on either side is a mismatch, never a pass. Outputs may be a tensor or
+tuples, lists and dicts of tensors, nested; they are compared leaf by leaf in the order
+``torch.utils._pytree`` flattens them, which is the order of the ONNX graph's outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils import _pytree
+
+from hwnas.errors import (
+    ExportError,
+    InvalidTypeError,
+    InvalidValueError,
+    MissingFileError,
+    TraceError,
+)
+from hwnas.files import atomic_write
+
+__all__ = ["ExportResult", "export_onnx"]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_onnx` wrote and measured.
+
+    Attributes:
+        path: The ONNX file.
+        opset: Its default-domain opset.
+        input_names / output_names: Graph input and output names.
+        max_abs_diff: Largest |onnxruntime - PyTorch| over the checked batches and outputs.
+        max_rel_diff: Largest |onnxruntime - PyTorch| / |PyTorch| (0 where both are 0).
+        batch_sizes: Batch sizes checked in onnxruntime.
+        params / ops: Exact parameter and MAC counts of the exported model (batch 1); NaN
+            when torch.fx cannot trace the model (the ONNX file is still verified).
+    """
+
+    path: Path
+    opset: int
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    max_abs_diff: float
+    max_rel_diff: float
+    batch_sizes: tuple[int, ...]
+    params: float
+    ops: float
+
+
+def _batched(x: torch.Tensor, batch: int, seed: int) -> torch.Tensor:
+    """A batch of ``batch`` inputs like ``x``: random with x's mean and std, or x repeated."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (batch,) + tuple(x.shape[1:])
+    if x.is_floating_point():
+        std = x.float().std().clamp(min=1e-3) if x.numel() > 1 else torch.tensor(1.0)
+        out = torch.randn(shape, generator=g) * std + x.float().mean()
+        return out.to(x.dtype)
+    return x[:1].expand(shape).clone()
+
+
+def _tensor_leaves(value: Any, what: str) -> list[torch.Tensor]:
+    """The tensors of a (nested) output, in pytree order; other leaves are an error."""
+    leaves = _pytree.tree_leaves(value)
+    bad = [type(v).__name__ for v in leaves if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ExportError(
+            f"{what} holds non-tensor values ({', '.join(sorted(set(bad)))}); outputs must "
+            "be tensors, or tuples, lists and dicts of tensors"
+        )
+    return leaves
+
+
+def _compare(expected: torch.Tensor, got: np.ndarray, atol: float, rtol: float,
+             where: str) -> tuple[float, float]:
+    """(max abs diff, max rel diff) of one output; ExportError on any mismatch."""
+    ref = expected.detach().cpu()
+    if ref.dtype == torch.bfloat16:
+        ref = ref.float()
+    ref_np = ref.numpy()
+    if ref_np.shape != got.shape:
+        raise ExportError(f"{where}: onnxruntime returned shape {got.shape}, PyTorch "
+                          f"{ref_np.shape}")
+    if ref_np.size == 0:
+        return 0.0, 0.0
+    a = ref_np.astype(np.float64)
+    b = got.astype(np.float64)
+    for side, arr in (("PyTorch", a), ("onnxruntime", b)):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise ExportError(
+                f"{where}: the {side} output is not finite ({int(bad.sum())} of {arr.size} "
+                "values are NaN or infinite); a non-finite output is never a match"
+            )
+    diff = np.abs(a - b)
+    scale = np.abs(a)
+    allowed = atol + rtol * scale
+    over = diff > allowed
+    rel = np.divide(diff, scale, out=np.where(diff > 0, np.inf, 0.0), where=scale > 0)
+    if over.any():
+        i = int(np.argmax(diff - allowed))
+        raise ExportError(
+            f"{where}: onnxruntime differs from PyTorch by {float(diff.flat[i]):.3g} at flat "
+            f"index {i} (PyTorch {float(a.flat[i]):.6g}, onnxruntime {float(b.flat[i]):.6g}); "
+            f"allowed |diff| <= atol + rtol*|PyTorch| = {atol:g} + {rtol:g}*"
+            f"{float(scale.flat[i]):.3g}; {int(over.sum())} of {over.size} values differ"
+        )
+    return float(diff.max()), float(rel.max())
+
+
+def _check_tolerance(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidTypeError(f"`{name}` must be a number, but got {type(value).__name__}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise InvalidValueError(f"`{name}` must be a finite number >= 0, but got {value!r}")
+    return float(value)
+
+
+def _inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if not isinstance(example_inputs, (tuple, list)) or not example_inputs or not all(
+            isinstance(t, torch.Tensor) for t in example_inputs):
+        raise InvalidTypeError("`example_inputs` must be a tensor or a non-empty tuple of "
+                               f"tensors, but got {type(example_inputs).__name__}")
+    if any(t.dim() == 0 for t in example_inputs):
+        raise InvalidValueError("`example_inputs` must have a batch dim, but got a 0-d tensor")
+    return tuple(example_inputs)
+
+
+def _export_program(model: nn.Module, inputs: tuple[torch.Tensor, ...], dynamic_batch: bool,
+                    opset: int | None, tmp: str) -> None:
+    trace_inputs = inputs
+    dynamic_shapes = None
+    if dynamic_batch:
+        # torch.export specialises a dim of size 1, so trace with a batch of 2.
+        trace_inputs = tuple(_batched(x, 2, 0) for x in inputs)
+        batch = torch.export.Dim("batch", min=1)
+        dynamic_shapes = tuple({0: batch} for _ in inputs)
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # warnings about optional torchvision ops
+    try:
+        with warnings.catch_warnings():
+            # torch 2.13's exporter warns about its own pytree internals
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            program = torch.onnx.export(
+                model, trace_inputs, dynamo=True, dynamic_shapes=dynamic_shapes,
+                opset_version=opset, external_data=False, verbose=False,
+            )
+        if program is None:
+            raise ExportError("torch.onnx.export returned no program")
+        program.save(tmp, external_data=False)
+    except ExportError:
+        raise
+    except Exception as e:
+        raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {e}") from e
+    finally:
+        logger.setLevel(level)
+
+
+def _verify(model: nn.Module, tmp: str, input_names: tuple[str, ...],
+            checks: list[tuple[torch.Tensor, ...]], atol: float,
+            rtol: float) -> tuple[float, float]:
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        onnx.checker.check_model(tmp, full_check=True)
+    except Exception as e:
+        raise ExportError(f"onnx.checker rejected the exported model: {e}") from e
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(tmp, options, providers=["CPUExecutionProvider"])
+    max_abs = max_rel = 0.0
+    for inputs in checks:
+        batch = inputs[0].shape[0]
+        with torch.no_grad():
+            expected = _tensor_leaves(model(*inputs), "the PyTorch output")
+        feeds = {name: x.detach().cpu().numpy() for name, x in
+                 zip(input_names, inputs, strict=True)}
+        got = session.run(None, feeds)
+        if len(got) != len(expected):
+            raise ExportError(f"the ONNX graph has {len(got)} outputs, the PyTorch model "
+                              f"{len(expected)} tensors")
+        for k, (e_t, o) in enumerate(zip(expected, got, strict=True)):
+            d_abs, d_rel = _compare(e_t, np.asarray(o), atol, rtol,
+                                    f"output {k} at batch {batch}")
+            max_abs, max_rel = max(max_abs, d_abs), max(max_rel, d_rel)
+    return max_abs, max_rel
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    dynamic_batch: bool = True,
+    opset: int | None = None,
+    check: bool = True,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+) -> ExportResult:
+    """Export ``model`` (a SearchModel is materialised first) to a verified ONNX file.
+
+    Uses ``torch.onnx.export`` (the dynamo exporter, one self-contained file), then
+    ``onnx.checker.check_model(full_check=True)``, then runs onnxruntime on the example
+    input and on a batch of 3 (with ``dynamic_batch``) and compares every output with
+    PyTorch. The file is written to a temporary name in the destination folder and moved
+    to ``path`` only when every check passed: a failed export leaves nothing at ``path``
+    (and an older file there is kept).
+
+    Args:
+        model: Any module (or a SearchModel); exported in eval mode, left in its mode.
+        path: Destination ``.onnx`` file; its folder must exist.
+        example_inputs: A tensor or a tuple of tensors, batch first.
+        dynamic_batch: Make the batch dim symbolic.
+        opset: ONNX opset (default: the exporter's).
+        check: Run the checker and onnxruntime parity checks.
+        atol: Absolute tolerance, ``>= 0``.
+        rtol: Relative tolerance (to |PyTorch|), ``>= 0``: outputs match when
+            ``|ort - torch| <= atol + rtol * |torch|`` everywhere.
+
+    Raises:
+        ExportError: the exporter failed, onnx.checker rejected the file, an output is not
+            finite, or onnxruntime differs from PyTorch beyond the tolerance.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     result = export_onnx(net, f"{d}/net.onnx", torch.randn(1, 4))
+        >>> result.max_abs_diff < 1e-4, result.params
+        (True, 58.0)
+    """
+    from hwnas.search import SearchModel
+
+    if isinstance(model, SearchModel):
+        model = model.export()
+    if not isinstance(model, nn.Module):
+        raise InvalidTypeError(
+            f"`model` must be an nn.Module or SearchModel, but got {type(model).__name__}"
+        )
+    inputs = _inputs(example_inputs)
+    atol, rtol = _check_tolerance("atol", atol), _check_tolerance("rtol", rtol)
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise InvalidValueError(f"`path` must end in .onnx, but got {str(path)!r}")
+    if not path.parent.is_dir():
+        raise MissingFileError(f"folder {str(path.parent)!r} does not exist")
+    was_training = model.training
+    model.eval()
+    try:
+        with atomic_write(path) as tmp:
+            _export_program(model, inputs, dynamic_batch, opset, str(tmp))
+            import onnx
+
+            proto = onnx.load(str(tmp), load_external_data=False)
+            opset_used = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+            input_names = tuple(i.name for i in proto.graph.input)
+            output_names = tuple(o.name for o in proto.graph.output)
+            max_abs = max_rel = 0.0
+            batches: tuple[int, ...] = ()
+            if check:
+                checks = [inputs]
+                if dynamic_batch:
+                    checks.append(tuple(_batched(x, 3, 1) for x in inputs))
+                max_abs, max_rel = _verify(model, str(tmp), input_names, checks, atol, rtol)
+                batches = tuple(c[0].shape[0] for c in checks)
+            params, ops = _counts(model, inputs)
+    finally:
+        model.train(was_training)
+    return ExportResult(
+        path=path, opset=int(opset_used), input_names=input_names, output_names=output_names,
+        max_abs_diff=max_abs, max_rel_diff=max_rel, batch_sizes=batches, params=params, ops=ops,
+    )
+
+
+def _counts(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[float, float]:
+    """Exact (params, MACs) of ``model`` at batch 1; NaN when torch.fx cannot trace it."""
+    from hwnas.cost.profile import profile
+
+    try:
+        table = profile(model, tuple(x[:1] for x in inputs))
+    except TraceError:
+        # torch.onnx could export what torch.fx cannot trace: no cost counts then.
+        return float("nan"), float("nan")
+    if table.empty:  # no costed layer (e.g. a LUT network): no params/MACs
+        return 0.0, 0.0
+    return float(table.iloc[-1]["params"]), float(table.iloc[-1]["ops"])

@@ -1,0 +1,274 @@
+"""Physical channel removal on plain data: a slicer table and :func:`prune_graph`.
+
+This module knows nothing of the search that chose the channels. It receives a traced
+``torch.fx.GraphModule`` (nodes annotated by :func:`hwnas.graph.trace`), which channels of
+each group to keep, and the per-channel scale to fold into the layers that read them.
+
+Slicing lives in one table of paired functions per layer type (Torch-Pruning's
+``prune_*_out_channels`` / ``prune_*_in_channels``): ``slice_out(module, keep)`` and
+``slice_in(module, keep, scale)``; add a layer type with :func:`register_slicer`.
+
+Example:
+    >>> import numpy as np, torch
+    >>> from torch import nn
+    >>> from hwnas.graph import channel_groups, trace
+    >>> gm = trace(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)),
+    ...            torch.randn(1, 3))
+    >>> hidden = channel_groups(gm)[1].index
+    >>> pruned = prune_graph(gm, {hidden: np.array([True, False, True, False])})
+    >>> pruned.get_submodule("0").out_features, pruned.get_submodule("2").in_features
+    (2, 2)
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from hwnas.errors import InvalidTypeError
+from hwnas.ir import CHANNELS_KEY, GROUPS_KEY, LAYER_KEY, ChannelSlots, LayerInfo, kept_slots
+from hwnas.registry import Registry
+
+__all__ = ["SLICERS", "prune_graph", "register_slicer", "slice_in", "slice_out"]
+
+SliceOut = Callable[[Any, torch.Tensor], None]
+SliceIn = Callable[[Any, torch.Tensor, torch.Tensor], None]
+
+#: Layer type -> (slice_out, slice_in).
+SLICERS: Registry[tuple[SliceOut, SliceIn]] = Registry("slicer", hint="hwnas.register_slicer")
+
+
+def register_slicer(layer_type: type, slice_out: SliceOut, slice_in: SliceIn) -> None:
+    """Register the paired slicing functions of ``layer_type`` (and its subclasses).
+
+    ``slice_out(module, keep)`` keeps output channels ``keep`` (a LongTensor, ascending);
+    ``slice_in(module, keep, scale)`` first multiplies input channel ``c`` by
+    ``scale[c]`` (the folded gate value), then keeps input channels ``keep``. Both change
+    ``module`` in place.
+
+    Example:
+        >>> from torch import nn
+        >>> class Scale(nn.Module):
+        ...     def __init__(self, n):
+        ...         super().__init__()
+        ...         self.weight = nn.Parameter(torch.ones(n))
+        >>> def scale_out(m, keep):
+        ...     m.weight = nn.Parameter(m.weight.detach()[keep])
+        >>> register_slicer(Scale, scale_out, lambda m, keep, scale: None)
+        >>> m = Scale(4); slice_out(m, torch.tensor([0, 2])); m.weight.shape
+        torch.Size([2])
+    """
+    if not isinstance(layer_type, type):
+        raise InvalidTypeError(f"`layer_type` must be a class, but got {layer_type!r}")
+    if not (callable(slice_out) and callable(slice_in)):
+        raise InvalidTypeError("`slice_out` and `slice_in` must be callables")
+    SLICERS.register(layer_type, (slice_out, slice_in))
+
+
+def slice_out(module: nn.Module, keep: torch.Tensor) -> None:
+    """Keep output channels ``keep`` of ``module`` (in place)."""
+    SLICERS.get(type(module))[0](module, keep)
+
+
+def slice_in(module: nn.Module, keep: torch.Tensor, scale: torch.Tensor) -> None:
+    """Fold ``scale`` into input channels of ``module``, then keep ``keep`` (in place)."""
+    SLICERS.get(type(module))[1](module, keep, scale)
+
+
+def _param(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t.detach().clone().contiguous())
+
+
+def _conv_out(m: nn.modules.conv._ConvNd, keep: torch.Tensor) -> None:
+    depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+    m.weight = _param(m.weight[keep])
+    if m.bias is not None:
+        m.bias = _param(m.bias[keep])
+    m.out_channels = len(keep)
+    if depthwise:
+        m.in_channels = m.groups = len(keep)
+
+
+def _conv_in(m: nn.modules.conv._ConvNd, keep: torch.Tensor, scale: torch.Tensor) -> None:
+    if m.groups > 1:
+        return  # depthwise: inputs follow the outputs; grouped convs are frozen
+    shape = [1, -1] + [1] * (m.weight.dim() - 2)
+    m.weight = _param((m.weight * scale.reshape(shape).to(m.weight.dtype))[:, keep])
+    m.in_channels = len(keep)
+
+
+def _linear_out(m: nn.Linear, keep: torch.Tensor) -> None:
+    m.weight = _param(m.weight[keep])
+    if m.bias is not None:
+        m.bias = _param(m.bias[keep])
+    m.out_features = len(keep)
+
+
+def _linear_in(m: nn.Linear, keep: torch.Tensor, scale: torch.Tensor) -> None:
+    m.weight = _param((m.weight * scale.reshape(1, -1).to(m.weight.dtype))[:, keep])
+    m.in_features = len(keep)
+
+
+def _norm_out(m: Any, keep: torch.Tensor) -> None:
+    if getattr(m, "weight", None) is not None:
+        m.weight = _param(m.weight[keep])
+    if getattr(m, "bias", None) is not None:
+        m.bias = _param(m.bias[keep])
+    for name in ("running_mean", "running_var"):
+        buf = getattr(m, name, None)
+        if buf is not None:
+            setattr(m, name, buf[keep].clone())
+    if isinstance(m, nn.GroupNorm):
+        m.num_channels = m.num_groups = len(keep)
+    else:
+        m.num_features = len(keep)
+
+
+def _norm_in(m: Any, keep: torch.Tensor, scale: torch.Tensor) -> None:
+    return None  # a normalisation layer's inputs are its outputs
+
+
+register_slicer(nn.modules.conv._ConvNd, _conv_out, _conv_in)
+register_slicer(nn.Linear, _linear_out, _linear_in)
+register_slicer(nn.modules.batchnorm._NormBase, _norm_out, _norm_in)
+register_slicer(nn.GroupNorm, _norm_out, _norm_in)
+
+
+# ---------------------------------------------------------------------------- graph
+
+
+def _count_kept(chan: ChannelSlots | None, keep: Mapping[int, np.ndarray]) -> int | None:
+    if chan is None or not chan.flat:
+        return None
+    return int(kept_slots(chan.slots, dict(keep)).sum())
+
+
+_CHUNK_NAMES = {"chunk", "split"}
+_SHAPE_NAMES = {"view", "reshape", "expand"}
+
+
+def _fn_name(node: fx.Node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+
+
+def _rewrite_constants(gm: fx.GraphModule, keep: Mapping[int, np.ndarray]) -> None:
+    """Rewrite Python constants that depend on channel counts (split sizes, view shapes)."""
+    for node in list(gm.graph.nodes):
+        if node.op not in ("call_function", "call_method"):
+            continue
+        name = _fn_name(node)
+        out_chan = node.meta.get(CHANNELS_KEY)
+        if name in _CHUNK_NAMES and isinstance(out_chan, tuple):
+            dims = {c.dim for c in out_chan if c is not None}
+            x = node.args[0]
+            in_chan = x.meta.get(CHANNELS_KEY) if isinstance(x, fx.Node) else None
+            if not isinstance(in_chan, ChannelSlots) or dims != {in_chan.dim}:
+                continue  # split along a non-channel dim
+            sizes = [_count_kept(c, keep) for c in out_chan]
+            if any(s is None for s in sizes):
+                continue
+            node.op, node.target = "call_function", torch.split
+            node.args, node.kwargs = (x, sizes), {"dim": in_chan.dim}
+        elif name in _SHAPE_NAMES and isinstance(out_chan, ChannelSlots) and out_chan.flat:
+            shape_args = list(node.args[1:])
+            packed = len(shape_args) == 1 and isinstance(shape_args[0], (list, tuple))
+            if packed:
+                shape_args = list(shape_args[0])
+            dim = out_chan.dim
+            if dim < len(shape_args) and isinstance(shape_args[dim], int) and shape_args[dim] != -1:
+                shape_args[dim] = int(kept_slots(out_chan.slots, dict(keep)).sum())
+                node.args = (node.args[0], tuple(shape_args)) if packed else (
+                    node.args[0], *shape_args)
+
+
+def _slot_scale(slots: np.ndarray, scale: Mapping[int, torch.Tensor]) -> torch.Tensor:
+    out = torch.ones(slots.shape[1])
+    for g, z in scale.items():
+        sel = slots[0] == g
+        if sel.any():
+            out[torch.as_tensor(sel)] = z[torch.as_tensor(slots[1][sel])].float()
+    return out
+
+
+def _changes(slots: np.ndarray, keep: Mapping[int, np.ndarray],
+             scale: Mapping[int, torch.Tensor]) -> bool:
+    groups = set(np.unique(slots[0]).tolist())
+    return any(g in groups and not bool(keep[g].all()) for g in keep) or any(
+        g in groups and bool((scale[g] != 1).any()) for g in scale)
+
+
+def prune_graph(
+    gm: fx.GraphModule,
+    keep: Mapping[int, np.ndarray],
+    scale: Mapping[int, torch.Tensor] | None = None,
+    copy_graph: bool = True,
+) -> fx.GraphModule:
+    """Remove the channels ``keep`` drops from a traced model; fold ``scale`` into readers.
+
+    Args:
+        gm: A model traced by :func:`hwnas.graph.trace` (its nodes carry LayerInfo).
+        keep: Group index -> boolean mask over the group's channels (True: kept). Groups
+            not listed keep every channel.
+        scale: Group index -> per-channel factor multiplied into every layer that reads
+            the channel (folded gate values); default none.
+        copy_graph: Work on a deep copy (default) instead of ``gm`` itself.
+
+    Returns:
+        A GraphModule of plain modules; its hwnas annotations are removed, and it pickles
+        and unpickles without importing hwnas.
+
+    Raises:
+        UnknownNameError: a layer whose channels change has no registered slicer (the
+            message names its type and :func:`register_slicer`).
+    """
+    scale = dict(scale or {})
+    keep = {int(g): np.asarray(m, dtype=bool) for g, m in keep.items()}
+    if copy_graph:
+        gm = copy.deepcopy(gm)
+    with torch.no_grad():
+        for node in gm.graph.nodes:
+            info: LayerInfo | None = node.meta.get(LAYER_KEY)
+            if node.op != "call_module" or info is None:
+                continue
+            touched = [s for s in (info.in_slots, info.out_slots) if s is not None]
+            if not any(_changes(s, keep, scale) for s in touched):
+                continue
+            module = gm.get_submodule(str(node.target))
+            out_fn, in_fn = SLICERS.get(type(module))
+            if info.in_slots is not None and not info.depthwise:
+                slots = info.in_slots
+                kept = torch.as_tensor(np.flatnonzero(kept_slots(slots, keep)), dtype=torch.long)
+                factor = _slot_scale(slots, scale)
+                if len(kept) < slots.shape[1] or bool((factor != 1).any()):
+                    in_fn(module, kept, factor)
+            if info.out_slots is not None:
+                kept_out = np.flatnonzero(kept_slots(info.out_slots, keep))
+                if len(kept_out) < info.out_slots.shape[1]:
+                    out_fn(module, torch.as_tensor(kept_out, dtype=torch.long))
+        _rewrite_constants(gm, keep)
+    _strip_annotations(gm)
+    return gm
+
+
+def _strip_annotations(gm: fx.GraphModule) -> None:
+    """Remove hwnas's node metadata and make the module picklable without hwnas."""
+    graph = gm.graph
+    for node in graph.nodes:
+        for key in (LAYER_KEY, CHANNELS_KEY):
+            node.meta.pop(key, None)
+        if isinstance(node.type, str):
+            # A string annotation (``from __future__ import annotations``) becomes a str
+            # global of the generated code, which GraphModule.__reduce__ cannot pickle.
+            node.type = None
+    gm.meta.pop(GROUPS_KEY, None)
+    # Unpickling a GraphModule re-traces its code with its tracer class: use torch's, so
+    # that loading the exported model does not import hwnas.
+    gm._tracer_cls = graph._tracer_cls = None
+    graph.lint()
+    gm.recompile()

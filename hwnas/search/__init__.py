@@ -1,0 +1,15 @@
+"""Channel search: a traced model with L0 gates on its free channel groups.
+
+- :mod:`~hwnas.search.masks`: the mask modules and the graph surgery that inserts them;
+- :mod:`~hwnas.search.alive`: :class:`AliveIndex`, the flat gate layout, keep-one sets,
+  the fast cost path and the target projection;
+- :mod:`~hwnas.search.model`: :class:`SearchModel`, :func:`wrap` and :func:`materialize`.
+
+``search`` imports :mod:`hwnas.prune` (the cutting table), never the reverse.
+"""
+
+from hwnas.search.alive import AliveIndex
+from hwnas.search.masks import ChannelMask, WeightMasked
+from hwnas.search.model import SearchModel, materialize, wrap
+
+__all__ = ["AliveIndex", "ChannelMask", "SearchModel", "WeightMasked", "materialize", "wrap"]

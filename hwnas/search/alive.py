@@ -1,0 +1,276 @@
+"""AliveIndex: where every layer's channels live in the flat gate vector, and what follows.
+
+The gates of all free channel groups form one flat vector of ``n_gates`` entries (a group
+of ``size`` channels has ``ceil(size / channel_multiple)`` of them); entry ``n_gates`` is a
+constant 1 that frozen channels read. From that layout the index computes, for any vector
+of per-gate "alive" values (expected, straight-through or 0/1):
+
+- each layer's alive input and output channel counts (two segment sums);
+- every cost, with the layers whose cost is bilinear in (in, out) evaluated for all layers
+  at once from cached coefficients (keyed on the metric, the target and the cost
+  registry's version) and the others layer by layer;
+- the keep mask of the deterministic architecture, with the rule that every layer input,
+  layer output, group and split piece keeps at least one channel;
+- the projection that closes the least likely gates until the costs meet their targets.
+
+It is a value object: built once from the traced graph, never changed afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from hwnas import cost as cost_registry
+from hwnas.cost.targets import Target
+from hwnas.errors import HwnasError
+from hwnas.gates import hard_concrete_deterministic
+from hwnas.ir import CHANNELS_KEY, ChannelGroup, ChannelSlots, LayerInfo
+
+__all__ = ["AliveIndex", "bilinear_coefficients"]
+
+
+@dataclass(frozen=True)
+class _Device:
+    """The index tensors on one device."""
+
+    in_flat: torch.Tensor
+    in_layer: torch.Tensor
+    out_flat: torch.Tensor
+    out_layer: torch.Tensor
+
+
+class AliveIndex:
+    """The flat gate layout of a search (see the module docstring).
+
+    Args:
+        layers: The costed layers (LayerInfo with a module type), in graph order.
+        groups: Every channel group of the traced model (frozen ones included).
+        channel_multiple: Channels per gate entry.
+        gm: The traced graph (its split pieces must each keep a channel).
+    """
+
+    def __init__(self, layers: Sequence[LayerInfo], groups: Sequence[ChannelGroup],
+                 channel_multiple: int, gm: fx.GraphModule) -> None:
+        self.layers = list(layers)
+        self.groups = tuple(groups)
+        self.channel_multiple = channel_multiple
+        self.free_groups = [g.index for g in groups if g.frozen is None]
+        self.offsets: dict[int, int] = {}
+        self.gates_per_group: dict[int, int] = {}
+        total = 0
+        for g in self.free_groups:
+            n = -(-groups[g].size // channel_multiple)
+            self.offsets[g], self.gates_per_group[g] = total, n
+            total += n
+        #: Number of gate entries; entry ``n_gates`` of a gate vector is the constant 1.
+        self.n_gates = total
+        self.layer_index = [(self.slot_index(i.in_slots), self.slot_index(i.out_slots))
+                            for i in self.layers]
+        self._group_of_gate = torch.tensor(
+            [g for g in self.free_groups for _ in range(self.gates_per_group[g])],
+            dtype=torch.long)
+        self._sets = self._keep_sets(gm)
+        self._devices: dict[torch.device, _Device] = {}
+        self._compiled: dict[tuple[str, Target, int], tuple[torch.Tensor, torch.Tensor,
+                                                            list[int]]] = {}
+
+    # ------------------------------------------------------------------ layout
+    def slot_index(self, slots: np.ndarray | None) -> torch.Tensor:
+        """Gate entry of each ``(group, position)`` slot; ``n_gates`` for frozen channels."""
+        if slots is None:
+            return torch.zeros(0, dtype=torch.long)
+        m = self.channel_multiple
+        out = np.full(slots.shape[1], self.n_gates, dtype=np.int64)
+        for g, off in self.offsets.items():
+            sel = slots[0] == g
+            out[sel] = off + slots[1][sel] // m
+        return torch.from_numpy(out)
+
+    def group_gates(self, g: int) -> slice:
+        """The gate entries of free group ``g``."""
+        start = self.offsets[g]
+        return slice(start, start + self.gates_per_group[g])
+
+    def to_channels(self, g: int, per_gate: torch.Tensor) -> torch.Tensor:
+        """Per-gate values of group ``g`` (last dim) repeated for every channel of a block."""
+        m = self.channel_multiple
+        if m == 1:
+            return per_gate
+        return per_gate.repeat_interleave(m, dim=-1)[..., : self.groups[g].size]
+
+    def _keep_sets(self, gm: fx.GraphModule) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Gate-entry sets that must keep one entry: groups, layer inputs/outputs, pieces.
+
+        A set that holds a frozen (always kept) channel never needs a fix and is left out.
+        """
+        slot_sets = [np.stack([np.full(g.size, g.index), np.arange(g.size)]) for g in self.groups]
+        for info in self.layers:
+            slot_sets.extend(s for s in (info.in_slots, info.out_slots) if s is not None)
+        for node in gm.graph.nodes:
+            chan = node.meta.get(CHANNELS_KEY)
+            if isinstance(chan, tuple):
+                slot_sets.extend(c.slots for c in chan if isinstance(c, ChannelSlots) and c.flat)
+        flat: list[torch.Tensor] = []
+        ids: list[torch.Tensor] = []
+        seen: set[tuple[int, ...]] = set()
+        for slots in slot_sets:
+            idx = torch.unique(self.slot_index(slots))
+            key = tuple(idx.tolist())
+            if len(idx) and not bool((idx == self.n_gates).any()) and key not in seen:
+                seen.add(key)
+                flat.append(idx)
+                ids.append(torch.full((len(idx),), len(ids), dtype=torch.long))
+        empty = torch.zeros(0, dtype=torch.long)
+        return (torch.cat(flat) if flat else empty, torch.cat(ids) if ids else empty, len(ids))
+
+    def _on(self, device: torch.device) -> _Device:
+        found = self._devices.get(device)
+        if found is None:
+            def segments(which: int) -> tuple[torch.Tensor, torch.Tensor]:
+                flat = [pair[which] for pair in self.layer_index]
+                layer = [torch.full((len(f),), k, dtype=torch.long) for k, f in enumerate(flat)]
+                empty = torch.zeros(0, dtype=torch.long)
+                return (torch.cat(flat).to(device) if flat else empty.to(device),
+                        torch.cat(layer).to(device) if layer else empty.to(device))
+
+            found = _Device(*segments(0), *segments(1))
+            self._devices[device] = found
+        return found
+
+    # ------------------------------------------------------------------ keep
+    def keep(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        """Per-gate keep mask (bool, CPU) of the deterministic architecture.
+
+        A gate is kept when its deterministic value is > 0. Where a keep set (a layer's
+        inputs or outputs, a group, a split piece) would keep nothing, its gate with the
+        largest ``log_alpha`` is kept (its value stays 0, so it contributes nothing).
+        """
+        la = log_alpha.detach().cpu()
+        keep = hard_concrete_deterministic(la) > 0
+        set_index, set_id, n_sets = self._sets
+        if n_sets:
+            counts = torch.zeros(n_sets).index_add_(0, set_id, keep[set_index].float())
+            for k in torch.nonzero(counts == 0).flatten().tolist():
+                idx = set_index[set_id == k]
+                if not bool(keep[idx].any()):  # an earlier fix may have filled it
+                    keep[idx[int(la[idx].argmax())]] = True
+        return keep
+
+    # ------------------------------------------------------------------ costs
+    def layer_alive(self, alive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Alive input and output channels of every layer for per-gate values ``alive``
+        (with the trailing 1): two segment sums."""
+        d = self._on(alive.device)
+        n = len(self.layers)
+        a_in = alive.new_zeros(n).index_add(0, d.in_layer, alive[d.in_flat])
+        a_out = alive.new_zeros(n).index_add(0, d.out_layer, alive[d.out_flat])
+        return a_in, a_out
+
+    def _compile(self, name: str, target: Target) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Bilinear coefficients (layers, 4) of metric ``name``, their layers, the others."""
+        key = (name, target, cost_registry.version())
+        found = self._compiled.get(key)
+        if found is None:
+            rows, idx, others = [], [], []
+            for k, info in enumerate(self.layers):
+                fn = cost_registry.lookup(name, info.module_type or type(None))
+                if fn is None:
+                    continue
+                coef = (bilinear_coefficients(fn, info, target)
+                        if cost_registry.is_pure(fn) else None)
+                if coef is None:
+                    others.append(k)
+                else:
+                    rows.append(coef)
+                    idx.append(k)
+            found = (torch.tensor(idx, dtype=torch.long),
+                     torch.tensor(rows, dtype=torch.float64).reshape(-1, 4), others)
+            self._compiled[key] = found
+        return found
+
+    def totals(self, names: Sequence[str], alive: torch.Tensor, target: Target) -> torch.Tensor:
+        """Costs ``names`` (float64 vector) for per-gate values ``alive`` (with trailing 1)."""
+        a_in, a_out = self.layer_alive(alive.double())
+        dev = alive.device
+        out = []
+        for name in names:
+            layers_idx, coef, others = self._compile(name, target)
+            total = alive.new_zeros((), dtype=torch.float64)
+            if len(layers_idx):
+                li, c = layers_idx.to(dev), coef.to(dev)
+                x, y = a_in[li], a_out[li]
+                total = total + (c[:, 0] + c[:, 1] * x + c[:, 2] * y + c[:, 3] * x * y).sum()
+            for k in others:
+                info = self.layers[k]
+                fn = cost_registry.lookup(name, info.module_type or type(None))
+                assert fn is not None
+                value = fn(info, {"in": a_in[k], "out": a_out[k]}, target)
+                total = total + torch.as_tensor(value, device=dev).double()
+            out.append(total)
+        return torch.stack(out) if out else alive.new_zeros(0, dtype=torch.float64)
+
+    # ------------------------------------------------------------------ projection
+    def enforce(self, log_alpha: torch.Tensor, costs: Callable[[], Mapping[str, float]],
+                targets: Mapping[str, float]) -> int:
+        """Close open gates, least likely first, until ``costs()`` meets ``targets``.
+
+        ``log_alpha`` is changed in place (a closed gate gets -10, deterministic value 0).
+        A group keeps at least one open gate. Returns how many gates were closed.
+        """
+        closed = 0
+        with torch.no_grad():
+            while any(costs()[n] > t for n, t in targets.items()):
+                la = log_alpha.detach().cpu()
+                open_ = hard_concrete_deterministic(la) > 0
+                per_group = torch.zeros(len(self.groups)).index_add_(
+                    0, self._group_of_gate, open_.float())
+                eligible = open_ & (per_group[self._group_of_gate] > 1)
+                if not bool(eligible.any()):
+                    break
+                k = int(la.masked_fill(~eligible, float("inf")).argmin())
+                log_alpha[k] = -10.0
+                closed += 1
+        return closed
+
+
+def bilinear_coefficients(fn: cost_registry.CostFn, info: LayerInfo,
+                          target: Target) -> list[float] | None:
+    """(c0, c1, c2, c3) with fn == c0 + c1*in + c2*out + c3*in*out, or None if it is not.
+
+    The function is probed at (in, out) in {1, 2}^2 (channel counts a layer can have), which
+    fixes the four coefficients, and checked at the layer's full size and at (3, 7). A
+    function that gives a non-finite value is not bilinear; one that raises is reported
+    with the layer it failed on.
+    """
+
+    def at(a_in: float, a_out: float) -> float:
+        alive = {"in": torch.tensor(a_in, dtype=torch.float64),
+                 "out": torch.tensor(a_out, dtype=torch.float64)}
+        try:
+            return float(fn(info, alive, target))
+        except Exception as e:
+            raise HwnasError(
+                f"cost function {getattr(fn, '__qualname__', fn)!r} failed on layer "
+                f"{info.target!r} ({getattr(info.module_type, '__name__', '')}) at "
+                f"in={a_in:g}, out={a_out:g}: {type(e).__name__}: {e}"
+            ) from e
+
+    f11, f21, f12, f22 = at(1, 1), at(2, 1), at(1, 2), at(2, 2)
+    if not all(np.isfinite([f11, f21, f12, f22])):
+        return None
+    c3 = f22 - f21 - f12 + f11
+    c1 = f21 - f11 - c3
+    c2 = f12 - f11 - c3
+    coef = [f11 - c1 - c2 - c3, c1, c2, c3]
+    for a_in, a_out in ((float(info.in_channels or 1), float(info.out_channels or 1)),
+                        (3.0, 7.0)):
+        expected = coef[0] + coef[1] * a_in + coef[2] * a_out + coef[3] * a_in * a_out
+        value = at(a_in, a_out)
+        if not abs(value - expected) <= 1e-9 * max(1.0, abs(expected)):
+            return None
+    return coef

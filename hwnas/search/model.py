@@ -1,0 +1,451 @@
+"""SearchModel: a traced copy of the user's model with L0 gates on its free channel groups.
+
+The model holds one :class:`~hwnas.gates.HardConcreteGate` whose entries are the gates of
+all free groups, laid out by an :class:`~hwnas.search.alive.AliveIndex`. A forward draws the
+gate values once (the one sampling path, :meth:`SearchModel.gate_values`) and passes them to
+the graph as its last input; the masks of :mod:`hwnas.search.masks` read them there.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.fx as fx
+from torch import nn
+
+from hwnas import cost as cost_registry
+from hwnas.cost.profile import metrics_for
+from hwnas.cost.targets import Target, load_target
+from hwnas.errors import InvalidTypeError, InvalidValueError, UnknownNameError
+from hwnas.gates import GateSlice, HardConcreteGate, prob_nonzero
+from hwnas.graph import channel_groups, layers, trace
+from hwnas.ir import ChannelGroup, LayerInfo
+from hwnas.prune import prune_graph
+from hwnas.search.alive import AliveIndex
+from hwnas.search.masks import insert_masks, strip_masks
+
+__all__ = ["COST_MODES", "GATE_MODES", "SearchModel", "materialize", "wrap"]
+
+#: How :meth:`SearchModel.cost` reads the gates.
+COST_MODES = ("expected", "straight_through", "deterministic")
+#: How :meth:`SearchModel.forward` sets the gates.
+GATE_MODES = ("sample", "deterministic", "off")
+
+
+class SearchModel(nn.Module):
+    """The user's model, traced, with hard-concrete L0 gates on its free channel groups.
+
+    Build it with :func:`wrap`. In training mode each forward samples the gates (one draw
+    per batch, or one per example with ``per_example=True``); in eval mode the
+    deterministic gates are used, which is the architecture :meth:`export` produces.
+    ``forward(*inputs, gates=...)`` overrides this for one call: ``"sample"``,
+    ``"deterministic"`` or ``"off"`` (the full model, every channel at 1).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> import hwnas
+        >>> net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3),
+        ...                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        >>> search = hwnas.wrap(net, torch.randn(1, 1, 8, 8))
+        >>> search.cost("params").requires_grad
+        True
+        >>> search.costs()["params"]
+        382.0
+    """
+
+    def __init__(self, gm: fx.GraphModule, groups: tuple[ChannelGroup, ...],
+                 cost_names: tuple[str, ...], target: Target, droprate_init: float,
+                 per_example: bool, channel_multiple: int = 1) -> None:
+        super().__init__()
+        self.groups = groups
+        self.cost_names = cost_names
+        #: The hardware target the costs are computed for (may be replaced).
+        self.target = target
+        self.per_example = per_example
+        #: Channels per gate: pruning keeps whole blocks of this many channels per group.
+        self.channel_multiple = channel_multiple
+        self.layer_infos: list[LayerInfo] = [i for i in layers(gm) if i.module_type is not None]
+        self.index = AliveIndex(self.layer_infos, groups, channel_multiple, gm)
+        self.free_groups = list(self.index.free_groups)
+        self.gates = HardConcreteGate(max(self.index.n_gates, 1), droprate_init,
+                                      per_example=per_example)
+        self.gm = gm
+        insert_masks(gm, self._mask_index, per_example)
+        self._cost_mode = "expected"
+
+    def _mask_index(self, info: LayerInfo) -> torch.Tensor | None:
+        index = self.index.slot_index(info.in_slots)
+        return index if bool((index < self.index.n_gates).any()) else None
+
+    # ------------------------------------------------------------------ modes
+    @property
+    def cost_mode(self) -> str:
+        """Default ``mode`` of :meth:`cost` (regularizers call ``cost(name)``)."""
+        return self._cost_mode
+
+    @cost_mode.setter
+    def cost_mode(self, mode: str) -> None:
+        if mode not in COST_MODES:
+            raise InvalidValueError(f"`cost_mode` must be one of {COST_MODES}, but got {mode!r}")
+        self._cost_mode = mode
+
+    # ------------------------------------------------------------------ forward
+    def _log_alpha(self) -> torch.Tensor:
+        return self.gates.log_alpha[: self.index.n_gates]
+
+    def gate_values(self, mode: str, batch: int | None = None) -> torch.Tensor | None:
+        """The gate vector a forward passes to the graph, with the trailing constant 1.
+
+        ``"sample"`` draws hard-concrete gates (``(batch, n + 1)`` for per-example gates),
+        ``"deterministic"`` gives the eval gates, ``"off"`` gives None (no masking).
+        """
+        if mode not in GATE_MODES:
+            raise InvalidValueError(f"`gates` must be one of {GATE_MODES}, but got {mode!r}")
+        if mode == "off":
+            return None
+        n = self.index.n_gates
+        if mode == "sample":
+            z = self.gates.sample(batch if self.per_example else None)
+        else:
+            z = self.gates.deterministic()
+        z = z[..., :n]
+        return torch.cat([z, z.new_ones(z.shape[:-1] + (1,))], dim=-1)
+
+    def forward(self, *inputs: torch.Tensor, gates: str | None = None) -> Any:
+        """Run the model with sampled (training) or deterministic (eval) gates.
+
+        Args:
+            inputs: The model's inputs.
+            gates: Override for this call: ``"sample"``, ``"deterministic"`` or ``"off"``.
+        """
+        mode = gates or ("sample" if self.training else "deterministic")
+        batch = inputs[0].shape[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+        return self.gm(*inputs, self.gate_values(mode, batch))
+
+    # ------------------------------------------------------------------ parameters
+    def arch_parameters(self) -> Iterator[nn.Parameter]:
+        """The gate logits (``log_alpha``): train them without weight decay.
+
+        Empty when the model has no free channel group (nothing to search).
+        """
+        return iter([self.gates.log_alpha] if self.index.n_gates else [])
+
+    def weight_parameters(self) -> Iterator[nn.Parameter]:
+        """Every parameter of the wrapped model (not the gates)."""
+        return self.gm.parameters()
+
+    def gate(self, group: int) -> GateSlice:
+        """The gate entries of channel group ``group`` (a view of :attr:`gates`)."""
+        if group not in self.index.offsets:
+            frozen = self.groups[group].frozen if 0 <= group < len(self.groups) else None
+            raise UnknownNameError(
+                f"group {group} has no gate" + (f" (frozen: {frozen})" if frozen else "")
+                + f"; gated groups: {self.free_groups}"
+            )
+        s = self.index.group_gates(group)
+        return GateSlice(self.gates, s.start, s.stop)
+
+    def channel_gate_values(self, group: int) -> torch.Tensor:
+        """Deterministic gate value of every channel of ``group`` (blocks expanded)."""
+        return self.index.to_channels(group, self.gate(group).deterministic())
+
+    def expected_l0(self) -> torch.Tensor:
+        """Expected number of open gate entries, differentiable (Louizos' L0)."""
+        return prob_nonzero(self._log_alpha()).sum()
+
+    def gated_weights(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(weight, P(z != 0))`` pairs for every gated layer input, broadcastable."""
+        n = self.index.n_gates
+        alive = torch.cat([prob_nonzero(self._log_alpha()),
+                           self.gates.log_alpha.new_ones(1)])
+        for info, (idx_in, _) in zip(self.layer_infos, self.index.layer_index, strict=True):
+            if info.kind not in ("conv", "linear") or info.depthwise or info.module is None:
+                continue
+            if not bool((idx_in < n).any()):
+                continue
+            weight = info.module.weight
+            assert isinstance(weight, torch.Tensor)
+            if weight.shape[1] * info.groups != len(idx_in):
+                continue
+            shape = [1] * weight.dim()
+            shape[1] = weight.shape[1]
+            yield weight, alive[idx_in.to(alive.device)].reshape(shape)
+
+    # ------------------------------------------------------------------ costs
+    def _keep(self) -> torch.Tensor:
+        return self.index.keep(self._log_alpha())
+
+    def keep_masks(self) -> dict[int, torch.Tensor]:
+        """Channels the deterministic architecture keeps, per free group.
+
+        Every layer must keep at least one input and one output channel, and every piece
+        of a channel split at least one channel (the exported model must stay a valid
+        network): where the gates close all of them, the gate with the largest
+        ``log_alpha`` is kept. Its gate value stays 0, so it contributes nothing.
+        """
+        keep = self._keep().to(self.gates.log_alpha.device)
+        return {g: self.index.to_channels(g, keep[self.index.group_gates(g)])
+                for g in self.free_groups}
+
+    def alive_vector(self, mode: str) -> torch.Tensor:
+        """Per-gate alive values for ``mode`` (see :meth:`cost`), with the trailing 1."""
+        if mode not in COST_MODES:
+            raise InvalidValueError(f"`mode` must be one of {COST_MODES}, but got {mode!r}")
+        la = self._log_alpha()
+        one = torch.ones(1, dtype=torch.float64, device=la.device)
+        if mode == "deterministic":
+            return torch.cat([self._keep().to(one), one])
+        values = prob_nonzero(la).double()  # float64: the straight-through value is exact
+        if mode == "straight_through":
+            values = self._keep().to(one) + (values - values.detach())
+        return torch.cat([values, one])
+
+    def costs_of(self, names: Sequence[str], mode: str | None = None) -> torch.Tensor:
+        """The costs ``names`` as one float64 vector, evaluated together (see :meth:`cost`)."""
+        for name in names:
+            self._check_metric(name)
+        alive = self.alive_vector(self._cost_mode if mode is None else mode)
+        return self.index.totals(list(names), alive, self.target)
+
+    def cost(self, name: str, mode: str | None = None) -> torch.Tensor:
+        """Differentiable total cost ``name`` of the architecture (float64).
+
+        Args:
+            name: A registered metric (``params``, ``ops``, ``luts``, ...).
+            mode: ``None`` uses :attr:`cost_mode` (``"expected"`` unless changed).
+                ``"expected"`` uses P(z != 0) per channel (Louizos' expected L0);
+                ``"straight_through"`` has the value of the deterministic architecture
+                (what export produces) and the gradient of the expected cost;
+                ``"deterministic"`` is the exported architecture's cost, no gradient.
+        """
+        return self.costs_of([name], mode)[0]
+
+    def _check_metric(self, name: str) -> None:
+        cost_registry.check_metric(name)
+        if name == "luts" and not self.target.has_lut_model:
+            cost_registry.formulas.lut_model(self.target)
+
+    def costs(self) -> dict[str, float]:
+        """Exact costs of the deterministic architecture (what export will produce)."""
+        names = metrics_for(self.target)
+        with torch.no_grad():
+            values = self.costs_of(names, "deterministic")
+        return dict(zip(names, (float(v) for v in values), strict=True))
+
+    def reference_costs(self) -> dict[str, float]:
+        """Costs of the unpruned model (every channel alive)."""
+        names = metrics_for(self.target)
+        with torch.no_grad():
+            ones = torch.ones(self.index.n_gates + 1, dtype=torch.float64,
+                              device=self.gates.log_alpha.device)
+            values = self.index.totals(names, ones, self.target)
+        return dict(zip(names, (float(v) for v in values), strict=True))
+
+    def layer_costs(self, mode: str = "deterministic") -> pd.DataFrame:
+        """Per-layer costs (one row per layer) for ``mode`` (see :meth:`cost`)."""
+        with torch.no_grad():
+            a_in, a_out = self.index.layer_alive(self.alive_vector(mode).double())
+        rows = []
+        for k, info in enumerate(self.layer_infos):
+            alive = {"in": a_in[k], "out": a_out[k]}
+            row = {"layer": info.target, "type": getattr(info.module_type, "__name__", ""),
+                   "in_channels": info.in_channels, "in_kept": float(alive["in"]),
+                   "out_channels": info.out_channels, "out_kept": float(alive["out"])}
+            for name in metrics_for(self.target):
+                value = cost_registry.evaluate(name, info, alive, self.target)
+                row[name] = 0.0 if value is None else float(value)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def enforce_targets_(self, targets: Mapping[str, float]) -> int:
+        """Close gates, least likely first, until the exported costs meet ``targets``.
+
+        The relaxed cost a regularizer drives under its target can land slightly above it
+        once the gates are binarised. This projection closes the open gate with the
+        smallest ``log_alpha`` (its gate is set to exactly 0) until every target is met
+        or nothing more can be closed (each group keeps one gate). Returns how many gates
+        it closed.
+        """
+        for name in targets:
+            self._check_metric(name)
+        names = list(targets)
+        return self.index.enforce(
+            self.gates.log_alpha,
+            lambda: dict(zip(names, self.costs_of(names, "deterministic").tolist(), strict=True)),
+            targets)
+
+    # ------------------------------------------------------------------ reporting
+    def summary(self, by: str = "layer") -> pd.DataFrame:
+        """Channels kept per layer (``by="layer"``) or per channel group (``by="group"``)."""
+        if by == "group":
+            keep = self.keep_masks()
+            rows = []
+            for g in self.groups:
+                kept = int(keep[g.index].sum()) if g.index in keep else g.size
+                rows.append({"group": g.index, "channels": g.size, "kept": kept,
+                             "producers": ", ".join(g.producers), "frozen": g.frozen or ""})
+            return pd.DataFrame(rows)
+        if by != "layer":
+            raise InvalidValueError(f"`by` must be 'layer' or 'group', but got {by!r}")
+        df = self.layer_costs("deterministic")
+        groups = [int(i.out_slots[0, 0]) if i.out_slots is not None else -1
+                  for i in self.layer_infos]
+        df.insert(2, "group", groups)
+        df["frozen"] = [self._layer_frozen(i) or "" for i in self.layer_infos]
+        for col in ("in_kept", "out_kept"):
+            df[col] = df[col].round().astype("int64")
+        return df
+
+    def _layer_frozen(self, info: LayerInfo) -> str | None:
+        # Like LayerInfo.frozen (the reason of the first frozen group the layer writes), but
+        # from self.groups, which also holds the groups frozen by wrap(exclude=...).
+        own = info.out_slots if info.out_slots is not None else info.in_slots
+        if own is None:
+            return info.frozen
+        return next((self.groups[int(g)].frozen for g in np.unique(own[0])
+                     if self.groups[int(g)].frozen is not None), None)
+
+    def export(self) -> fx.GraphModule:
+        """The pruned plain model; see :func:`materialize`."""
+        return materialize(self)
+
+
+def materialize(search: SearchModel) -> fx.GraphModule:
+    """A plain model with the pruned channels of ``search`` physically removed.
+
+    The deterministic (eval-mode) gates decide which channels stay; gate values below 1
+    are folded into the weights of the layers that read the channels, so the result in
+    eval mode computes what ``search`` computes in eval mode. Convs (depthwise included),
+    linears, BatchNorm (running statistics kept) and GroupNorm are sliced (see
+    :mod:`hwnas.prune`), and Python constants that depend on channel counts (split sizes,
+    view shapes) are rewritten. A group whose gates are all closed keeps one channel (its
+    most likely one), so every layer stays valid; its gate value 0 is folded in, so it
+    contributes nothing.
+
+    The result is a ``torch.fx.GraphModule`` of plain ``torch.nn`` layers in the train/eval
+    mode of ``search``: no hwnas code runs at inference time.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> import hwnas
+        >>> net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+        ...                     nn.Conv2d(8, 4, 3))
+        >>> search = hwnas.wrap(net, torch.randn(1, 1, 8, 8))
+        >>> search.gate(1).set_deterministic_([1, 0] * 4)
+        >>> pruned = hwnas.materialize(search)
+        >>> pruned.get_submodule("0").out_channels
+        4
+    """
+    if not isinstance(search, SearchModel):
+        raise InvalidTypeError(f"`search` must be a SearchModel (from hwnas.wrap), but got "
+                               f"{type(search).__name__}")
+    with torch.no_grad():
+        keep = {g: m.cpu().numpy() for g, m in search.keep_masks().items()}
+        scale = {g: search.channel_gate_values(g).detach().cpu() for g in search.free_groups}
+    gm = copy.deepcopy(search.gm)
+    strip_masks(gm)
+    pruned = prune_graph(gm, keep, scale, copy_graph=False)
+    pruned.train(search.training)
+    return pruned
+
+
+def _check_wrap_args(model: Any, exclude: Any, droprate_init: Any, channel_multiple: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise InvalidTypeError(f"`model` must be an nn.Module, but got {type(model).__name__}")
+    if isinstance(model, SearchModel):
+        raise InvalidTypeError("`model` is already a SearchModel (from hwnas.wrap); wrap the "
+                               "original model, or use search.export() for the pruned one")
+    if isinstance(exclude, str):
+        raise InvalidTypeError("`exclude` must be a collection of module names, not a single "
+                               "string")
+    if isinstance(channel_multiple, bool) or not isinstance(channel_multiple, int) \
+            or channel_multiple < 1:
+        raise InvalidValueError(
+            f"`channel_multiple` must be an integer >= 1, but got {channel_multiple!r}")
+    if isinstance(droprate_init, bool) or not isinstance(droprate_init, (int, float)) \
+            or not 0.0 < droprate_init < 1.0:
+        raise InvalidValueError(f"`droprate_init` must be in (0, 1), but got {droprate_init!r}")
+
+
+def wrap(
+    model: nn.Module,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    costs: Iterable[str] = ("params", "ops"),
+    target: str | Path | Target = "generic",
+    exclude: Iterable[str] = (),
+    droprate_init: float = 0.3,
+    per_example: bool = False,
+    leaf_modules: tuple[type | str, ...] = (),
+    channel_multiple: int = 1,
+) -> SearchModel:
+    """Wrap a copy of ``model`` for channel search.
+
+    Args:
+        model: The model; it is deep-copied, never modified.
+        example_inputs: Example inputs with batch size 1 (costs are per example).
+        costs: Metrics the search is expected to use (validated against the registry).
+        target: Hardware target name, TOML path or :class:`~hwnas.cost.Target`.
+        exclude: Module names (as in ``model.named_modules()``) whose output channels
+            must not be pruned.
+        droprate_init: Initial probability that a gate is closed (Louizos' ``p``). At 0.3
+            the gates start at P(open) = 0.7 (deterministic value 0.79), where they still
+            move quickly; values near 0 start exactly at the full model but saturate the
+            gates, so the search needs more epochs to close channels.
+        per_example: Sample an independent gate per example (a (batch, channels) mask)
+            instead of one per batch.
+        leaf_modules: Passed to :func:`hwnas.graph.trace`.
+        channel_multiple: Channels per gate. With 16, every group keeps a multiple of 16
+            channels (its last block may be shorter): the blocked layouts of CPU/GPU
+            kernels (e.g. onnxruntime's NCHWc) then run the pruned layers at full speed.
+
+    Returns:
+        A :class:`SearchModel`.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> import hwnas
+        >>> net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+        >>> search = hwnas.wrap(net, torch.randn(1, 4), costs=("params",))
+        >>> search.summary(by="group")["kept"].tolist()
+        [4, 16, 2]
+    """
+    _check_wrap_args(model, exclude, droprate_init, channel_multiple)
+    costs = tuple(costs)
+    exclude = tuple(exclude)
+    target = load_target(target)
+    for name in costs:
+        cost_registry.check_metric(name)
+        if name == "luts" and not target.has_lut_model:
+            cost_registry.formulas.lut_model(target)
+    copied = copy.deepcopy(model)
+    module_names = {name for name, _ in copied.named_modules() if name}
+    unknown = [e for e in exclude if e not in module_names]
+    if unknown:
+        raise UnknownNameError(
+            f"`exclude` names no layer: {unknown}; layers are e.g. {sorted(module_names)[:10]}")
+    was_training = copied.training
+    copied.eval()
+    gm = trace(copied, example_inputs, leaf_modules=leaf_modules, is_leaf=cost_registry.is_costed)
+    gm.train(was_training)
+    groups = list(channel_groups(gm))
+    for node in gm.graph.nodes:
+        info = node.meta.get("hwnas")
+        if not exclude or node.op != "call_module" or info is None or info.out_slots is None:
+            continue
+        if any(str(node.target) == e or str(node.target).startswith(e + ".") for e in exclude):
+            for g in np.unique(info.out_slots[0]):
+                if groups[int(g)].frozen is None:
+                    groups[int(g)] = replace(groups[int(g)], frozen=f"excluded: {node.target}")
+    search = SearchModel(gm, tuple(groups), costs, target, droprate_init, per_example,
+                         channel_multiple)
+    return search.train(was_training)
