@@ -453,6 +453,16 @@ class L0(nn.Module):
             [(m.prob_nonzero() * w.pow(2)).sum() for _, w, m in self._masked()]
         ).sum()
 
+    def expected_l0(self) -> Tensor:
+        """Same as :meth:`count_l0` (the :class:`~hwnas.regularizers.protocol.GatedModel`
+        protocol, so ``hwnas.regularizers.l0_penalty`` works on an L0 model)."""
+        return self.count_l0()
+
+    def gated_weights(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(original weight, P(z != 0))`` for every masked parameter (same shapes)."""
+        for _, w, m in self._masked():
+            yield w, m.prob_nonzero()
+
     def regularization(self) -> Tensor:
         """Louizos' expected L0 + L2 penalty of the masked weights.
 

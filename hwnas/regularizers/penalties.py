@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 
+from hwnas.errors import InvalidTypeError
 from hwnas.regularizers.base import check_nonnegative
+from hwnas.regularizers.protocol import GatedModel
 from hwnas.regularizers.registry import register
 
 __all__ = [
@@ -38,26 +40,33 @@ def _sum_or_zero(terms: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
+def _gated(model: Any, what: str) -> GatedModel:
+    if not isinstance(model, GatedModel):
+        raise InvalidTypeError(
+            f"{what} needs a model with gates (expected_l0() and gated_weights(), e.g. a "
+            f"hwnas.wrap(...) SearchModel or hwnas.L0), but got {type(model).__name__}"
+        )
+    return model
+
+
 @register("l0")
 def l0_penalty(model: Any, epoch: int | None = None, n_epochs: int | None = None) -> torch.Tensor:
-    """The expected number of non-zero gates: ``sum(g.expected_l0() for g in model.gates())``.
+    """The expected number of non-zero gates, ``model.expected_l0()``.
 
-    Each hard-concrete gate contributes ``sum_c P(z_c != 0)`` over its channels (Louizos
-    et al. 2017, Eq. 12). Epochs are ignored. A model without gates gives ``tensor(0.)``.
+    Each hard-concrete gate contributes ``P(z != 0)`` (Louizos et al. 2017, Eq. 12).
+    Epochs are ignored. ``model`` is a :class:`~hwnas.regularizers.protocol.GatedModel`.
 
     Example:
         >>> import torch
-        >>> from hwnas.regularizers import l0_penalty
-        >>> class Gate:
-        ...     def expected_l0(self):
-        ...         return torch.tensor(2.5)
-        >>> class Fake:
-        ...     def gates(self):
-        ...         return [Gate(), Gate()]
-        >>> l0_penalty(Fake())
-        tensor(5.)
+        >>> from torch import nn
+        >>> import hwnas
+        >>> search = hwnas.wrap(nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2)),
+        ...                     torch.randn(1, 2))
+        >>> search.gate(1).set_deterministic_([1.0, 1.0, 0.0, 0.0])
+        >>> round(l0_penalty(search).item(), 3)   # P(open) ~ 1, 1, 0, 0
+        2.0
     """
-    return _sum_or_zero([gate.expected_l0() for gate in model.gates()])
+    return _gated(model, "l0_penalty").expected_l0()
 
 
 @register("expected_l2")
@@ -73,14 +82,19 @@ def expected_l2_penalty(
 
     Example:
         >>> import torch
-        >>> from hwnas.regularizers import expected_l2_penalty
-        >>> class Fake:
-        ...     def gated_weights(self):
-        ...         yield torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[0.5], [0.0]])
-        >>> expected_l2_penalty(Fake())   # 0.5 * (1 + 4) + 0 * (9 + 16)
-        tensor(2.5000)
+        >>> from torch import nn
+        >>> import hwnas
+        >>> net = nn.Sequential(nn.Linear(2, 2, bias=False), nn.ReLU(),
+        ...                     nn.Linear(2, 1, bias=False))
+        >>> search = hwnas.wrap(net, torch.randn(1, 2))
+        >>> with torch.no_grad():
+        ...     _ = search.gm.get_submodule("2").layer.weight.fill_(2.0)
+        >>> search.gate(1).set_deterministic_([1.0, 0.0])   # P(open) = 1.0 and 0.0002
+        >>> round(expected_l2_penalty(search).item(), 3)   # (1.0 + 0.0002) * 4
+        4.001
     """
-    return _sum_or_zero([(prob * weight.square()).sum() for weight, prob in model.gated_weights()])
+    pairs = _gated(model, "expected_l2_penalty").gated_weights()
+    return _sum_or_zero([(prob * weight.square()).sum() for weight, prob in pairs])
 
 
 def _per_example_norm(t: torch.Tensor) -> torch.Tensor:
