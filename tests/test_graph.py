@@ -471,6 +471,36 @@ def test_wrong_input_shape_names_the_node() -> None:
         trace(net, torch.randn(1, 4, 8, 8))
 
 
+class _Buggy(nn.Module):
+    """A model with a bug unrelated to shapes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) / _zero()
+
+
+def _zero() -> int:
+    return 1 // 0
+
+
+def test_only_shape_errors_are_reported_as_shape_errors() -> None:
+    from hwnas.errors import ShapeError
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    with pytest.raises(ShapeError, match="Check that example_inputs have the shape"):
+        trace(net, torch.randn(1, 4, 8, 8))
+    leaf = nn.Sequential(_Buggy())
+    with pytest.raises(TraceError) as info:
+        trace(leaf, torch.randn(1, 3, 8, 8), leaf_modules=(_Buggy,))
+    message = str(info.value)
+    assert "ZeroDivisionError: integer division or modulo by zero" in message
+    assert "failed at node %_0" in message and "shape" not in message
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+
+
 def test_wrong_number_of_inputs() -> None:
     net = nn.Sequential(nn.Conv2d(3, 8, 3))
     x = torch.randn(1, 3, 8, 8)

@@ -333,3 +333,125 @@ def test_channel_multiple_keeps_whole_blocks(tmp_path):
     assert float(total["ops"]) == search.costs()["ops"]
     with pytest.raises(ValueError, match="`channel_multiple` must be an integer >= 1, but got 0"):
         hwnas.wrap(model, x, channel_multiple=0)
+
+
+# ------------------------------------------------------- no stale caches, no hidden state
+
+
+def test_cost_follows_a_changed_target() -> None:
+    """A cost that reads the target is recomputed when the target changes (cache key)."""
+    from dataclasses import replace
+
+    from hwnas import cost
+
+    saved = {m: t.copy() for m, t in cost._REGISTRY.items()}
+
+    def bit_params(info, alive, target):  # bilinear in (in, out), scaled by the target
+        return alive["in"] * alive["out"] * target.weight_bits
+
+    try:
+        cost.register("bit_params", nn.Linear)(bit_params)
+        net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        search = hwnas.wrap(net, torch.randn(1, 4), costs=("bit_params",))
+        assert search.cost("bit_params").item() == pytest.approx(
+            float(search.layer_costs("expected")["bit_params"].sum()))
+        first = search.costs()["bit_params"]
+        assert first == (4 * 8 + 8 * 2) * 32
+        search.target = replace(search.target, weight_bits=4)
+        assert search.costs()["bit_params"] == (4 * 8 + 8 * 2) * 4
+        assert float(search.cost("bit_params", "deterministic")) == float(
+            search.layer_costs()["bit_params"].sum())
+    finally:
+        cost._REGISTRY.clear()
+        cost._REGISTRY.update(saved)
+
+
+def test_the_graph_needs_the_gate_values() -> None:
+    """The masks read the gates from an explicit input: no silent unmasked run."""
+    search, _, x = _wrap("digits_cnn")
+    with pytest.raises(TypeError, match="hwnas_gates"):
+        search.gm(x)
+    _close_all_(search)
+    search.eval()
+    with torch.no_grad():
+        closed = search(x)
+        full = search(x, gates="off")
+        assert torch.equal(search.gm(x, None), full)
+    assert not torch.allclose(closed, full)
+
+
+def test_forward_gate_modes() -> None:
+    torch.manual_seed(0)
+    search, _, x = _wrap("digits_cnn", droprate_init=0.5)
+    xb = x.expand(4, *x.shape[1:]).clone()
+    with torch.no_grad():
+        search.eval()
+        det = search(xb)
+        assert torch.equal(search(xb, gates="deterministic"), det)
+        sampled = [search(xb, gates="sample") for _ in range(2)]
+        assert not torch.allclose(sampled[0], sampled[1])
+        search.train()
+        search.eval()  # modes are plain nn.Module modes: nothing else to restore
+        assert torch.equal(search(xb), det)
+    with pytest.raises(ValueError, match="`gates` must be one of"):
+        search(xb, gates="on")
+
+
+def test_a_failing_cost_function_is_reported_not_swallowed() -> None:
+    from hwnas import cost
+
+    saved = {m: t.copy() for m, t in cost._REGISTRY.items()}
+
+    def broken(info, alive, target):
+        raise ZeroDivisionError("no channels")
+
+    try:
+        cost.register("broken", nn.Linear)(broken)
+        search = hwnas.wrap(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)),
+                            torch.randn(1, 2), costs=("broken",))
+        with pytest.raises(hwnas.HwnasError, match=r"cost function .*broken.* failed on layer "
+                                                    r"'0' \(Linear\) .*ZeroDivisionError"):
+            search.cost("broken")
+    finally:
+        cost._REGISTRY.clear()
+        cost._REGISTRY.update(saved)
+
+
+def test_a_nonlinear_cost_is_evaluated_as_is() -> None:
+    from hwnas import cost
+
+    saved = {m: t.copy() for m, t in cost._REGISTRY.items()}
+
+    def log_cost(info, alive, target):  # not bilinear: layer by layer
+        return torch.log2(alive["in"]) * alive["out"]
+
+    try:
+        cost.register("log_cost", nn.Linear)(log_cost)
+        search = hwnas.wrap(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)),
+                            torch.randn(1, 4), costs=("log_cost",))
+        assert search.costs()["log_cost"] == 2 * 8 + 3 * 2
+        assert search.cost("log_cost").requires_grad
+    finally:
+        cost._REGISTRY.clear()
+        cost._REGISTRY.update(saved)
+
+
+def test_wrapping_a_search_model_is_refused() -> None:
+    search, _, x = _wrap("digits_cnn")
+    with pytest.raises(TypeError, match="already a SearchModel"):
+        hwnas.wrap(search, x)
+
+
+def test_l0_and_expected_l2_on_a_real_search_model() -> None:
+    from hwnas.regularizers import expected_l2_penalty, l0_penalty
+
+    search, _, _ = _wrap("resnet")
+    for g in search.free_groups:
+        search.gate(g).set_deterministic_(torch.ones(search.gate(g).n))
+    open_ = float(l0_penalty(search))
+    assert open_ == pytest.approx(search.index.n_gates, rel=1e-3)
+    _close_all_(search)
+    assert float(l0_penalty(search)) < 1e-2 * open_
+    l2 = expected_l2_penalty(search)
+    l2.backward()
+    assert search.gates.log_alpha.grad is not None
