@@ -1,7 +1,7 @@
 """DiffLUT on scikit-learn's digits: thermometer bits -> 2 LUT layers -> GroupSum.
 
 Trains the same network twice on CPU, without and with the functional sensitivity
-regularizer (``hwnas.difflut.l_regularizer``), and reports soft and binary test accuracy,
+regularizer (``hwnas.difflut.functional_sensitivity``), and reports soft and binary test accuracy,
 the LUT estimate on ``xc7-lut6`` and ``ice40-lut4`` (pruned inputs and unused nodes removed,
 ``hwnas.difflut.lut_report``), training throughput (forward + backward, samples/s), and
 whether onnxruntime reproduces the PyTorch binary predictions on the whole test set.
@@ -35,7 +35,7 @@ from hwnas.difflut import (
     LUTLayer,
     ThermometerEncoder,
     export_lut_onnx,
-    l_regularizer,
+    functional_sensitivity,
     lut_report,
     set_binary_,
 )
@@ -101,7 +101,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, args, lam: float) 
             t0 = time.perf_counter()
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
             if lam > 0:
-                loss = loss + lam * l_regularizer(model, p=args.p, mode=args.mode)
+                loss = loss + lam * functional_sensitivity(model, p=args.p, mode=args.mode)
             opt.zero_grad()
             loss.backward()
             compute_s += time.perf_counter() - t0
@@ -167,7 +167,7 @@ def markdown(args: argparse.Namespace, results: list[dict], command: str, n_test
         f"LUTLayer({args.nodes[0]}, k={args.k}) -> LUTLayer({args.nodes[1]}, k={args.k}) -> "
         f"GroupSum(10, tau={args.tau:g}); Adam lr {args.lr:g}, cosine schedule, "
         f"{args.epochs} epochs, batch {args.batch_size}, seed {args.seed}. Regularizer: "
-        f"`l_regularizer(model, p={args.p:g}, mode={args.mode!r})` times lam.",
+        f"`functional_sensitivity(model, p={args.p:g}, mode={args.mode!r})` times lam.",
         "",
         f"Machine: {platform.processor() or platform.machine()}, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads, load average at the end "

@@ -1,4 +1,4 @@
-"""Tests for hwnas/difflut.py: LUT layers, sensitivity regularizer, LUT cost, export."""
+"""Tests for hwnas/difflut/: LUT layers, sensitivity regularizers, LUT cost, export."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from hwnas.difflut import (
     effective_inputs,
     export_lut_onnx,
     export_truth_tables,
-    groupsum_luts,
+    functional_sensitivity,
+    group_sum_luts,
     input_dependence,
-    l_regularizer,
     lut_report,
     read_truth_tables,
     set_binary_,
@@ -188,7 +188,7 @@ def brute_force_exact(layer: LUTLayer, p: float) -> torch.Tensor:
 def test_exact_sensitivity_equals_brute_force(k, p):
     torch.manual_seed(k)
     layer = LUTLayer(k + 2, 4, k=k, seed=k)
-    got = l_regularizer(layer, p=p, mode="exact", reduction="sum")
+    got = functional_sensitivity(layer, p=p, mode="exact", reduction="sum")
     torch.testing.assert_close(got.detach(), brute_force_exact(layer, p).sum(), atol=1e-5, rtol=0)
     got.backward()
     assert layer.logits.grad.abs().sum() > 0
@@ -198,7 +198,7 @@ def test_input_based_equals_loop_reference():
     torch.manual_seed(5)
     layer = LUTLayer(6, 3, k=3, seed=1)
     bits = torch.rand(5, 3, 3) > 0.5  # (batch, nodes, k)
-    got = l_regularizer(layer, p=2, inputs=bits, mode="input")
+    got = functional_sensitivity(layer, p=2, inputs=bits, mode="input")
     t = layer.table().detach()
     per_node = []
     for n in range(3):
@@ -213,32 +213,56 @@ def test_input_based_equals_loop_reference():
 def test_input_based_from_recorded_inputs_and_mode_default():
     torch.manual_seed(6)
     layer = LUTLayer(8, 4, k=3, seed=2, record_inputs=True)
-    assert l_regularizer(layer).item() == pytest.approx(
-        l_regularizer(layer, mode="exact").item()
+    assert functional_sensitivity(layer).item() == pytest.approx(
+        functional_sensitivity(layer, mode="exact").item()
     )  # nothing recorded yet: exact
     x = torch.rand(10, 8)
     layer.train()(x)
     assert layer.last_inputs.shape == (10, 4, 3) and not layer.last_inputs.requires_grad
-    by_layer_inputs = l_regularizer(layer, inputs=x, mode="input")
-    assert l_regularizer(layer).item() == pytest.approx(by_layer_inputs.item())
+    by_layer_inputs = functional_sensitivity(layer, inputs=x, mode="input")
+    assert functional_sensitivity(layer).item() == pytest.approx(by_layer_inputs.item())
 
 
 def test_random_mode_has_gradients_and_registry_names():
     torch.manual_seed(7)
     layer = LUTLayer(8, 4, k=3, seed=3)
-    value = l_regularizer(layer, mode="random", num_samples=16)
+    value = functional_sensitivity(layer, mode="random", num_samples=16)
     value.backward()
     assert 0 < value.item() < 1 and layer.logits.grad.abs().sum() > 0
     model = nn.Sequential(LUTLayer(8, 4, k=3, seed=0), LUTLayer(4, 2, k=2, seed=1))
-    assert registry.get("l") is registry.get("functional") is l_regularizer
-    one = registry.get("l1")(model, mode="exact").item()
-    assert one == pytest.approx(l_regularizer(model, p=1, mode="exact").item())
-    assert registry.get("l_exact")(model, p=1).item() == pytest.approx(one)
-    total = l_regularizer(model, mode="exact", reduction="sum").item()
-    parts = sum(l_regularizer(m, mode="exact", reduction="sum").item() for m in model)
+    assert registry.get("functional") is functional_sensitivity
+    one = registry.get("functional_l1")(model, mode="exact").item()
+    assert one == pytest.approx(functional_sensitivity(model, p=1, mode="exact").item())
+    assert registry.get("functional_exact")(model, p=1).item() == pytest.approx(one)
+    two = registry.get("functional_l2")(model, mode="exact").item()
+    assert two == pytest.approx(functional_sensitivity(model, p=2, mode="exact").item())
+    assert two != pytest.approx(one)
+    total = functional_sensitivity(model, mode="exact", reduction="sum").item()
+    parts = sum(functional_sensitivity(m, mode="exact", reduction="sum").item() for m in model)
     assert total == pytest.approx(parts)
     with pytest.raises(ValueError, match="mode='input' needs `inputs`"):
-        registry.get("l_input_based")(model)
+        registry.get("functional_input")(model)
+
+
+def test_regularizer_names_are_distinct_from_weight_penalties():
+    """Issue 11 item 7: one clear name each; "l2" no longer shadows "expected_l2"."""
+    from hwnas.regularizers.penalties import expected_l2_penalty
+
+    functional = {n for n in registry.names() if n.startswith("functional")}
+    assert functional == {"functional", "functional_l1", "functional_l2", "functional_input",
+                          "functional_exact"}
+    assert registry.get("expected_l2") is expected_l2_penalty
+    for old in ("l", "l1", "l2", "l_exact", "l_input_based"):
+        with pytest.raises(KeyError, match=f"unknown regularizer '{old}'; known: .*functional_l2"):
+            registry.get(old)
+
+
+def test_lut_layer_costs_are_registered_impure():
+    """A LUT layer's luts read its truth tables, which change in training: never cached."""
+    assert not cost.is_pure(cost.lookup("luts", LUTLayer))
+    assert cost.is_pure(cost.lookup("params", LUTLayer))
+    assert cost.lookup("luts", GroupSum).__name__ == "group_sum_layer_luts"
+    assert group_sum_luts.__module__ == "hwnas.difflut.cost"
 
 
 # --------------------------------------------------------------------------- LUT cost
@@ -273,8 +297,8 @@ def test_lut_formulas_and_generic_target():
     assert table_luts(torch.tensor([9, 10]), "xc7-lut6").tolist() == [11.0, 21.0]
     x = torch.arange(5, 10)
     assert torch.equal(table_luts(x, "ice40-lut4"), 2.0 ** (x - 3) - 1)
-    assert groupsum_luts(40, 10, "xc7-lut6").item() == 10 * (1 + 1 + 2)
-    assert groupsum_luts(10, 2, "ice40-lut4").item() == 2 * (1 + 1 + 2 + 3)
+    assert group_sum_luts(40, 10, "xc7-lut6").item() == 10 * (1 + 1 + 2)
+    assert group_sum_luts(10, 2, "ice40-lut4").item() == 2 * (1 + 1 + 2 + 3)
     enc = ThermometerEncoder(3).fit(torch.rand(10, 4))
     assert cost.evaluate("luts", info_for(enc), {}, load_target("xc7-lut6")).item() == 12 * 8
     layer = parity_layer(6, [6])

@@ -133,3 +133,4 @@ def evaluate(metric: str, info: LayerInfo, alive: dict[str, torch.Tensor], targe
 
 
 from hwnas.cost import formulas as _formulas  # noqa: E402,F401  (registers the defaults)
+from hwnas.cost import luts as _luts  # noqa: E402,F401  (registers the LUT costs)

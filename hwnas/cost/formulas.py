@@ -6,7 +6,6 @@ Conventions (PLiNIO's, batch 1, see cost_models/README.md):
 - ops(conv) = params(conv) * prod(out_spatial) (MACs, one per output for the bias)
 - ops(linear) = params(linear) * tokens
 - norm_params: the affine parameters of normalisation layers, kept out of params and ops
-- luts: fully unrolled multiplier-array estimate on LUT targets (README, "MAC layers")
 
 ``alive["in"]`` / ``alive["out"]`` are tensors, so the same function gives exact integer
 counts and differentiable expected counts.
@@ -20,8 +19,8 @@ import torch
 from torch import nn
 
 from hwnas.cost import register
+from hwnas.cost.luts import lut_model  # noqa: F401  (hwnas.search.model reads it here)
 from hwnas.cost.targets import Target
-from hwnas.errors import InvalidValueError
 
 if TYPE_CHECKING:
     from hwnas.ir import LayerInfo
@@ -74,35 +73,3 @@ def norm_params(info: LayerInfo, alive: Alive, target: Target) -> torch.Tensor:
             return torch.zeros_like(alive["out"]) + total
         return alive["out"] * (total / info.out_channels)
     return alive["out"] * (1.0 + float(has_bias))
-
-
-def lut_model(target: Target):
-    """The target's LUT model, or a ValueError naming the targets that have one."""
-    if target.luts is None:
-        from hwnas.cost.targets import known_targets, load_target
-
-        lut_targets = [t for t in known_targets() if load_target(t).luts is not None]
-        raise InvalidValueError(
-            f"target {target.name!r} has no LUT model; use one of {', '.join(lut_targets)} "
-            "or a target file with a [luts] table"
-        )
-    return target.luts
-
-
-@register("luts", nn.modules.conv._ConvNd)
-@register("luts", nn.Linear)
-def weighted_luts(info: LayerInfo, alive: Alive, target: Target) -> torch.Tensor:
-    """LUTs of a fully unrolled conv/linear layer (multiplier-array estimate).
-
-    Per output channel with n = cin/groups * prod(kernel) weights: n multipliers of
-    ``weight_bits x activation_bits`` partial-product bits, and an adder tree of
-    ``n - 1 + bias`` adders, each ``weight_bits + activation_bits + log2(n)`` bits wide.
-    Spatial positions reuse the same hardware (one output per cycle).
-    """
-    model = lut_model(target)
-    n = _weights_per_output(info, alive)
-    wb, ab = target.weight_bits, target.activation_bits
-    multipliers = n * (wb * ab * model.luts_per_pp_bit)
-    width = wb + ab + torch.log2(torch.clamp(n, min=1.0))
-    adders = torch.clamp(n - 1.0 + float(info.bias), min=0.0) * width * model.luts_per_adder_bit
-    return alive["out"] * (multipliers + adders)

@@ -1,0 +1,384 @@
+"""Export of DiffLUT networks: the plain-data network, binary inference, ONNX, JSON tables.
+
+- :func:`lut_network`: the binary network as plain data (:class:`LUTNetwork`), read once
+  from the model; the PyTorch binary module, the ONNX export and the Verilog export of
+  :mod:`hwnas.hw` are all built from it.
+- :func:`binary_inference_module`: pure-tensor binary inference (exports to ONNX).
+- :func:`export_lut_onnx`, :func:`export_truth_tables`, :func:`read_truth_tables`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hwnas.difflut.cost import input_dependence, used_nodes
+from hwnas.difflut.layers import ENCODERS, GroupSum, LUTLayer, lut_layers
+from hwnas.errors import InvalidTypeError, InvalidValueError, ShapeError
+from hwnas.files import atomic_write, ensure_writable_dir
+
+__all__ = [
+    "LUTNetwork",
+    "LUTTable",
+    "binary_inference_module",
+    "export_lut_onnx",
+    "export_truth_tables",
+    "lut_network",
+    "read_truth_tables",
+]
+
+
+@dataclass(frozen=True)
+class LUTTable:
+    """One LUT layer as plain data.
+
+    Attributes:
+        name: The module path in the model.
+        connections: int64 (nodes, k): the input index read by each node input.
+        table: bool (nodes, 2^k): the binarised truth table, address ``sum_j bit_j 2^j``.
+    """
+
+    name: str
+    connections: Tensor
+    table: Tensor
+
+    @property
+    def nodes(self) -> int:
+        return int(self.connections.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.connections.shape[1])
+
+
+@dataclass(frozen=True)
+class LUTNetwork:
+    """A binary LUT network as plain data: ``[encoder] -> LUT layers -> [GroupSum]``.
+
+    Attributes:
+        in_features: Features the network reads (encoder inputs, or first-layer bits).
+        thresholds: float32 (features, bits) thermometer thresholds (bit ``x > t``), or None
+            when the first LUT layer reads its inputs thresholded at 0.5.
+        layers: The LUT layers in order; layer ``i + 1`` reads layer ``i``'s outputs.
+        k_classes: GroupSum classes, or None without a head.
+        tau: GroupSum temperature (1.0 without a head).
+    """
+
+    in_features: int
+    thresholds: Tensor | None
+    layers: tuple[LUTTable, ...]
+    k_classes: int | None = None
+    tau: float = 1.0
+
+    @property
+    def out_bits(self) -> int:
+        """Bits of the last LUT layer."""
+        return self.layers[-1].nodes
+
+
+_PASS_THROUGH = (nn.Sequential, nn.Flatten, nn.Identity)
+
+
+def lut_network(model: nn.Module) -> LUTNetwork:
+    """Read ``model``'s binary network into plain data (copies, on the CPU).
+
+    ``model``'s modules, in ``model.modules()`` order, must form the chain
+    ``[encoder] -> LUTLayer... -> [GroupSum]`` (``nn.Sequential``, ``nn.Flatten`` and
+    ``nn.Identity`` are allowed); each layer must read as many features as the one before
+    produces.
+
+    Example:
+        >>> from torch import nn
+        >>> net = lut_network(nn.Sequential(LUTLayer(6, 8, k=3, seed=0), GroupSum(2)))
+        >>> net.in_features, [t.nodes for t in net.layers], net.k_classes
+        (6, [8], 2)
+    """
+    thresholds: Tensor | None = None
+    layers: list[LUTTable] = []
+    head: GroupSum | None = None
+    width: int | None = None
+    for name, m in model.named_modules():
+        if isinstance(m, ENCODERS):
+            if thresholds is not None or layers:
+                raise InvalidValueError(f"encoder {name!r} must come first in the LUT network")
+            if m.in_features == 0:
+                raise InvalidValueError(f"encoder {name!r} is not fitted; call .fit(data) first")
+            thresholds = m.thresholds.detach().float().cpu().clone()
+            width = m.out_features
+        elif isinstance(m, LUTLayer):
+            if head is not None:
+                raise InvalidValueError(f"LUTLayer {name!r} follows the GroupSum head")
+            if width is not None and m.in_features != width:
+                raise ShapeError(
+                    f"LUTLayer {name!r} reads {m.in_features} features, but the layer before "
+                    f"gives {width}"
+                )
+            layers.append(LUTTable(name, m.connection_indices().cpu().clone(),
+                                   m.truth_table().cpu().clone()))
+            width = m.out_features
+        elif isinstance(m, GroupSum):
+            if not layers or head is not None:
+                raise InvalidValueError(f"GroupSum {name!r} must follow the last LUTLayer")
+            if layers[-1].nodes % m.k_classes:
+                raise ShapeError(
+                    f"GroupSum {name!r}: {layers[-1].nodes} features are not divisible by "
+                    f"k_classes={m.k_classes}"
+                )
+            head = m
+        elif not isinstance(m, _PASS_THROUGH):
+            raise InvalidValueError(
+                f"module {name!r} ({type(m).__name__}) is not part of a LUT network; allowed: "
+                "ThermometerEncoder, LUTLayer, GroupSum, nn.Sequential, nn.Flatten, nn.Identity"
+            )
+    if not layers:
+        raise InvalidValueError(f"no LUTLayer in {type(model).__name__}")
+    if thresholds is not None:
+        in_features = int(thresholds.shape[0])
+    else:
+        in_features = next(m for m in model.modules() if isinstance(m, LUTLayer)).in_features
+    return LUTNetwork(
+        in_features=in_features,
+        thresholds=thresholds,
+        layers=tuple(layers),
+        k_classes=None if head is None else head.k_classes,
+        tau=1.0 if head is None else head.tau,
+    )
+
+
+class _BinaryLUTNet(nn.Module):
+    """Pure-tensor binary inference: thresholds, bit packing, table gathers, group sums."""
+
+    thresholds: Tensor
+
+    def __init__(self, net: LUTNetwork, divide_by_tau: bool) -> None:
+        super().__init__()
+        self.encode = net.thresholds is not None
+        thresholds = torch.empty(0, 0) if net.thresholds is None else net.thresholds.clone()
+        self.register_buffer("thresholds", thresholds)
+        self.shapes: list[tuple[int, int]] = []
+        for i, t in enumerate(net.layers):
+            self.register_buffer(f"s{i}_conn", t.connections.reshape(-1).clone())
+            self.register_buffer(f"s{i}_table", t.table.to(torch.float32).reshape(-1).clone())
+            self.register_buffer(f"s{i}_offset", torch.arange(t.nodes) * 2**t.k)
+            self.register_buffer(
+                f"s{i}_pow2", torch.pow(2.0, torch.arange(t.k, dtype=torch.float32))
+            )
+            self.shapes.append((t.nodes, t.k))
+        self.k_classes = net.k_classes
+        self.tau = net.tau if divide_by_tau else 1.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.reshape(x.shape[0], -1).to(torch.float32)
+        if self.encode:
+            x = (x.unsqueeze(-1) > self.thresholds).to(torch.float32).reshape(x.shape[0], -1)
+        else:
+            x = (x >= 0.5).to(torch.float32)
+        for i, (nodes, k) in enumerate(self.shapes):
+            sel = x.index_select(1, getattr(self, f"s{i}_conn")).reshape(-1, nodes, k)
+            address = (sel * getattr(self, f"s{i}_pow2")).sum(-1).to(torch.int64)
+            flat = (address + getattr(self, f"s{i}_offset")).reshape(-1)
+            x = getattr(self, f"s{i}_table").index_select(0, flat).reshape(-1, nodes)
+        if self.k_classes is not None:
+            x = x.reshape(x.shape[0], self.k_classes, -1).sum(-1)
+            if self.tau != 1.0:
+                x = x / self.tau
+        return x
+
+
+def binary_inference_module(model: nn.Module, divide_by_tau: bool = True) -> nn.Module:
+    """A plain module computing ``model``'s binary-mode output from its truth tables.
+
+    The network is read by :func:`lut_network`; inputs are flattened to (batch, features).
+    Without an encoder the first LUT layer's inputs are thresholded at 0.5. The result only
+    uses comparisons, index_select, sums and reshapes, so it exports to ONNX; it holds
+    copies, not references, of the tables.
+
+    Args:
+        model: A LUT network.
+        divide_by_tau: With a GroupSum head, divide the per-class popcounts by ``tau`` as
+            the model does (default); False returns the popcounts themselves (integers, what
+            the Verilog of :func:`hwnas.hw.export_verilog` outputs).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(LUTLayer(6, 8, k=3, seed=0), GroupSum(2, tau=4.0)).eval()
+        >>> x = torch.rand(5, 6)
+        >>> torch.equal(binary_inference_module(model)(x), model(x))
+        True
+        >>> torch.equal(binary_inference_module(model, divide_by_tau=False)(x), model(x) * 4)
+        True
+    """
+    return _BinaryLUTNet(lut_network(model), divide_by_tau).eval()
+
+
+def _as_input(example_inputs: Tensor | tuple[Tensor, ...]) -> Tensor:
+    if isinstance(example_inputs, tuple):
+        if len(example_inputs) != 1:
+            raise InvalidValueError(
+                f"`example_inputs` must be one tensor, but got a tuple of {len(example_inputs)}"
+            )
+        example_inputs = example_inputs[0]
+    if not isinstance(example_inputs, Tensor) or example_inputs.dim() < 2:
+        raise InvalidTypeError("`example_inputs` must be a tensor of shape (batch, features...)")
+    return example_inputs.detach().float().cpu()
+
+
+def export_lut_onnx(
+    model: nn.Module, path: str | os.PathLike[str], example_inputs: Tensor | tuple[Tensor, ...]
+) -> Path:
+    """Export ``model``'s binary network to ONNX (dynamic batch) and check it.
+
+    The graph (from :func:`binary_inference_module`): thresholds (``Greater``), bit packing
+    (``Mul`` by ``2^j``, ``ReduceSum``), ``Gather`` from the flattened {0, 1} tables,
+    group sums; output: (batch, classes) scores, or the last layer's bits without a GroupSum.
+    The export is :func:`hwnas.export_onnx` with ``atol=0``: a single file written only
+    when ``onnx.checker`` passes and onnxruntime's outputs equal the PyTorch binary
+    module's exactly (at the example batch and at batch 3); a failed export leaves no file.
+
+    Args:
+        model: A LUT network (see :func:`binary_inference_module`).
+        path: Output ``.onnx`` file.
+        example_inputs: A (batch, features...) tensor (or a 1-tuple of one).
+
+    Returns:
+        The path written.
+
+    Raises:
+        hwnas.ExportError: if the exporter fails or onnxruntime disagrees with PyTorch.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(LUTLayer(6, 8, k=3, seed=0), GroupSum(2))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     out = export_lut_onnx(model, f"{d}/lut.onnx", torch.rand(4, 6))
+        ...     out.name
+        'lut.onnx'
+    """
+    from hwnas.onnx import export_onnx
+
+    path = Path(path)
+    net = binary_inference_module(model)
+    ensure_writable_dir(path.parent)
+    return export_onnx(net, path, (_as_input(example_inputs),), atol=0.0).path
+
+
+def _write_json(path: Path, doc: Any, indent: int | None = None) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=indent))
+
+
+def _node_table(row: Tensor, conn: Tensor, dep: Tensor) -> tuple[list[int], str]:
+    """Effective sources and the truth table over them ('0'/'1' per address) of one node."""
+    k = conn.shape[0]
+    positions = dep.nonzero().flatten().tolist()
+    sources = [int(conn[i]) for i in positions]
+    slot = [sources.index(int(s)) if int(s) in sources else -1 for s in conn.tolist()]
+    r = torch.arange(2 ** len(sources))
+    address = torch.zeros_like(r)
+    for i in range(k):
+        if slot[i] >= 0:
+            address |= ((r >> slot[i]) & 1) << i
+    return sources, "".join("1" if b else "0" for b in row[address].tolist())
+
+
+def export_truth_tables(model: nn.Module, folder: str | os.PathLike[str]) -> list[Path]:
+    """Write one JSON file per LUT layer (``lut_layer_<i>.json``) plus ``network.json``.
+
+    Layer file schema (``"format": "hwnas-lut-v1"``)::
+
+        {"format": "hwnas-lut-v1", "index": i, "name": "<module path>",
+         "k": k, "in_features": F, "out_features": N,
+         "bit_order": "lsb-first",
+         "nodes": [{"node": n, "used": true, "inputs": [s0, s1, ...], "table": "0110..."}]}
+
+    ``inputs`` are the node's effective inputs (indices into the layer's input vector; pruned
+    inputs removed) and ``table`` has ``2^len(inputs)`` characters: character ``a`` is the
+    output bit at address ``a = sum_j bit(inputs[j]) * 2^j``. ``used`` is False for nodes no
+    later layer reads (:func:`used_nodes`). ``network.json`` lists the layer files in order,
+    the encoder (``{"type", "thresholds": [[...] per feature], "rule": "x > threshold"}`` or
+    null) and the head (``{"k_classes", "tau"}`` or null).
+
+    Returns:
+        The written paths, layer files first, ``network.json`` last.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     paths = export_truth_tables(LUTLayer(4, 2, k=2, seed=0), d)
+        ...     [p.name for p in paths], read_truth_tables(d)[0]["k"]
+        (['lut_layer_0.json', 'network.json'], 2)
+    """
+    folder = ensure_writable_dir(folder)
+    layers = lut_layers(model)
+    used = used_nodes(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    paths = []
+    for i, (layer, mask) in enumerate(zip(layers, used, strict=True)):
+        bits, conn = layer.truth_table().cpu(), layer.connection_indices().cpu()
+        dep = input_dependence(layer)
+        nodes = []
+        for n in range(layer.out_features):
+            sources, table = _node_table(bits[n], conn[n], dep[n])
+            nodes.append({"node": n, "used": bool(mask[n]), "inputs": sources, "table": table})
+        doc = {
+            "format": "hwnas-lut-v1",
+            "index": i,
+            "name": names[id(layer)],
+            "k": layer.k,
+            "in_features": layer.in_features,
+            "out_features": layer.out_features,
+            "bit_order": "lsb-first",
+            "nodes": nodes,
+        }
+        path = folder / f"lut_layer_{i}.json"
+        _write_json(path, doc)
+        paths.append(path)
+    encoder = next((m for m in model.modules() if isinstance(m, ENCODERS)), None)
+    head = next((m for m in model.modules() if isinstance(m, GroupSum)), None)
+    manifest = {
+        "format": "hwnas-lut-network-v1",
+        "layers": [p.name for p in paths],
+        "encoder": None
+        if encoder is None
+        else {
+            "type": type(encoder).__name__,
+            "rule": "x > threshold",
+            "thresholds": encoder.thresholds.tolist(),
+        },
+        "head": None if head is None else {"k_classes": head.k_classes, "tau": head.tau},
+    }
+    path = folder / "network.json"
+    _write_json(path, manifest, indent=1)
+    paths.append(path)
+    return paths
+
+
+def read_truth_tables(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read the layer files written by :func:`export_truth_tables`, in network order.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = export_truth_tables(LUTLayer(4, 3, k=2, seed=0), d)
+        ...     len(read_truth_tables(d)[0]["nodes"])
+        3
+    """
+    folder = Path(folder)
+    manifest = json.loads((folder / "network.json").read_text())
+    docs = []
+    for name in manifest["layers"]:
+        doc = json.loads((folder / name).read_text())
+        if doc.get("format") != "hwnas-lut-v1":
+            raise InvalidValueError(
+                f"{name}: `format` must be 'hwnas-lut-v1', but got {doc.get('format')!r}"
+            )
+        docs.append(doc)
+    return docs
