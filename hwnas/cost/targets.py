@@ -7,10 +7,13 @@ same schema, loaded by path; ``cost_models/README.md`` documents the schema and 
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+
+from hwnas.errors import ConfigError, InvalidTypeError, MissingFileError, UnknownNameError
 
 __all__ = ["Target", "LutModel", "load_target", "known_targets"]
 
@@ -40,7 +43,8 @@ class LutModel:
             raise ValueError(f"`luts.mac` must be one of {_MAC_MODELS}, but got {self.mac!r}")
         for key in ("luts_per_pp_bit", "luts_per_adder_bit", "luts_per_comparator_bit"):
             value = getattr(self, key)
-            if not isinstance(value, (int, float)) or value < 0:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                    or not math.isfinite(value) or value < 0:
                 raise ValueError(f"`luts.{key}` must be a number >= 0, but got {value!r}")
 
 
@@ -98,26 +102,27 @@ class Target:
 def _from_dict(data: dict, source: str) -> Target:
     unknown = set(data) - _TOP_KEYS
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"{source}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}"
         )
     luts = data.get("luts")
     kwargs = {k: v for k, v in data.items() if k != "luts"}
     if luts is not None:
         if not isinstance(luts, dict):
-            raise ValueError(f"{source}: `luts` must be a table, but got {type(luts).__name__}")
+            raise ConfigError(f"{source}: `luts` must be a table, but got {type(luts).__name__}")
         bad = set(luts) - _LUT_KEYS
         if bad:
-            raise ValueError(
+            raise ConfigError(
                 f"{source}: unknown key(s) {sorted(bad)} in [luts]; allowed: {sorted(_LUT_KEYS)}"
             )
-        kwargs["luts"] = LutModel(**luts)
     if "name" not in kwargs:
-        raise ValueError(f"{source}: `name` is required")
+        raise ConfigError(f"{source}: `name` is required")
     try:
+        if luts is not None:
+            kwargs["luts"] = LutModel(**luts)
         return Target(**kwargs)
-    except ValueError as e:
-        raise ValueError(f"{source}: {e}") from e
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{source}: {e}") from e
 
 
 def known_targets() -> list[str]:
@@ -146,16 +151,20 @@ def load_target(target: str | Path | Target) -> Target:
     if isinstance(target, Path) or (isinstance(target, str) and target.endswith(".toml")):
         path = Path(target)
         if not path.is_file():
-            raise FileNotFoundError(f"target file {str(path)!r} does not exist")
-        with path.open("rb") as f:
-            return _from_dict(tomllib.load(f), str(path))
+            raise MissingFileError(f"target file {str(path)!r} does not exist")
+        try:
+            with path.open("rb") as f:
+                data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"target file {str(path)!r} is not valid TOML: {e}") from e
+        return _from_dict(data, str(path))
     if not isinstance(target, str):
-        raise TypeError(
+        raise InvalidTypeError(
             f"`target` must be a target name, a .toml path or a Target, but got "
             f"{type(target).__name__}"
         )
     known = known_targets()
     if target not in known:
-        raise KeyError(f"unknown target {target!r}; known: {', '.join(known)} (or a .toml path)")
+        raise UnknownNameError(f"unknown target {target!r}; known: {', '.join(known)} (or a .toml path)")
     text = resources.files("hwnas.cost_models").joinpath(f"{target}.toml").read_bytes()
     return _from_dict(tomllib.loads(text.decode()), f"{target}.toml")
