@@ -68,9 +68,10 @@ def hard_concrete_sample(log_alpha: Tensor, shape: tuple[int, ...] | torch.Size)
         ``u ~ U(EPS, 1 - EPS)``.
     """
     u = torch.rand(shape, dtype=log_alpha.dtype, device=log_alpha.device)
-    u = u * (1.0 - 2.0 * EPS) + EPS
-    s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / TEMPERATURE)
-    return torch.clamp(s * (LIMIT_B - LIMIT_A) + LIMIT_A, 0.0, 1.0)
+    noise = torch.logit(u.mul_(1.0 - 2.0 * EPS).add_(EPS))  # log u - log(1 - u), no grad
+    # in-place ops only on fresh intermediates whose values backward does not read
+    s = torch.sigmoid((log_alpha + noise).div_(TEMPERATURE))
+    return torch.clamp(s.mul(LIMIT_B - LIMIT_A).add_(LIMIT_A), 0.0, 1.0)
 
 
 def hard_concrete_deterministic(log_alpha: Tensor) -> Tensor:

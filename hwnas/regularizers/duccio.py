@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from hwnas.regularizers.base import as_real, check_cost_names, check_nonnegative
+from hwnas.regularizers.protocol import BatchedCostModel
 from hwnas.regularizers.registry import register
 
 __all__ = ["DUCCIO", "MIN_GAP_FRACTION"]
@@ -187,11 +188,16 @@ class DUCCIO:
         if self.strengths is None:
             self.strengths = self._initial_strengths(model)
         current = self.current_strengths(epoch, n_epochs)
-        terms = [
-            current[name] * torch.relu(model.cost(name) - target)
-            for name, target in self.targets.items()
-        ]
-        return torch.stack(terms).sum()
+        names = tuple(self.targets)
+        if isinstance(model, BatchedCostModel):  # every cost in one evaluation
+            costs = model.costs_of(names)
+        else:
+            costs = torch.stack([torch.as_tensor(model.cost(n)) for n in names])
+        strengths = torch.tensor([current[n] for n in names], dtype=costs.dtype,
+                                 device=costs.device)
+        targets = torch.tensor([self.targets[n] for n in names], dtype=costs.dtype,
+                               device=costs.device)
+        return (strengths * torch.relu(costs - targets)).sum()
 
     def current_strengths(
         self, epoch: int | None = None, n_epochs: int | None = None

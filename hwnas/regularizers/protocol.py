@@ -4,7 +4,8 @@ A regularizer is ``reg(model, epoch=None, n_epochs=None) -> Tensor``. The model 
 is described by these protocols, which :class:`hwnas.SearchModel` implements:
 
 - :class:`CostModel`: ``cost_names`` and a differentiable ``cost(name)`` (BaseRegularizer,
-  DUCCIO);
+  DUCCIO); :class:`BatchedCostModel` adds ``costs_of(names)``, several costs in one
+  evaluation, which DUCCIO uses when the model has it;
 - :class:`GatedModel`: ``expected_l0()`` and ``gated_weights()`` (the L0 and expected-L2
   penalties; :class:`hwnas.L0` implements it too).
 
@@ -27,12 +28,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["CostModel", "GatedModel", "Regularizer", "Scheduled", "Stateful"]
+__all__ = ["BatchedCostModel", "CostModel", "GatedModel", "Regularizer", "Scheduled", "Stateful"]
 
 
 @runtime_checkable
@@ -43,6 +44,15 @@ class CostModel(Protocol):
 
     def cost(self, name: str, mode: str | None = None) -> torch.Tensor:
         """The differentiable total cost ``name``."""
+        ...
+
+
+@runtime_checkable
+class BatchedCostModel(CostModel, Protocol):
+    """A cost model that evaluates several costs at once (a regularizer prefers it)."""
+
+    def costs_of(self, names: Sequence[str], mode: str | None = None) -> torch.Tensor:
+        """The costs ``names`` as one vector, in that order."""
         ...
 
 

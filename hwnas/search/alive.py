@@ -1,8 +1,8 @@
 """AliveIndex: where every layer's channels live in the flat gate vector, and what follows.
 
 The gates of all free channel groups form one flat vector of ``n_gates`` entries (a group
-of ``size`` channels has ``ceil(size / channel_multiple)`` of them); entry ``n_gates`` is a
-constant 1 that frozen channels read. From that layout the index computes, for any vector
+of ``size`` channels has ``ceil(size / channel_multiple)`` of them); a mask reads entry ``n_gates`` of
+the gate vector, a constant 1, for a frozen channel. From that layout the index computes, for any vector
 of per-gate "alive" values (expected, straight-through or 0/1):
 
 - each layer's alive input and output channel counts (two segment sums);
@@ -34,14 +34,37 @@ from hwnas.ir import CHANNELS_KEY, ChannelGroup, ChannelSlots, LayerInfo
 __all__ = ["AliveIndex", "bilinear_coefficients"]
 
 
-@dataclass(frozen=True)
-class _Device:
-    """The index tensors on one device."""
+#: Above this many entries the (2 * layers, gates) count matrix is not stored densely.
+_DENSE_LIMIT = 2**22
 
-    in_flat: torch.Tensor
-    in_layer: torch.Tensor
-    out_flat: torch.Tensor
-    out_layer: torch.Tensor
+
+@dataclass(frozen=True)
+class _Counts:
+    """How many of each layer's input and output channels each gate entry is, on a device.
+
+    ``a = const + counts @ alive`` gives the alive inputs (first half) and outputs (second
+    half) of every layer; ``counts`` is dense when small, else applied as segment sums.
+    """
+
+    const: torch.Tensor
+    dense: torch.Tensor | None
+    flat: torch.Tensor
+    row: torch.Tensor
+
+    def apply(self, alive: torch.Tensor) -> torch.Tensor:
+        if self.dense is not None:
+            return torch.addmv(self.const, self.dense, alive)
+        return self.const.index_add(0, self.row, alive[self.flat])
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Costs of a tuple of metrics: ``c0 + coef @ [a_in, a_out, a_in * a_out]`` plus the
+    layers whose cost functions are not bilinear (evaluated one by one)."""
+
+    c0: torch.Tensor
+    coef: torch.Tensor
+    others: tuple[tuple[int, int], ...]
 
 
 class AliveIndex:
@@ -75,9 +98,8 @@ class AliveIndex:
             [g for g in self.free_groups for _ in range(self.gates_per_group[g])],
             dtype=torch.long)
         self._sets = self._keep_sets(gm)
-        self._devices: dict[torch.device, _Device] = {}
-        self._compiled: dict[tuple[str, Target, int], tuple[torch.Tensor, torch.Tensor,
-                                                            list[int]]] = {}
+        self._counts: dict[torch.device, _Counts] = {}
+        self._plans: dict[tuple[tuple[str, ...], Target, int, torch.device], _Plan] = {}
 
     # ------------------------------------------------------------------ layout
     def slot_index(self, slots: np.ndarray | None) -> torch.Tensor:
@@ -128,18 +150,29 @@ class AliveIndex:
         empty = torch.zeros(0, dtype=torch.long)
         return (torch.cat(flat) if flat else empty, torch.cat(ids) if ids else empty, len(ids))
 
-    def _on(self, device: torch.device) -> _Device:
-        found = self._devices.get(device)
+    def _counts_on(self, device: torch.device) -> _Counts:
+        found = self._counts.get(device)
         if found is None:
-            def segments(which: int) -> tuple[torch.Tensor, torch.Tensor]:
-                flat = [pair[which] for pair in self.layer_index]
-                layer = [torch.full((len(f),), k, dtype=torch.long) for k, f in enumerate(flat)]
-                empty = torch.zeros(0, dtype=torch.long)
-                return (torch.cat(flat).to(device) if flat else empty.to(device),
-                        torch.cat(layer).to(device) if layer else empty.to(device))
-
-            found = _Device(*segments(0), *segments(1))
-            self._devices[device] = found
+            n_layers, n = len(self.layers), self.n_gates
+            rows, flat = [], []
+            const = torch.zeros(2 * n_layers, dtype=torch.float64)
+            for which in (0, 1):
+                for k, pair in enumerate(self.layer_index):
+                    idx = pair[which]
+                    gated = idx[idx < n]
+                    const[which * n_layers + k] = float(len(idx) - len(gated))
+                    flat.append(gated)
+                    rows.append(torch.full((len(gated),), which * n_layers + k, dtype=torch.long))
+            flat_t = torch.cat(flat) if flat else torch.zeros(0, dtype=torch.long)
+            row_t = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
+            dense = None
+            if 2 * n_layers * n <= _DENSE_LIMIT:
+                dense = torch.zeros(2 * n_layers, n, dtype=torch.float64)
+                dense.index_put_((row_t, flat_t), torch.ones(len(flat_t), dtype=torch.float64),
+                                 accumulate=True)
+                dense = dense.to(device)
+            found = _Counts(const.to(device), dense, flat_t.to(device), row_t.to(device))
+            self._counts[device] = found
         return found
 
     # ------------------------------------------------------------------ keep
@@ -163,56 +196,58 @@ class AliveIndex:
 
     # ------------------------------------------------------------------ costs
     def layer_alive(self, alive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Alive input and output channels of every layer for per-gate values ``alive``
-        (with the trailing 1): two segment sums."""
-        d = self._on(alive.device)
+        """Alive input and output channels of every layer (float64) for per-gate values
+        ``alive`` (``n_gates`` entries)."""
+        a = self._counts_on(alive.device).apply(alive.double())
         n = len(self.layers)
-        a_in = alive.new_zeros(n).index_add(0, d.in_layer, alive[d.in_flat])
-        a_out = alive.new_zeros(n).index_add(0, d.out_layer, alive[d.out_flat])
-        return a_in, a_out
+        return a[:n], a[n:]
 
-    def _compile(self, name: str, target: Target) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Bilinear coefficients (layers, 4) of metric ``name``, their layers, the others."""
-        key = (name, target, cost_registry.version())
-        found = self._compiled.get(key)
+    def _plan(self, names: tuple[str, ...], target: Target, device: torch.device) -> _Plan:
+        key = (names, target, cost_registry.version(), device)
+        found = self._plans.get(key)
         if found is None:
-            rows, idx, others = [], [], []
-            for k, info in enumerate(self.layers):
-                fn = cost_registry.lookup(name, info.module_type or type(None))
-                if fn is None:
-                    continue
-                coef = (bilinear_coefficients(fn, info, target)
-                        if cost_registry.is_pure(fn) else None)
-                if coef is None:
-                    others.append(k)
-                else:
-                    rows.append(coef)
-                    idx.append(k)
-            found = (torch.tensor(idx, dtype=torch.long),
-                     torch.tensor(rows, dtype=torch.float64).reshape(-1, 4), others)
-            self._compiled[key] = found
+            n = len(self.layers)
+            c0 = torch.zeros(len(names), dtype=torch.float64)
+            coef = torch.zeros(len(names), 3 * n, dtype=torch.float64)
+            others = []
+            for m, name in enumerate(names):
+                for k, info in enumerate(self.layers):
+                    fn = cost_registry.lookup(name, info.module_type or type(None))
+                    if fn is None:
+                        continue
+                    c = (bilinear_coefficients(fn, info, target)
+                         if cost_registry.is_pure(fn) else None)
+                    if c is None:
+                        others.append((m, k))
+                        continue
+                    c0[m] += c[0]
+                    coef[m, k], coef[m, n + k], coef[m, 2 * n + k] = c[1], c[2], c[3]
+            found = _Plan(c0.to(device), coef.to(device), tuple(others))
+            self._plans[key] = found
         return found
 
     def totals(self, names: Sequence[str], alive: torch.Tensor, target: Target) -> torch.Tensor:
-        """Costs ``names`` (float64 vector) for per-gate values ``alive`` (with trailing 1)."""
-        a_in, a_out = self.layer_alive(alive.double())
-        dev = alive.device
-        out = []
-        for name in names:
-            layers_idx, coef, others = self._compile(name, target)
-            total = alive.new_zeros((), dtype=torch.float64)
-            if len(layers_idx):
-                li, c = layers_idx.to(dev), coef.to(dev)
-                x, y = a_in[li], a_out[li]
-                total = total + (c[:, 0] + c[:, 1] * x + c[:, 2] * y + c[:, 3] * x * y).sum()
-            for k in others:
+        """Costs ``names`` (float64 vector) for per-gate values ``alive`` (``n_gates``).
+
+        The layers whose cost is bilinear in (in, out) cost one matrix-vector product for
+        all metrics at once; the others are evaluated layer by layer.
+        """
+        names = tuple(names)
+        a = self._counts_on(alive.device).apply(alive.double())
+        n = len(self.layers)
+        plan = self._plan(names, target, alive.device)
+        out = torch.addmv(plan.c0, plan.coef, torch.cat([a, a[:n] * a[n:]]))
+        if plan.others:
+            extra = [torch.zeros((), dtype=torch.float64, device=alive.device)
+                     for _ in names]
+            for m, k in plan.others:
                 info = self.layers[k]
-                fn = cost_registry.lookup(name, info.module_type or type(None))
+                fn = cost_registry.lookup(names[m], info.module_type or type(None))
                 assert fn is not None
-                value = fn(info, {"in": a_in[k], "out": a_out[k]}, target)
-                total = total + torch.as_tensor(value, device=dev).double()
-            out.append(total)
-        return torch.stack(out) if out else alive.new_zeros(0, dtype=torch.float64)
+                value = fn(info, {"in": a[k], "out": a[n + k]}, target)
+                extra[m] = extra[m] + torch.as_tensor(value, device=alive.device).double()
+            out = out + torch.stack(extra)
+        return out
 
     # ------------------------------------------------------------------ projection
     def enforce(self, log_alpha: torch.Tensor, costs: Callable[[], Mapping[str, float]],

@@ -99,7 +99,8 @@ class SearchModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def _log_alpha(self) -> torch.Tensor:
-        return self.gates.log_alpha[: self.index.n_gates]
+        la = self.gates.log_alpha
+        return la if la.numel() == self.index.n_gates else la[: self.index.n_gates]
 
     def gate_values(self, mode: str, batch: int | None = None) -> torch.Tensor | None:
         """The gate vector a forward passes to the graph, with the trailing constant 1.
@@ -116,8 +117,9 @@ class SearchModel(nn.Module):
             z = self.gates.sample(batch if self.per_example else None)
         else:
             z = self.gates.deterministic()
-        z = z[..., :n]
-        return torch.cat([z, z.new_ones(z.shape[:-1] + (1,))], dim=-1)
+        if z.shape[-1] != n:
+            z = z[..., :n]
+        return nn.functional.pad(z, (0, 1), value=1.0)  # the constant 1 frozen channels read
 
     def forward(self, *inputs: torch.Tensor, gates: str | None = None) -> Any:
         """Run the model with sampled (training) or deterministic (eval) gates.
@@ -196,17 +198,17 @@ class SearchModel(nn.Module):
                 for g in self.free_groups}
 
     def alive_vector(self, mode: str) -> torch.Tensor:
-        """Per-gate alive values for ``mode`` (see :meth:`cost`), with the trailing 1."""
+        """Per-gate alive values for ``mode`` (see :meth:`cost`), float64."""
         if mode not in COST_MODES:
             raise InvalidValueError(f"`mode` must be one of {COST_MODES}, but got {mode!r}")
         la = self._log_alpha()
-        one = torch.ones(1, dtype=torch.float64, device=la.device)
         if mode == "deterministic":
-            return torch.cat([self._keep().to(one), one])
-        values = prob_nonzero(la).double()  # float64: the straight-through value is exact
+            return self._keep().to(device=la.device, dtype=torch.float64)
+        p = prob_nonzero(la)
         if mode == "straight_through":
-            values = self._keep().to(one) + (values - values.detach())
-        return torch.cat([values, one])
+            # exactly the 0/1 keep value, with the gradient of P(z != 0)
+            p = self._keep().to(p) + (p - p.detach())
+        return p.double()
 
     def costs_of(self, names: Sequence[str], mode: str | None = None) -> torch.Tensor:
         """The costs ``names`` as one float64 vector, evaluated together (see :meth:`cost`)."""
@@ -244,7 +246,7 @@ class SearchModel(nn.Module):
         """Costs of the unpruned model (every channel alive)."""
         names = metrics_for(self.target)
         with torch.no_grad():
-            ones = torch.ones(self.index.n_gates + 1, dtype=torch.float64,
+            ones = torch.ones(self.index.n_gates, dtype=torch.float64,
                               device=self.gates.log_alpha.device)
             values = self.index.totals(names, ones, self.target)
         return dict(zip(names, (float(v) for v in values), strict=True))
@@ -252,7 +254,7 @@ class SearchModel(nn.Module):
     def layer_costs(self, mode: str = "deterministic") -> pd.DataFrame:
         """Per-layer costs (one row per layer) for ``mode`` (see :meth:`cost`)."""
         with torch.no_grad():
-            a_in, a_out = self.index.layer_alive(self.alive_vector(mode).double())
+            a_in, a_out = self.index.layer_alive(self.alive_vector(mode))
         rows = []
         for k, info in enumerate(self.layer_infos):
             alive = {"in": a_in[k], "out": a_out[k]}
