@@ -448,10 +448,10 @@ def test_l0_and_expected_l2_on_a_real_search_model() -> None:
     search, _, _ = _wrap("resnet")
     for g in search.free_groups:
         search.gate(g).set_deterministic_(torch.ones(search.gate(g).n))
-    open_ = float(l0_penalty(search))
+    open_ = l0_penalty(search).item()
     assert open_ == pytest.approx(search.index.n_gates, rel=1e-3)
     _close_all_(search)
-    assert float(l0_penalty(search)) < 1e-2 * open_
+    assert l0_penalty(search).item() < 1e-2 * open_
     l2 = expected_l2_penalty(search)
     l2.backward()
     assert search.gates.log_alpha.grad is not None

@@ -1,11 +1,11 @@
 """AliveIndex: where every layer's channels live in the flat gate vector, and what follows.
 
 The gates of all free channel groups form one flat vector of ``n_gates`` entries (a group
-of ``size`` channels has ``ceil(size / channel_multiple)`` of them); a mask reads entry ``n_gates`` of
-the gate vector, a constant 1, for a frozen channel. From that layout the index computes, for any vector
-of per-gate "alive" values (expected, straight-through or 0/1):
+of ``size`` channels has ``ceil(size / channel_multiple)`` of them); a mask reads entry
+``n_gates`` of the gate vector, a constant 1, for a frozen channel. From that layout the
+index computes, for any vector of per-gate "alive" values (expected, straight-through, 0/1):
 
-- each layer's alive input and output channel counts (two segment sums);
+- each layer's alive input and output channel counts (one product with a count matrix);
 - every cost, with the layers whose cost is bilinear in (in, out) evaluated for all layers
   at once from cached coefficients (keyed on the metric, the target and the cost
   registry's version) and the others layer by layer;
