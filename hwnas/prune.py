@@ -8,6 +8,11 @@ Slicing lives in one table of paired functions per layer type (Torch-Pruning's
 ``prune_*_out_channels`` / ``prune_*_in_channels``): ``slice_out(module, keep)`` and
 ``slice_in(module, keep, scale)``; add a layer type with :func:`register_slicer`.
 
+DESIGN.md names the entry point ``materialize(graph, keep, scale)``; here it is
+:func:`prune_graph`, so that the name ``hwnas.materialize`` stays the user's verb on a
+SearchModel (:func:`hwnas.search.materialize` reads the keep masks and gate values off the
+search, removes its masks and calls :func:`prune_graph`).
+
 Example:
     >>> import numpy as np, torch
     >>> from torch import nn
