@@ -5,7 +5,7 @@ For the digits CNN (zoo ``digits_cnn``, input 1x1x8x8) and a small ResNet (zoo `
 gates keep about 50 % and 25 % of the original MACs. The gate states prune the same
 fraction of every free channel group (the last channels of each group are closed); the
 fraction is bisected until ``search.costs()["ops"]`` is as close as it gets to the target.
-Every variant is exported with :func:`hwnas.export.export_onnx` (the original as the plain
+Every variant is exported with :func:`hwnas.export_onnx` (the original as the plain
 model), which checks onnxruntime against PyTorch. All sessions use 2 intra-op threads and
 1 inter-op thread and are timed interleaved in one loop (warm-up, then ``--iters-b1``
 rounds at batch 1 and ``--iters-b32`` rounds at batch 32); the table reports medians.
@@ -191,7 +191,7 @@ def to_markdown(rows: list[dict[str, object]], command: str, args, load: float, 
         "channels of each group; the fraction bisected to hit the target MAC ratio). The "
         f"`x{ALIGN} channels` variants round every kept count up to a multiple of {ALIGN}, the "
         "channel block of onnxruntime's NCHWc convolutions on AVX-512 (8 on AVX2). Every "
-        "variant is exported with `hwnas.export.export_onnx`, which checks onnxruntime "
+        "variant is exported with `hwnas.export_onnx`, which checks onnxruntime "
         "against PyTorch (`max diff`); the original is exported as the plain model. "
         f"onnxruntime {ort.__version__}, CPUExecutionProvider, 2 intra-op threads, 1 "
         "inter-op thread, no thread spinning (so that one session's idle pool does not steal "

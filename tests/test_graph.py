@@ -1,4 +1,4 @@
-"""Tests for hwnas/graph.py: tracing, LayerInfo, channel groups and frozen groups."""
+"""Tests for hwnas/graph/: tracing, LayerInfo, channel groups and frozen groups."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for hwnas/profile.py: the per-layer cost table."""
+"""Tests for hwnas/cost/profile.py: the per-layer cost table."""
 
 from __future__ import annotations
 

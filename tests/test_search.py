@@ -1,4 +1,4 @@
-"""Tests for hwnas/search.py: wrap(), SearchModel's gates, costs, summaries and bad input."""
+"""Tests for hwnas/search/: wrap(), SearchModel's gates, costs, summaries and bad input."""
 
 from __future__ import annotations
 

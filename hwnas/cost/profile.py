@@ -35,7 +35,7 @@ def full_alive(info: LayerInfo) -> dict[str, torch.Tensor]:
 
 
 def profile_traced(gm, target: Target) -> pd.DataFrame:
-    """Profile of a model already traced with :func:`hwnas.trace`."""
+    """Profile of a model already traced with :func:`hwnas.graph.trace`."""
     rows = []
     names = metrics_for(target)
     for info in layers(gm):
@@ -84,7 +84,7 @@ def profile(
         model: The model (not modified).
         example_inputs: Inputs with batch size 1 (costs are per example).
         target: A shipped target name, a TOML path or a :class:`~hwnas.cost.Target`.
-        leaf_modules: Passed to :func:`hwnas.trace`.
+        leaf_modules: Passed to :func:`hwnas.graph.trace`.
 
     Example:
         >>> import torch
