@@ -93,12 +93,16 @@ def _is_shape_error(e: BaseException) -> bool:
 
 
 def _where(n: fx.Node) -> str:
-    """The user's source line of a node, when the tracer recorded it."""
+    """The user's source line of a node, when the tracer recorded it (torch.fx's own
+    frames skipped)."""
     trace = n.meta.get("stack_trace")
     if not trace:
         return ""
     lines = [ln.strip() for ln in str(trace).strip().splitlines() if ln.strip()]
-    return f" ({lines[-2]}: {lines[-1]})" if len(lines) >= 2 else ""
+    code = {i: lines[i + 1] for i in range(len(lines) - 1) if not lines[i + 1].startswith("File ")}
+    frames = [f"{ln}: {code[i]}" if i in code else ln for i, ln in enumerate(lines)
+              if ln.startswith("File ") and "/torch/fx/" not in ln]
+    return f" ({frames[-1]})" if frames else ""
 
 
 class ChannelProp(fx.Interpreter):
@@ -106,6 +110,7 @@ class ChannelProp(fx.Interpreter):
 
     def __init__(self, gm: fx.GraphModule, rule_for: RuleLookup) -> None:
         super().__init__(gm)
+        self.extra_traceback = False  # our errors name the node; no fx dump appended
         self.rule_for = rule_for
         self.uf = UnionFind()
         self.chan: dict[fx.Node, Any] = {}
