@@ -1,14 +1,30 @@
-"""The ``hwnas`` command line: demo, search, profile, export, targets."""
+"""The ``hwnas`` command line: argparse and dispatch only (the runs are in :mod:`hwnas.runner`).
+
+Exit codes: 0 success; 1 the search finished but the exported model misses a cost target
+(``--allow-unmet`` makes that 0; the outputs are written either way and the report says
+which target was missed); 2 an error, printed as one line ``hwnas COMMAND: error: ...``
+(``--debug`` shows the traceback); 130 interrupted (a search resumes from its checkpoint).
+"""
 
 from __future__ import annotations
 
 import argparse
-import pickle
 import sys
-from pathlib import Path
+import traceback
 from typing import Any
 
-__all__ = ["main", "run_search"]
+from hwnas.errors import HwnasError
+
+__all__ = ["build_parser", "main"]
+
+EXIT_UNMET = 1
+EXIT_ERROR = 2
+
+
+def _version() -> str:
+    from hwnas import __version__  # the package is imported already (hwnas.cli is in it)
+
+    return __version__
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -23,156 +39,47 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _loaders(data: Any) -> tuple[Any, Any]:
-    if hasattr(data, "train") and hasattr(data, "test"):
-        return data.train, data.test
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        return data[0], data[1]
-    raise TypeError(
-        "the [data] factory must return an object with .train and .test loaders or a "
-        f"(train, val) tuple, but returned {type(data).__name__}"
-    )
-
-
-def run_search(config, progress: bool = True, resume: bool = True) -> dict[str, Any]:
-    """Run a whole search from a :class:`~hwnas.config.SearchConfig`; write its outputs.
-
-    Writes to ``config.output_dir``: ``checkpoint.pt`` (resumable fit state),
-    ``search.pt`` (config + weights, read by ``hwnas export``), ``model.onnx``
-    (verified), and the report (``report.md``, ``report.html``, figures, CSVs).
-    Returns a summary dict (paths, costs, targets, accuracy). With ``resume`` an
-    existing ``checkpoint.pt`` continues an interrupted search; otherwise it is replaced.
-    """
-    import torch
-
-    import hwnas
-    from hwnas.config import load_factory
-    from hwnas.onnx import export_onnx
-    from hwnas.report import write_report
-    from hwnas.train import (
-        EarlyStopping,
-        FitConfig,
-        evaluate,
-        fit,
-        relative_targets,
-        shard_loader,
-    )
-
-    s = config.search
-    rank0 = _init_distributed()
-    torch.manual_seed(s.seed)
-    model = load_factory(config.model.factory)(**config.model.kwargs)
-    train, val = _loaders(load_factory(config.data.factory)(**config.data.kwargs))
-    train = shard_loader(train, seed=s.seed)
-    example = torch.randn(config.model.input_shape)
-    search = hwnas.wrap(model, example, costs=tuple(s.targets), target=s.target,
-                        droprate_init=s.droprate_init, channel_multiple=s.channel_multiple,
-                        leaf_modules=tuple(config.model.leaf_modules))
-    targets = relative_targets(search, s.targets)
-    fit_config = FitConfig(
-        warmup_epochs=s.warmup_epochs, search_epochs=s.search_epochs,
-        finetune_epochs=s.finetune_epochs, lr=s.lr, arch_lr=s.arch_lr,
-        weight_decay=s.weight_decay, cost_mode=s.cost_mode, seed=s.seed, progress=progress,
-        device=_device(),
-        early_stopping=EarlyStopping(patience=s.patience) if s.patience else None,
-    )
-    out = config.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume and rank0 and (out / "checkpoint.pt").exists():
-        (out / "checkpoint.pt").unlink()
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()  # no rank reads the checkpoint before rank 0 has removed it
-    result = fit(search, train, val, targets=targets, config=fit_config,
-                 checkpoint=out / "checkpoint.pt")
-    assert result.model is not None
-    exported = result.model.eval().cpu()
-    search.cpu()
-    if not rank0:  # only rank 0 writes files
-        return {"folder": out, "paths": {}, "onnx": None, "costs": result.costs,
-                "targets": targets, "accuracy": None, "before": None, "after": None}
-    torch.save({"format": "hwnas-search", "config": config.to_dict(),
-                "search": search.state_dict(), "model": exported.state_dict()},
-               out / "search.pt")
-    onnx_result = export_onnx(exported, out / "model.onnx", example)
-    before = hwnas.profile(model, example, s.target)
-    after = hwnas.profile(exported, example, s.target)
-    accuracy = evaluate(exported, val).get("accuracy")
-    notes = {
-        "model": config.model.factory,
-        "target hardware": s.target,
-        "test accuracy (exported, fine-tuned)": f"{accuracy:.4f}" if accuracy is not None else "",
-        "ONNX": f"{onnx_result.path.name}, opset {onnx_result.opset}, max |ORT - torch| "
-                f"{onnx_result.max_abs_diff:.2e} at batch {onnx_result.batch_sizes}",
-    }
-    paths = write_report(out, result.history, before, after, targets=targets,
-                         title=f"hwnas search: {config.model.factory}", notes=notes)
-    return {"folder": out, "paths": paths, "onnx": onnx_result, "costs": result.costs,
-            "targets": targets, "accuracy": accuracy, "before": before, "after": after}
-
-
-def _device() -> str | None:
-    """``cuda:LOCAL_RANK`` when a GPU is there, else None (the model's device: CPU)."""
-    import os
-
-    import torch
-
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return None
-
-
-def _init_distributed() -> bool:
-    """Join the process group torchrun describes (gloo on CPU, NCCL on GPU); True on rank 0."""
-    import os
-
-    import torch
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def _print_before_after(summary: dict[str, Any]) -> None:
-    if summary["before"] is None:
-        return
-    before = summary["before"].iloc[-1]
-    after = summary["after"].iloc[-1]
+def _print_summary(summary: Any, allow_unmet: bool) -> int:
+    """The before/after table, accuracies and paths; the exit code for the targets."""
+    if summary.before is None:  # not rank 0
+        return 0
+    if summary.resumed_from is not None:
+        print(f"\nresumed from epoch {summary.resumed_from} ({summary.folder / 'checkpoint.pt'})")
+    before = summary.before.iloc[-1]
+    after = summary.after.iloc[-1]
     print("\n| cost | original | target | exported | met |")
     print("|---|---:|---:|---:|:---:|")
-    for name, target in summary["targets"].items():
-        value = float(after[name])
-        print(f"| {name} | {float(before[name]):,.0f} | {target:,.0f} | {value:,.0f} | "
-              f"{'yes' if value <= target else 'NO'} |")
-    if summary["accuracy"] is not None:
-        print(f"\ntest accuracy of the exported model: {summary['accuracy']:.4f}")
-    print(f"ONNX: {summary['onnx'].path} (checked with onnx.checker and onnxruntime)")
-    print(f"report: {summary['paths'].get('report.html', summary['folder'])}")
+    for name, target in summary.targets.items():
+        print(f"| {name} | {float(before[name]):,.0f} | {target:,.0f} | "
+              f"{float(after[name]):,.0f} | {'yes' if summary.met.get(name) else 'NO'} |")
+    sizes = summary.sizes
+    if summary.test_accuracy is not None:
+        print(f"\ntest accuracy of the exported model: {summary.test_accuracy:.4f} "
+              f"(untouched test split, {sizes.get('test')} examples)")
+    if summary.val_accuracy is not None:
+        print(f"validation accuracy: {summary.val_accuracy:.4f} ({sizes.get('validation')} "
+              "examples, used for early stopping)")
+    print(f"ONNX: {summary.onnx.path} (checked with onnx.checker and onnxruntime)")
+    print(f"report: {summary.paths.get('report.html', summary.folder)}")
+    if summary.all_met:
+        return 0
+    missed = ", ".join(k for k, ok in summary.met.items() if not ok)
+    if allow_unmet:
+        print(f"note: cost target(s) not met: {missed} (--allow-unmet)")
+        return 0
+    print(f"hwnas: cost target(s) not met: {missed}; the outputs are written, see the report "
+          "(--allow-unmet exits 0)", file=sys.stderr)
+    return EXIT_UNMET
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from hwnas.config import DEMO_CONFIG, parse_config
+    from hwnas.runner import demo_config, run_search
 
-    config = parse_config(DEMO_CONFIG)
-    if args.out:
-        from dataclasses import replace
-
-        config = replace(config, output=replace(config.output, folder=args.out))
-    if args.quick:
-        from dataclasses import replace
-
-        config = replace(config, search=replace(config.search, warmup_epochs=2,
-                                                search_epochs=3, finetune_epochs=1))
+    config = demo_config(out=args.out, quick=args.quick)
     print("hwnas demo: digits CNN, DUCCIO search to 50% params and 50% MACs, "
           f"target {config.search.target}")
     summary = run_search(config, progress=not args.no_progress, resume=False)
-    _print_before_after(summary)
-    return 0
+    return _print_summary(summary, args.allow_unmet)
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -180,17 +87,18 @@ def _cmd_search(args: argparse.Namespace) -> int:
     import subprocess
 
     from hwnas.config import load_config
+    from hwnas.errors import InvalidValueError
+    from hwnas.runner import run_search
 
     config = load_config(args.config)
     if args.nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, but got {args.nproc}")
+        raise InvalidValueError(f"--nproc must be >= 1, but got {args.nproc}")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={args.nproc}", "-m", "hwnas", "search", args.config]
-        if args.no_progress:
-            command.append("--no-progress")
-        if args.fresh:
-            command.append("--fresh")
+        for flag in ("no_progress", "fresh", "allow_unmet", "debug"):
+            if getattr(args, flag, False):
+                command.append("--" + flag.replace("_", "-"))
         return subprocess.run(command).returncode
     try:
         summary = run_search(config, progress=not args.no_progress, resume=not args.fresh)
@@ -199,54 +107,26 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-    _print_before_after(summary)
-    return 0
+    return _print_summary(summary, args.allow_unmet)
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    import torch
+    from hwnas.files import atomic_write
+    from hwnas.runner import check_output_file, profile_factory
 
-    import hwnas
-    from hwnas.config import load_factory
-
-    model = load_factory(args.factory)()
-    df = hwnas.profile(model, torch.randn(args.input_shape), target=args.target)
-    if args.csv:
-        df.to_csv(args.csv, index=False)
+    csv = check_output_file(args.csv, "--csv") if args.csv else None
+    df = profile_factory(args.factory, args.input_shape, args.target)
+    if csv is not None:
+        with atomic_write(csv) as tmp:
+            df.to_csv(tmp, index=False)
     print(df.to_string(index=False))
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import torch
+    from hwnas.runner import export_search_result
 
-    import hwnas
-    from hwnas.config import load_factory
-    from hwnas.onnx import export_onnx
-    from hwnas.search import materialize
-
-    path = Path(args.checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise ValueError(f"{str(path)!r} is not a search result written by `hwnas search` "
-                         f"(torch.load failed: {e})") from e
-    if not isinstance(state, dict) or state.get("format") != "hwnas-search":
-        raise ValueError(f"{str(path)!r} is not a search result written by `hwnas search` "
-                         "(expected search.pt in the output folder)")
-    cfg = state["config"]
-    model = load_factory(cfg["model"]["factory"])(**cfg["model"]["kwargs"])
-    example = torch.randn(tuple(cfg["model"]["input_shape"]))
-    search = hwnas.wrap(model, example, costs=tuple(cfg["search"]["targets"]),
-                        target=cfg["search"]["target"],
-                        channel_multiple=cfg["search"].get("channel_multiple", 1),
-                        leaf_modules=tuple(cfg["model"]["leaf_modules"]))
-    search.load_state_dict(state["search"])
-    exported = materialize(search.eval())
-    exported.load_state_dict(state["model"])
-    result = export_onnx(exported, args.onnx, example)
+    result = export_search_result(args.checkpoint, args.onnx)
     print(f"wrote {result.path}: opset {result.opset}, params {result.params:,.0f}, "
           f"MACs {result.ops:,.0f}, max |ORT - torch| {result.max_abs_diff:.2e}")
     return 0
@@ -262,11 +142,17 @@ def _cmd_targets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser: one ``sub.add_parser(...)`` block per command."""
     parser = argparse.ArgumentParser(
         prog="hwnas",
         description="Hardware-aware channel search for PyTorch: wrap, set cost targets "
                     "(params, MACs, FPGA LUTs), export verified ONNX.",
+        epilog="Exit codes: 0 success, 1 cost targets not met (see --allow-unmet), "
+               "2 error (one line; --debug for the traceback).",
     )
+    parser.add_argument("--version", action="version", version=f"hwnas {_version()}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="run the built-in digits search end to end (no download)",
@@ -275,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="report folder (default reports/demo)")
     p.add_argument("--quick", action="store_true", help="a few epochs only (smoke test)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--allow-unmet", action="store_true",
+                   help="exit 0 even when a cost target is not met")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("search", help="search your own model from a TOML config",
@@ -287,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes on this machine (DistributedDataParallel via torchrun; "
                         "gloo on CPU, NCCL on GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--allow-unmet", action="store_true",
+                   help="exit 0 even when a cost target is not met")
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("profile", help="per-layer params / MACs / LUTs of a model",
@@ -305,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("targets", help="list the shipped hardware targets")
     p.set_defaults(func=_cmd_targets)
+
+    for command in sub.choices.values():  # `hwnas CMD ... --debug` works for every command
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the full traceback of an error")
     return parser
 
 
@@ -314,9 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-        print(f"hwnas {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except HwnasError as e:
+        if args.debug:
+            traceback.print_exc()
+        message = " ".join(str(e).split())  # one line, whatever the message holds
+        print(f"hwnas {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"hwnas {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

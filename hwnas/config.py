@@ -9,33 +9,37 @@ Schema (every key optional unless marked required)::
     leaf_modules = []                      # module class names kept opaque by the tracer
 
     [data]
-    factory = "hwnas.datasets:digits"      # required: returns an object with .train and
-                                           # .test DataLoaders, or a (train, val) tuple
-    kwargs = {batch_size = 64}
+    factory = "hwnas.datasets:digits"      # required: returns an object with .train, .val
+                                           # (optional) and .test loaders, or a
+                                           # (train, val, test) or (train, test) tuple
+    kwargs = {batch_size = 64, val_size = 0.1}
 
     [search]
-    target = "generic"                     # hardware target name or .toml path
     targets = {params = 0.5, ops = 0.5}    # required: fraction of the original cost
-    warmup_epochs = 10
-    search_epochs = 20
-    finetune_epochs = 10
-    lr = 1e-3
-    arch_lr = 0.1
-    weight_decay = 0.0
-    droprate_init = 0.3
-    channel_multiple = 1                   # channels per gate (16: kept widths multiple of 16)
-    cost_mode = "straight_through"         # or "expected"
-    patience = 3                           # early stopping in warm-up and fine-tune (0: off)
-    seed = 0
+    target = "generic"                     # hardware target name or .toml path
+    warmup_epochs = 5                      # the other keys and their defaults are those
+    search_epochs = 20                     # of hwnas.FitConfig (one source of defaults):
+    finetune_epochs = 5                    # lr, arch_lr, weight_decay, cost_mode,
+                                           # enforce_targets, recalibrate_bn,
+                                           # divergence_factor, seed; and of hwnas.wrap:
+                                           # droprate_init, channel_multiple
+    patience = 3                           # early stopping on the validation split in
+                                           # warm-up and fine-tune (0, the default: off)
 
     [output]
     folder = "runs/search"                 # relative to the config file's folder
+
+Relative paths (``file.py:function`` factories, a ``.toml`` hardware target, the output
+folder) are resolved against the config file's folder, so a config runs from any working
+directory. Every error names the file, the table and the key.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
+import math
 import sys
 import tomllib
 from collections.abc import Callable, Mapping
@@ -43,7 +47,11 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SearchConfig", "load_config", "load_factory", "DEMO_CONFIG"]
+from hwnas.errors import ConfigError, HwnasError, InvalidValueError, MissingFileError
+from hwnas.search import wrap
+from hwnas.train import EarlyStopping, FitConfig
+
+__all__ = ["DEMO_CONFIG", "SearchConfig", "load_config", "load_factory", "parse_config"]
 
 DEMO_CONFIG = """
 [model]
@@ -52,7 +60,7 @@ input_shape = [1, 1, 8, 8]
 
 [data]
 factory = "hwnas.datasets:digits"
-kwargs = {batch_size = 64}
+kwargs = {batch_size = 64, val_size = 0.1}
 
 [search]
 target = "xc7-lut6"
@@ -66,41 +74,61 @@ patience = 3
 folder = "reports/demo"
 """
 
+#: The defaults of the [search] keys come from FitConfig and wrap, never restated here.
+_FIT: dict[str, Any] = {f.name: f.default for f in fields(FitConfig)}
+_WRAP: dict[str, Any] = {k: p.default for k, p in inspect.signature(wrap).parameters.items()}
+#: FitConfig fields a config file may set ([search] has them under the same names).
+FIT_KEYS = ("warmup_epochs", "search_epochs", "finetune_epochs", "lr", "arch_lr",
+            "weight_decay", "cost_mode", "enforce_targets", "recalibrate_bn",
+            "divergence_factor", "seed")
 
-def load_factory(spec: str) -> Callable[..., Any]:
+
+def _resolve(path: str | Path, base_dir: Path | None) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() or base_dir is None else base_dir / p
+
+
+def load_factory(spec: str, base_dir: str | Path | None = None) -> Callable[..., Any]:
     """Import ``"package.module:function"`` or ``"path/to/file.py:function"``.
+
+    A relative ``file.py`` is looked up in ``base_dir`` (the config file's folder), else in
+    the working directory.
 
     Example:
         >>> load_factory("hwnas.models:digits_cnn").__name__
         'digits_cnn'
     """
     if not isinstance(spec, str) or spec.count(":") != 1:
-        raise ValueError(f"a factory must be 'module:function', but got {spec!r}")
+        raise InvalidValueError(f"a factory must be 'module:function', but got {spec!r}")
     module_name, attr = spec.split(":")
     if module_name.endswith(".py"):
-        path = Path(module_name)
+        path = _resolve(module_name, Path(base_dir) if base_dir is not None else None)
         if not path.is_file():
-            raise FileNotFoundError(f"factory file {module_name!r} does not exist")
+            raise MissingFileError(f"factory file {str(path)!r} does not exist")
         name = f"_hwnas_user_{path.stem}"
         module_spec = importlib.util.spec_from_file_location(name, path)
         if module_spec is None or module_spec.loader is None:
-            raise ValueError(f"cannot import {module_name!r}")
+            raise InvalidValueError(f"cannot import {str(path)!r}")
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
         sys.path.insert(0, str(path.parent.resolve()))
         try:
             module_spec.loader.exec_module(module)
+        except Exception as e:
+            raise InvalidValueError(f"importing factory file {str(path)!r} failed: "
+                                    f"{type(e).__name__}: {e}") from e
         finally:
             sys.path.pop(0)
     else:
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
-            raise ValueError(
+            raise InvalidValueError(
                 f"cannot import module {module_name!r} of factory {spec!r}: {e}"
             ) from e
     if not hasattr(module, attr):
-        raise ValueError(f"module {module_name!r} has no attribute {attr!r} (factory {spec!r})")
+        raise InvalidValueError(f"module {module_name!r} has no attribute {attr!r} "
+                                f"(factory {spec!r})")
     return getattr(module, attr)
 
 
@@ -108,9 +136,19 @@ def _check_keys(section: str, data: Mapping[str, Any], cls: type) -> None:
     allowed = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown key(s) {unknown} in [{section}]; allowed: {', '.join(sorted(allowed))}"
         )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_factory(section: str, value: Any) -> None:
+    if not isinstance(value, str) or value.count(":") != 1:
+        raise ConfigError(f"[{section}] `factory` must be 'module:function' or "
+                          f"'file.py:function', but got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -121,19 +159,19 @@ class ModelSection:
     leaf_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.factory, str) or ":" not in self.factory:
-            raise ValueError(f"[model] `factory` must be 'module:function', but got "
-                             f"{self.factory!r}")
+        _check_factory("model", self.factory)
         shape = self.input_shape
         if not (isinstance(shape, (list, tuple)) and len(shape) >= 1
-                and all(isinstance(v, int) and v > 0 for v in shape)):
-            raise ValueError(f"[model] `input_shape` must be a list of positive integers, but "
-                             f"got {shape!r}")
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                        for v in shape)):
+            raise ConfigError(f"[model] `input_shape` must be a list of positive integers, but "
+                              f"got {shape!r}")
         if not isinstance(self.kwargs, dict):
-            raise ValueError(f"[model] `kwargs` must be a table, but got {self.kwargs!r}")
-        if isinstance(self.leaf_modules, str) or not isinstance(self.leaf_modules, (list, tuple)):
-            raise ValueError(f"[model] `leaf_modules` must be a list of class names, but got "
-                             f"{self.leaf_modules!r}")
+            raise ConfigError(f"[model] `kwargs` must be a table, but got {self.kwargs!r}")
+        if isinstance(self.leaf_modules, str) or not isinstance(self.leaf_modules, (list, tuple)) \
+                or not all(isinstance(m, str) for m in self.leaf_modules):
+            raise ConfigError(f"[model] `leaf_modules` must be a list of class names, but got "
+                              f"{self.leaf_modules!r}")
         object.__setattr__(self, "input_shape", tuple(shape))
         object.__setattr__(self, "leaf_modules", tuple(self.leaf_modules))
 
@@ -144,40 +182,76 @@ class DataSection:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.factory, str) or ":" not in self.factory:
-            raise ValueError(f"[data] `factory` must be 'module:function', but got "
-                             f"{self.factory!r}")
+        _check_factory("data", self.factory)
         if not isinstance(self.kwargs, dict):
-            raise ValueError(f"[data] `kwargs` must be a table, but got {self.kwargs!r}")
+            raise ConfigError(f"[data] `kwargs` must be a table, but got {self.kwargs!r}")
 
 
 @dataclass(frozen=True)
 class SearchSection:
+    """The [search] table: cost targets, the hardware target, wrap and FitConfig settings.
+
+    Defaults are FitConfig's and wrap's own (``patience`` 0: FitConfig has no early
+    stopping by default); :meth:`fit_config` builds the FitConfig, which checks the values.
+    """
+
     targets: dict[str, float]
-    target: str = "generic"
-    warmup_epochs: int = 10
-    search_epochs: int = 20
-    finetune_epochs: int = 10
-    lr: float = 1e-3
-    arch_lr: float = 0.1
-    weight_decay: float = 0.0
-    droprate_init: float = 0.3
-    channel_multiple: int = 1
-    cost_mode: str = "straight_through"
-    patience: int = 3
-    seed: int = 0
+    target: str = _WRAP["target"]
+    warmup_epochs: int = _FIT["warmup_epochs"]
+    search_epochs: int = _FIT["search_epochs"]
+    finetune_epochs: int = _FIT["finetune_epochs"]
+    lr: float = _FIT["lr"]
+    arch_lr: float = _FIT["arch_lr"]
+    weight_decay: float = _FIT["weight_decay"]
+    cost_mode: str = _FIT["cost_mode"]
+    enforce_targets: bool = _FIT["enforce_targets"]
+    recalibrate_bn: bool = _FIT["recalibrate_bn"]
+    divergence_factor: float | None = _FIT["divergence_factor"]
+    seed: int = _FIT["seed"]
+    patience: int = 0 if _FIT["early_stopping"] is None else _FIT["early_stopping"].patience
+    droprate_init: float = _WRAP["droprate_init"]
+    channel_multiple: int = _WRAP["channel_multiple"]
 
     def __post_init__(self) -> None:
         if not isinstance(self.targets, dict) or not self.targets:
-            raise ValueError("[search] `targets` must be a table like {params = 0.5}, but got "
-                             f"{self.targets!r}")
+            raise ConfigError("[search] `targets` must be a table like {params = 0.5}, but got "
+                              f"{self.targets!r}")
         for name, frac in self.targets.items():
-            if not isinstance(frac, (int, float)) or not frac > 0:
-                raise ValueError(f"[search] target fraction for {name!r} must be a number > 0, "
-                                 f"but got {frac!r}")
-        if not isinstance(self.patience, int) or self.patience < 0:
-            raise ValueError(f"[search] `patience` must be an integer >= 0, but got "
-                             f"{self.patience!r}")
+            if not (_is_number(frac) and math.isfinite(frac) and frac > 0):
+                raise ConfigError(f"[search] target fraction for {name!r} must be a number > 0, "
+                                  f"but got {frac!r}")
+        if not isinstance(self.target, str) or not self.target:
+            raise ConfigError(f"[search] `target` must be a hardware target name or a .toml "
+                              f"path, but got {self.target!r}")
+        if not isinstance(self.patience, int) or isinstance(self.patience, bool) \
+                or self.patience < 0:
+            raise ConfigError(f"[search] `patience` must be an integer >= 0 (0: no early "
+                              f"stopping), but got {self.patience!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"[search] `seed` must be an integer, but got {self.seed!r}")
+        if not (_is_number(self.droprate_init) and 0 < self.droprate_init < 1):
+            raise ConfigError(f"[search] `droprate_init` must be a number in (0, 1), but got "
+                              f"{self.droprate_init!r}")
+        if not isinstance(self.channel_multiple, int) or isinstance(self.channel_multiple, bool) \
+                or self.channel_multiple < 1:
+            raise ConfigError(f"[search] `channel_multiple` must be an integer >= 1, but got "
+                              f"{self.channel_multiple!r}")
+        self.fit_config()  # FitConfig checks its own keys
+
+    def fit_config(self, **runtime: Any) -> FitConfig:
+        """The FitConfig of these settings; ``runtime`` adds ``progress``, ``device``, ...
+
+        Example:
+            >>> s = SearchSection(targets={"params": 0.5}, search_epochs=3)
+            >>> s.fit_config(progress=False).search_epochs, s.fit_config().lr == FitConfig().lr
+            (3, True)
+        """
+        stopping = EarlyStopping(patience=self.patience) if self.patience else None
+        try:
+            return FitConfig(**{k: getattr(self, k) for k in FIT_KEYS},
+                             early_stopping=stopping, **runtime)
+        except HwnasError as e:
+            raise ConfigError(f"[search] {e}") from e
 
 
 @dataclass(frozen=True)
@@ -186,8 +260,8 @@ class OutputSection:
 
     def __post_init__(self) -> None:
         if not isinstance(self.folder, str) or not self.folder:
-            raise ValueError(f"[output] `folder` must be a non-empty string, but got "
-                             f"{self.folder!r}")
+            raise ConfigError(f"[output] `folder` must be a non-empty string, but got "
+                              f"{self.folder!r}")
 
 
 @dataclass(frozen=True)
@@ -202,46 +276,71 @@ class SearchConfig:
 
     @property
     def output_dir(self) -> Path:
-        folder = Path(self.output.folder)
-        return folder if folder.is_absolute() else self.base_dir / folder
+        return _resolve(self.output.folder, self.base_dir)
+
+    @property
+    def hardware_target(self) -> str | Path:
+        """The [search] ``target``: a name, or a ``.toml`` path against the config's folder."""
+        t = self.search.target
+        return _resolve(t, self.base_dir) if t.endswith(".toml") else t
+
+    def factory(self, section: str) -> Callable[..., Any]:
+        """The [model] or [data] factory, imported (relative files against the config's
+        folder)."""
+        spec = self.model.factory if section == "model" else self.data.factory
+        try:
+            return load_factory(spec, self.base_dir)
+        except HwnasError as e:
+            raise ConfigError(f"[{section}] factory: {e}") from e
 
     def to_dict(self) -> dict[str, Any]:
         def section(obj: Any) -> dict[str, Any]:
             return {f.name: getattr(obj, f.name) for f in fields(obj)}
 
         return {"model": section(self.model), "data": section(self.data),
-                "search": section(self.search), "output": section(self.output)}
+                "search": section(self.search), "output": section(self.output),
+                "base_dir": str(self.base_dir.resolve())}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchConfig:
+        """The inverse of :meth:`to_dict` (validated again)."""
+        raw = {k: dict(v) for k, v in data.items() if k != "base_dir"}
+        return _from_raw(raw, Path(data.get("base_dir", ".")))
+
+    def resume_key(self) -> dict[str, Any]:
+        """What a checkpoint of this run must agree on beyond fit's own key."""
+        s = self.search
+        return {"run": {
+            "model factory": self.model.factory, "model kwargs": self.model.kwargs,
+            "input shape": list(self.model.input_shape),
+            "leaf modules": list(self.model.leaf_modules),
+            "data factory": self.data.factory, "data kwargs": self.data.kwargs,
+            "target fractions": dict(s.targets), "droprate_init": s.droprate_init,
+            "channel_multiple": s.channel_multiple, "patience": s.patience,
+        }}
 
 
 def _section(raw: Mapping[str, Any], name: str, cls: type, required: bool) -> Any:
     data = raw.get(name)
     if data is None:
         if required:
-            raise ValueError(f"the config needs a [{name}] table")
+            raise ConfigError(f"the config needs a [{name}] table")
         data = {}
     if not isinstance(data, dict):
-        raise ValueError(f"[{name}] must be a table, but got {type(data).__name__}")
+        raise ConfigError(f"[{name}] must be a table, but got {type(data).__name__}")
     _check_keys(name, data, cls)
-    try:
-        return cls(**data)
-    except TypeError as e:
-        missing = [f.name for f in fields(cls) if f.name not in data
-                   and f.default is MISSING and f.default_factory is MISSING]
-        if not missing:
-            raise ValueError(f"[{name}]: {e}") from e
-        raise ValueError(f"[{name}] is missing required key(s) {missing}") from e
+    missing = [f.name for f in fields(cls) if f.name not in data
+               and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise ConfigError(f"[{name}] is missing required key(s) {missing}")
+    return cls(**data)
 
 
-def parse_config(text: str, base_dir: Path = Path(".")) -> SearchConfig:
-    """Parse and validate a config given as TOML text."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"the config is not valid TOML: {e}") from e
+def _from_raw(raw: Mapping[str, Any], base_dir: Path) -> SearchConfig:
     allowed = {"model", "data", "search", "output"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise ValueError(f"unknown table(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+        raise ConfigError(f"unknown table(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
     return SearchConfig(
         model=_section(raw, "model", ModelSection, True),
         data=_section(raw, "data", DataSection, True),
@@ -251,8 +350,17 @@ def parse_config(text: str, base_dir: Path = Path(".")) -> SearchConfig:
     )
 
 
+def parse_config(text: str, base_dir: Path = Path(".")) -> SearchConfig:
+    """Parse and validate a config given as TOML text."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"the config is not valid TOML: {e}") from e
+    return _from_raw(raw, base_dir)
+
+
 def load_config(path: str | Path) -> SearchConfig:
-    """Load and validate a ``hwnas search`` TOML file; errors name the wrong key or value.
+    """Load and validate a ``hwnas search`` TOML file; errors name the file and the key.
 
     Example:
         >>> cfg = parse_config(DEMO_CONFIG)
@@ -261,8 +369,8 @@ def load_config(path: str | Path) -> SearchConfig:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        raise MissingFileError(f"config file {str(path)!r} does not exist")
     try:
         return parse_config(path.read_text(), base_dir=path.parent)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e

@@ -2,12 +2,10 @@
 
 :func:`layer_table` joins the :func:`hwnas.profile` of the original model and of the
 exported one on the layer name (``materialize`` keeps module paths). :func:`write_report`
-writes the tables, the training history and matplotlib figures (costs against targets per
-epoch with the phases shaded, accuracy, channels kept per layer) into one folder, with a
-``report.md`` that links the figures and a ``report.html`` that embeds them.
-
-Figures are drawn on :class:`matplotlib.figure.Figure` objects and saved with the Agg
-canvas, so no display is needed and pyplot's global state is never touched.
+writes the tables, the training history and the figures of :mod:`hwnas.figures` (costs
+against targets per epoch with the phases shaded, accuracy, channels kept per layer) into
+one folder, with a ``report.md`` that links the figures and a ``report.html`` that embeds
+them. Every file is written with :func:`hwnas.files.atomic_write`.
 """
 
 from __future__ import annotations
@@ -15,26 +13,28 @@ from __future__ import annotations
 import base64
 import html
 import math
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+
+from hwnas.errors import InvalidTypeError, InvalidValueError
+from hwnas.figures import (
+    accuracy_figure,
+    channels_figure,
+    check_png_not_blank,
+    costs_figure,
+    history_costs,
+)
+from hwnas.files import atomic_write, ensure_writable_dir
 
 __all__ = ["check_png_not_blank", "cost_summary", "layer_table", "write_report"]
 
 #: Cost columns joined by :func:`layer_table`, in this order, when both profiles have them.
 LAYER_METRICS = ("params", "ops", "luts")
 _PROFILE_COLUMNS = ("layer", "type", "out_channels", "params", "ops")
-_PHASE_COLORS = {"warmup": "#f6c87a", "search": "#9cc3e6", "finetune": "#a8d8a0"}
-_OTHER_PHASE_COLOR = "#d0d0d0"
-_CHANNEL_TYPES = re.compile(r"conv|linear", re.IGNORECASE)
-
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
        max-width: 1100px; color: #222; padding: 0 1em; }
@@ -52,13 +52,13 @@ img { max-width: 100%; border: 1px solid #ddd; margin: .5em 0; }
 # --------------------------------------------------------------------------- tables
 def _check_profile(df: object, name: str) -> pd.DataFrame:
     if not isinstance(df, pd.DataFrame):
-        raise TypeError(
+        raise InvalidTypeError(
             f"`{name}` must be a pandas DataFrame from hwnas.profile, "
             f"but got {type(df).__name__}"
         )
     missing = [c for c in _PROFILE_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(
+        raise InvalidValueError(
             f"`{name}` must have the columns of hwnas.profile {list(_PROFILE_COLUMNS)}, "
             f"but misses {missing} (has {list(df.columns)})"
         )
@@ -173,12 +173,6 @@ def _history_target(history: pd.DataFrame | None, name: str) -> float:
     return float(values.iloc[-1]) if len(values) else math.nan
 
 
-def _history_costs(history: pd.DataFrame | None) -> list[str]:
-    if history is None:
-        return []
-    return [str(c)[len("cost_"):] for c in history.columns if str(c).startswith("cost_")]
-
-
 def _total(profile: pd.DataFrame, name: str) -> float:
     if name not in profile.columns:
         return math.nan
@@ -226,7 +220,7 @@ def cost_summary(
     targets = _check_targets(targets)
     _check_history(history)
     names = [m for m in LAYER_METRICS if m in before.columns and m in after.columns]
-    for name in [*targets, *_history_costs(history)]:
+    for name in [*targets, *history_costs(history)]:
         if name not in names:
             names.append(name)
     rows = []
@@ -243,196 +237,24 @@ def _check_targets(targets: Mapping[str, float] | None) -> dict[str, float]:
     if targets is None:
         return {}
     if not isinstance(targets, Mapping):
-        raise TypeError(
+        raise InvalidTypeError(
             f"`targets` must be a mapping of cost name to number, "
             f"but got {type(targets).__name__}"
         )
     out: dict[str, float] = {}
     for name, value in targets.items():
         if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-            raise TypeError(f"`targets[{name!r}]` must be a number, but got {value!r}")
+            raise InvalidTypeError(f"`targets[{name!r}]` must be a number, but got {value!r}")
         out[str(name)] = float(value)
     return out
 
 
 def _check_history(history: object) -> None:
     if history is not None and not isinstance(history, pd.DataFrame):
-        raise TypeError(
+        raise InvalidTypeError(
             f"`history` must be a pandas DataFrame or None, but got {type(history).__name__}"
         )
 
-
-# --------------------------------------------------------------------------- figures
-def _epochs(history: pd.DataFrame) -> np.ndarray:
-    if "epoch" in history.columns:
-        return pd.to_numeric(history["epoch"], errors="coerce").to_numpy(dtype=float)
-    return np.arange(len(history), dtype=float)
-
-
-def _phase_runs(history: pd.DataFrame, x: np.ndarray) -> list[tuple[str, float, float]]:
-    """Contiguous runs of the ``phase`` column as ``(phase, x_start, x_end)``."""
-    if "phase" not in history.columns or len(x) == 0:
-        return []
-    phases = history["phase"].fillna("").astype(str).tolist()
-    half = 0.5 * float(np.nanmin(np.diff(x))) if len(x) > 1 else 0.5
-    if not math.isfinite(half) or half <= 0:
-        half = 0.5
-    runs: list[tuple[str, float, float]] = []
-    start = 0
-    for i in range(1, len(phases) + 1):
-        if i == len(phases) or phases[i] != phases[start]:
-            if phases[start]:
-                runs.append((phases[start], x[start] - half, x[i - 1] + half))
-            start = i
-    return runs
-
-
-def _shade_phases(ax: Any, runs: list[tuple[str, float, float]]) -> list[Patch]:
-    seen: dict[str, Patch] = {}
-    for phase, lo, hi in runs:
-        color = _PHASE_COLORS.get(phase, _OTHER_PHASE_COLOR)
-        ax.axvspan(lo, hi, color=color, alpha=0.35, linewidth=0, zorder=0)
-        if phase not in seen:
-            seen[phase] = Patch(facecolor=color, alpha=0.6, label=phase)
-    return list(seen.values())
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    FigureCanvasAgg(fig)
-    fig.savefig(path, format="png", dpi=100, facecolor="white")
-    return path
-
-
-def _costs_figure(
-    history: pd.DataFrame, targets: Mapping[str, float], path: Path
-) -> Path | None:
-    names = _history_costs(history)
-    names = [n for n in names if pd.to_numeric(history[f"cost_{n}"], errors="coerce").notna().any()]
-    if not names:
-        return None
-    x = _epochs(history)
-    runs = _phase_runs(history, x)
-    fig = Figure(figsize=(7.5, 2.6 * len(names) + 0.6))
-    axes = fig.subplots(len(names), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, name in zip(axes, names, strict=True):
-        patches = _shade_phases(ax, runs)
-        values = pd.to_numeric(history[f"cost_{name}"], errors="coerce").to_numpy(dtype=float)
-        ax.plot(x, values, marker="o", markersize=3, color="#1f4e9c", label=f"cost {name}")
-        tcol = f"target_{name}"
-        if name in targets:
-            ax.axhline(targets[name], color="#c0392b", linestyle="--", label=f"target {name}")
-        elif tcol in history.columns:
-            target = pd.to_numeric(history[tcol], errors="coerce").to_numpy(dtype=float)
-            ax.plot(x, target, color="#c0392b", linestyle="--", label=f"target {name}")
-        ax.set_ylabel(name)
-        ax.grid(True, alpha=0.3)
-        handles, _ = ax.get_legend_handles_labels()
-        ax.legend(handles=handles + patches, fontsize=8, loc="best")
-    axes[-1].set_xlabel("epoch")
-    axes[0].set_title("Costs per epoch against their targets")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def _accuracy_figure(history: pd.DataFrame, path: Path) -> Path | None:
-    columns = [
-        c for c in ("train_accuracy", "val_accuracy")
-        if c in history.columns and pd.to_numeric(history[c], errors="coerce").notna().any()
-    ]
-    if not columns:
-        return None
-    x = _epochs(history)
-    fig = Figure(figsize=(7.5, 3.4))
-    ax = fig.add_subplot(1, 1, 1)
-    patches = _shade_phases(ax, _phase_runs(history, x))
-    for col, color in zip(columns, ("#1f4e9c", "#d35400"), strict=False):
-        values = pd.to_numeric(history[col], errors="coerce").to_numpy(dtype=float)
-        ax.plot(x, values, marker="o", markersize=3, color=color, label=col.replace("_", " "))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy")
-    ax.set_title("Accuracy per epoch")
-    ax.grid(True, alpha=0.3)
-    handles, _ = ax.get_legend_handles_labels()
-    ax.legend(handles=handles + patches, fontsize=8, loc="best")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def _channels_figure(table: pd.DataFrame, path: Path) -> Path | None:
-    rows = table.loc[
-        (table["layer"] != "total")
-        & table["type"].astype(str).str.contains(_CHANNEL_TYPES)
-        & table["out_channels_before"].notna()
-    ]
-    if rows.empty:
-        return None
-    before = rows["out_channels_before"].astype("float64").to_numpy()
-    after = rows["out_channels_after"].astype("float64").fillna(0.0).to_numpy()
-    labels = [f"{layer}\n{kind}" for layer, kind in zip(rows["layer"], rows["type"], strict=True)]
-    pos = np.arange(len(rows))
-    fig = Figure(figsize=(max(6.0, 0.9 * len(rows) + 2.0), 3.8))
-    ax = fig.add_subplot(1, 1, 1)
-    width = 0.4
-    ax.bar(pos - width / 2, before, width, label="before", color="#9aa5b1")
-    bars = ax.bar(pos + width / 2, after, width, label="after", color="#1f4e9c")
-    for bar, b, a in zip(bars, before, after, strict=True):
-        if b > 0:
-            ax.annotate(f"{a / b:.0%}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(pos)
-    ax.set_xticklabels(labels, fontsize=7)
-    ax.set_ylabel("output channels")
-    ax.set_title("Output channels per conv/linear layer")
-    ax.legend(fontsize=8)
-    ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def check_png_not_blank(path: str | Path, min_std: float = 1e-3) -> None:
-    """Raises if a PNG is (almost) a single colour, e.g. a figure that failed to render.
-
-    The image is read with :func:`matplotlib.image.imread`; transparent pixels are
-    composited onto white, and the standard deviation of the RGB values (in [0, 1]) over
-    all pixels must reach ``min_std``.
-
-    Args:
-        path: The PNG file.
-        min_std: Smallest standard deviation of the pixel values accepted.
-
-    Raises:
-        FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the image is empty or (almost) a single colour.
-
-    Example:
-        >>> import tempfile, numpy as np, matplotlib.image
-        >>> from pathlib import Path
-        >>> png = Path(tempfile.mkdtemp()) / "white.png"
-        >>> matplotlib.image.imsave(png, np.ones((8, 8, 3)))
-        >>> check_png_not_blank(png)
-        Traceback (most recent call last):
-        ...
-        ValueError: ... is blank: ...
-    """
-    import matplotlib.image
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no PNG at {path}")
-    image = np.asarray(matplotlib.image.imread(path), dtype=np.float64)
-    if image.size == 0:
-        raise ValueError(f"{path} is blank: the image has no pixels")
-    if image.dtype.kind in "ui" or image.max() > 1.0:
-        image = image / 255.0
-    if image.ndim == 3 and image.shape[-1] == 4:
-        alpha = image[..., 3:]
-        image = image[..., :3] * alpha + (1.0 - alpha)
-    std = float(image.std())
-    if std < min_std:
-        raise ValueError(
-            f"{path} is blank: pixel standard deviation {std:.2e} < {min_std:.2e} "
-            f"({image.shape[1]}x{image.shape[0]} pixels of about one colour)"
-        )
 
 
 # --------------------------------------------------------------------------- documents
@@ -478,12 +300,22 @@ def _notes_frame(notes: Mapping[str, object] | None) -> pd.DataFrame | None:
     if notes is None:
         return None
     if not isinstance(notes, Mapping):
-        raise TypeError(f"`notes` must be a mapping or None, but got {type(notes).__name__}")
+        raise InvalidTypeError(f"`notes` must be a mapping or None, but got {type(notes).__name__}")
     if not notes:
         return None
     return pd.DataFrame(
         {"key": [str(k) for k in notes], "value": [_fmt(v) for v in notes.values()]}
     )
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    with atomic_write(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def _write_markdown(
@@ -503,7 +335,7 @@ def _write_markdown(
         parts += [f"![{name}]({p.name})" for name, p in figures.items()]
         parts.append("")
     parts += ["## Layers", "", _markdown(table), ""]
-    path.write_text("\n".join(parts), encoding="utf-8")
+    _write_text(path, "\n".join(parts))
     return path
 
 
@@ -539,7 +371,7 @@ def _write_html(
                 f"<figcaption>{html.escape(name)}</figcaption></figure>"
             )
     parts += ["<h2>Layers</h2>", _html_table(table), "</body>", "</html>", ""]
-    path.write_text("\n".join(parts), encoding="utf-8")
+    _write_text(path, "\n".join(parts))
     return path
 
 
@@ -594,13 +426,13 @@ def write_report(
     _check_history(history)
     targets = _check_targets(targets)
     if not isinstance(title, str):
-        raise TypeError(f"`title` must be a str, but got {type(title).__name__}")
+        raise InvalidTypeError(f"`title` must be a str, but got {type(title).__name__}")
     notes_df = _notes_frame(notes)
     table = layer_table(before, after)
     summary = cost_summary(before, after, targets, history)
 
     out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_writable_dir(out, "report folder")
     written: dict[str, Path] = {}
 
     def put(path: Path | None) -> None:
@@ -608,18 +440,18 @@ def write_report(
             written[path.name] = path
 
     if history is not None:
-        history.to_csv(out / "history.csv", index=False)
+        _write_csv(history, out / "history.csv")
         put(out / "history.csv")
-    table.to_csv(out / "layers.csv", index=False)
+    _write_csv(table, out / "layers.csv")
     put(out / "layers.csv")
-    summary.to_csv(out / "costs.csv", index=False)
+    _write_csv(summary, out / "costs.csv")
     put(out / "costs.csv")
 
     drawn: dict[str, Path | None] = {"costs": None, "accuracy": None}
     if history is not None and len(history):
-        drawn["costs"] = _costs_figure(history, targets, out / "costs.png")
-        drawn["accuracy"] = _accuracy_figure(history, out / "accuracy.png")
-    drawn["channels"] = _channels_figure(table, out / "channels.png")
+        drawn["costs"] = costs_figure(history, targets, out / "costs.png")
+        drawn["accuracy"] = accuracy_figure(history, out / "accuracy.png")
+    drawn["channels"] = channels_figure(table, out / "channels.png")
     figures = {name: path for name, path in drawn.items() if path is not None}
     for path in figures.values():
         put(path)

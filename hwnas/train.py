@@ -1,5 +1,19 @@
 """The search loop: warm-up, search, fine-tune; early stopping; checkpoints; history.
 
+:func:`fit` is the entry point; :class:`FitConfig` its settings, :class:`FitResult` what it
+returns. The state of one run and one epoch live in :mod:`hwnas.phases`, checkpoints and
+the resume key in :mod:`hwnas.checkpoint`, evaluation in :mod:`hwnas.evaluation` and the
+torch.distributed helpers in :mod:`hwnas.distributed` (``evaluate``,
+``recalibrate_batchnorm_`` and ``shard_loader`` are re-exported here).
+
+What ``fit`` checks for you: the loss and the gradient norm of every step are finite and
+the loss does not grow by orders of magnitude (else a :class:`~hwnas.errors.TrainingError`
+naming the phase, epoch and step; the last good checkpoint is kept, no model is exported);
+empty loaders are errors before training; a checkpoint is resumed only by the run that made
+it; the SearchModel's train/eval mode, ``cost_mode`` and gate ``requires_grad`` are
+restored when ``fit`` returns or raises; unmet cost targets are reported in
+:attr:`FitResult.met` and by a :class:`TargetsNotMetWarning`.
+
 Weight decay and gates: the optimizer puts the gate logits (``log_alpha``) in their own
 parameter group with no weight decay. Decay pulls every logit toward 0, i.e. every gate
 toward P(open) = 0.5, a bias unrelated to the costs or the task that would keep
@@ -9,27 +23,30 @@ channels half-open and fight the cost targets.
 from __future__ import annotations
 
 import copy
-import io
 import math
 import os
 import random
-import tempfile
-import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from functools import partial
-from pathlib import Path
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sized
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-import torch.utils.data.distributed
 from torch import nn
 
-from hwnas.errors import CheckpointError
-from hwnas.regularizers import DUCCIO
+from hwnas.checkpoint import Checkpoint, resume_key
+from hwnas.distributed import is_rank0, rank, shard_loader, world_size
+from hwnas.errors import (
+    CheckpointError,
+    InvalidTypeError,
+    InvalidValueError,
+    UnknownNameError,
+)
+from hwnas.evaluation import device_of, evaluate, recalibrate_batchnorm_
+from hwnas.phases import FitRun, PhaseSchedule
 from hwnas.search import SearchModel
 
 __all__ = [
@@ -37,6 +54,8 @@ __all__ = [
     "EarlyStopping",
     "FitConfig",
     "FitResult",
+    "PhaseSchedule",
+    "TargetsNotMetWarning",
     "evaluate",
     "fit",
     "recalibrate_batchnorm_",
@@ -44,8 +63,35 @@ __all__ = [
     "shard_loader",
 ]
 
-PHASES = ("warmup", "search", "finetune")
-_CHECKPOINT_VERSION = 1
+
+class TargetsNotMetWarning(UserWarning):
+    """:func:`fit` finished, but the exported model does not meet every cost target."""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    message = f"`{name}` must be an integer >= {low}, but got {value!r}"
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise InvalidTypeError(message)
+    if value < low:
+        raise InvalidValueError(message)
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise InvalidTypeError(f"`{name}` must be True or False, but got {value!r}")
+
+
+def _check_number(name: str, value: Any, low: float, inclusive: bool) -> None:
+    if not _is_number(value):
+        raise InvalidTypeError(f"`{name}` must be a number, but got {value!r}")
+    ok = value >= low if inclusive else value > low
+    if not (math.isfinite(value) and ok):
+        raise InvalidValueError(f"`{name}` must be a finite number {'>=' if inclusive else '>'} "
+                                f"{low:g}, but got {value!r}")
 
 
 @dataclass
@@ -53,7 +99,7 @@ class EarlyStopping:
     """Stop a phase when a validation metric stops improving.
 
     Args:
-        patience: Epochs without improvement before stopping (>= 1).
+        patience: Epochs without improvement before stopping (an integer >= 1).
         min_delta: Smallest change that counts as an improvement (>= 0).
         restore_best: Put back the weights of the best epoch when the phase ends.
         monitor: History column to watch: ``"val_accuracy"`` (higher is better) or
@@ -74,10 +120,12 @@ class EarlyStopping:
     best_state: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.patience, int) or self.patience < 1:
-            raise ValueError(f"`patience` must be an integer >= 1, but got {self.patience!r}")
-        if not self.min_delta >= 0:
-            raise ValueError(f"`min_delta` must be >= 0, but got {self.min_delta!r}")
+        _check_int("patience", self.patience, 1)
+        _check_number("min_delta", self.min_delta, 0.0, inclusive=True)
+        _check_bool("restore_best", self.restore_best)
+        if not isinstance(self.monitor, str) or not self.monitor:
+            raise InvalidTypeError(f"`monitor` must be a history column name, but got "
+                                   f"{self.monitor!r}")
 
     @property
     def lower_is_better(self) -> bool:
@@ -114,9 +162,11 @@ class FitConfig:
     """Settings of :func:`fit`.
 
     Attributes:
-        warmup_epochs: Plain training of the full model (gates bypassed); its last epoch's
-            mean task loss sets DUCCIO's strengths.
-        search_epochs: Training with gates and the regularizer.
+        warmup_epochs: Plain training of the full model (gates bypassed).
+        search_epochs: Training with gates and the regularizer. DUCCIO's strengths are
+            set from the task loss at the start of the search, measured over the training
+            data with the gates on and sampled (see ``FitRun.task_loss_reference``), not
+            from the warm-up loss, which can be near zero for a small model.
         finetune_epochs: Training of the exported (pruned) model.
         lr: Learning rate of the weights (Adam).
         arch_lr: Learning rate of the gate logits (Adam, no weight decay).
@@ -133,13 +183,24 @@ class FitConfig:
             relaxed costs can meet a target that the binarised gates overshoot.
         recalibrate_bn: At the end of the search, recompute BatchNorm statistics on the
             training data with the eval-mode gates (:func:`recalibrate_batchnorm_`).
+        divergence_factor: A step whose loss exceeds this many times the loss at the
+            start (of the run, or of its phase when that is higher) stops the fit as
+            diverged; ``None`` turns the check off (non-finite losses still stop it).
         seed: Seeds torch, numpy and random at the start (``None``: leave them).
         device: ``"cpu"``, ``"cuda"``, ... (``None``: where the model is).
-        progress: Show tqdm progress bars.
+        progress: Show tqdm progress bars and one line per epoch.
         stop_after: Stop this call after this many epochs in total (the checkpoint then
             resumes the run); ``None`` runs to the end.
         on_epoch_end: Called as ``on_epoch_end(row, search)`` after every epoch with that
             epoch's history row (a dict).
+
+    Example:
+        >>> FitConfig(search_epochs=10).total_epochs
+        20
+        >>> FitConfig(seed=1.5)
+        Traceback (most recent call last):
+        ...
+        hwnas.errors.InvalidTypeError: `seed` must be an integer or None, but got 1.5
     """
 
     warmup_epochs: int = 5
@@ -152,6 +213,7 @@ class FitConfig:
     cost_mode: str = "straight_through"
     enforce_targets: bool = True
     recalibrate_bn: bool = True
+    divergence_factor: float | None = 1e3
     seed: int | None = 0
     device: str | None = None
     progress: bool = True
@@ -160,26 +222,48 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         for name in ("warmup_epochs", "search_epochs", "finetune_epochs"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"`{name}` must be an integer >= 0, but got {value!r}")
-        for name in ("lr", "arch_lr"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-                raise ValueError(f"`{name}` must be a number > 0, but got {value!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise ValueError(f"`weight_decay` must be >= 0, but got {self.weight_decay!r}")
+            _check_int(name, getattr(self, name), 0)
+        _check_number("lr", self.lr, 0.0, inclusive=False)
+        _check_number("arch_lr", self.arch_lr, 0.0, inclusive=False)
+        _check_number("weight_decay", self.weight_decay, 0.0, inclusive=True)
+        if self.early_stopping is not None and not isinstance(self.early_stopping,
+                                                              EarlyStopping):
+            raise InvalidTypeError(f"`early_stopping` must be an EarlyStopping or None, but "
+                                   f"got {self.early_stopping!r}")
         if self.cost_mode not in ("expected", "straight_through"):
-            raise ValueError(
+            raise InvalidValueError(
                 f"`cost_mode` must be 'expected' or 'straight_through', but got {self.cost_mode!r}"
             )
-        if self.stop_after is not None and (not isinstance(self.stop_after, int)
-                                            or self.stop_after < 1):
-            raise ValueError(f"`stop_after` must be an integer >= 1, but got {self.stop_after!r}")
+        for name in ("enforce_targets", "recalibrate_bn", "progress"):
+            _check_bool(name, getattr(self, name))
+        if self.divergence_factor is not None:
+            _check_number("divergence_factor", self.divergence_factor, 1.0, inclusive=False)
+        if self.seed is not None and (not isinstance(self.seed, int)
+                                      or isinstance(self.seed, bool)):
+            raise InvalidTypeError(f"`seed` must be an integer or None, but got {self.seed!r}")
+        if self.device is not None and not isinstance(self.device, str):
+            raise InvalidTypeError(f"`device` must be a string like 'cuda:0' or None, but "
+                                   f"got {self.device!r}")
+        if self.stop_after is not None:
+            _check_int("stop_after", self.stop_after, 1)
+        if self.on_epoch_end is not None and not callable(self.on_epoch_end):
+            raise InvalidTypeError(f"`on_epoch_end` must be callable or None, but got "
+                                   f"{self.on_epoch_end!r}")
 
     @property
     def total_epochs(self) -> int:
         return self.warmup_epochs + self.search_epochs + self.finetune_epochs
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that change the result (what a checkpoint must agree on)."""
+        skip = {"progress", "stop_after", "device", "on_epoch_end", "early_stopping"}
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)
+                               if f.name not in skip}
+        es = self.early_stopping
+        out["early_stopping"] = None if es is None else (
+            f"patience={es.patience}, min_delta={es.min_delta:g}, monitor={es.monitor}, "
+            f"restore_best={es.restore_best}")
+        return out
 
 
 @dataclass
@@ -195,6 +279,8 @@ class FitResult:
         costs: Exact costs of the exported architecture.
         targets: The absolute cost targets.
         finished: False when ``stop_after`` ended the call before the last epoch.
+        met: For each target, whether the exported cost is at or below it.
+        resumed_from: The number of epochs a checkpoint had already done, or None.
     """
 
     search: SearchModel
@@ -203,6 +289,13 @@ class FitResult:
     costs: dict[str, float]
     targets: dict[str, float]
     finished: bool
+    met: dict[str, bool] = field(default_factory=dict)
+    resumed_from: int | None = None
+
+    @property
+    def all_met(self) -> bool:
+        """True when every cost target is met (and when there is none)."""
+        return all(self.met.values())
 
 
 def relative_targets(search: SearchModel, fractions: Mapping[str, float]) -> dict[str, float]:
@@ -215,287 +308,59 @@ def relative_targets(search: SearchModel, fractions: Mapping[str, float]) -> dic
         ...                torch.randn(1, 4))
         >>> relative_targets(s, {"params": 0.5})
         {'params': 29.0}
+        >>> relative_targets(s, {"params": "0.5"})
+        Traceback (most recent call last):
+        ...
+        hwnas.errors.InvalidTypeError: target fraction for 'params' must be a number, but got '0.5'
     """
+    if not isinstance(search, SearchModel):
+        raise InvalidTypeError(f"`search` must be a SearchModel (hwnas.wrap), but got "
+                               f"{type(search).__name__}")
+    if not isinstance(fractions, Mapping):
+        raise InvalidTypeError(f"`fractions` must be a mapping like {{'params': 0.5}}, but got "
+                               f"{fractions!r}")
     reference = search.reference_costs()
     out = {}
     for name, frac in fractions.items():
         if name not in reference:
-            raise KeyError(f"unknown cost {name!r}; known: {', '.join(reference)}")
-        if not 0 < frac:
-            raise ValueError(f"target fraction for {name!r} must be > 0, but got {frac!r}")
-        out[name] = frac * reference[name]
+            raise UnknownNameError(f"unknown cost {name!r}; known: {', '.join(reference)}")
+        if not _is_number(frac):
+            raise InvalidTypeError(f"target fraction for {name!r} must be a number, but got "
+                                   f"{frac!r}")
+        if not (math.isfinite(frac) and frac > 0):
+            raise InvalidValueError(f"target fraction for {name!r} must be a finite number "
+                                    f"> 0, but got {frac!r}")
+        out[name] = float(frac) * reference[name]
     return out
 
 
-def _to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to(b, device) for b in batch)
-    return batch
+def _check_targets(search: SearchModel, targets: Mapping[str, float] | None) -> dict[str, float]:
+    out = {}
+    for name, value in (targets or {}).items():
+        if name not in search.cost_names:
+            raise UnknownNameError(f"unknown cost {name!r}; known: {', '.join(search.cost_names)}")
+        if not _is_number(value):
+            raise InvalidTypeError(f"target for {name!r} must be a number, but got {value!r}")
+        if not (math.isfinite(value) and value > 0):
+            raise InvalidValueError(f"target for {name!r} must be a finite number > 0, but got "
+                                    f"{value!r}")
+        out[name] = float(value)
+    return out
 
 
-def _split(batch: Any) -> tuple[tuple[torch.Tensor, ...], Any]:
-    if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-        raise TypeError(
-            "each batch must be a (inputs, targets) pair (or (x1, ..., xn, targets)), "
-            f"but got {type(batch).__name__}"
-        )
-    return tuple(batch[:-1]), batch[-1]
-
-
-def _correct(output: torch.Tensor, target: Any) -> int | None:
-    if (isinstance(target, torch.Tensor) and output.dim() == 2 and target.dim() == 1
-            and not target.is_floating_point()):
-        return int((output.argmax(1) == target).sum())
-    return None
-
-
-def evaluate(
-    model: nn.Module, data: Iterable, loss_fn: Callable | None = None, device: str | None = None,
-    **forward_kwargs: Any,
-) -> dict[str, float]:
-    """Mean loss and accuracy (for class-index targets) of ``model`` in eval mode.
-
-    ``forward_kwargs`` go to every forward call (``gates="off"`` evaluates a SearchModel
-    without its gates).
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> data = [(torch.eye(3), torch.arange(3))]
-        >>> evaluate(nn.Identity(), data)["accuracy"]
-        1.0
-    """
-    dev = torch.device(device) if device else _device_of(model)
-    was_training = model.training
-    model.eval()
-    try:
-        forward = partial(model, **forward_kwargs) if forward_kwargs else model
-        return _metrics(forward, data, loss_fn or F.cross_entropy, dev)
-    finally:
-        model.train(was_training)
-
-
-def _metrics(model: Callable[..., Any], data: Iterable, loss_fn: Callable,
-             device: torch.device) -> dict[str, float]:
-    """Mean loss (and accuracy) over ``data`` in the model's current modes, no gradients."""
-    total, n, correct, counted = 0.0, 0, 0, 0
-    with torch.no_grad():
-        for batch in data:
-            inputs, target = _split(_to(batch, device))
-            output = model(*inputs)
-            size = inputs[0].shape[0]
-            total += float(loss_fn(output, target)) * size
-            n += size
-            c = _correct(output, target)
-            if c is not None:
-                correct += c
-                counted += size
-    result = {"loss": total / max(n, 1)}
-    if counted:
-        result["accuracy"] = correct / counted
-    return result
-
-
-def recalibrate_batchnorm_(
-    model: nn.Module, data: Iterable, device: str | None = None, max_batches: int | None = None
-) -> int:
-    """Recompute every BatchNorm's running statistics on ``data`` with the eval-mode gates.
-
-    During the search, BatchNorm statistics are accumulated under *sampled* gates; the
-    exported architecture uses the deterministic ones, whose activations have other
-    statistics. This re-estimates the statistics (a cumulative average over the batches)
-    with the gates fixed, the standard recalibration for networks whose width changes.
-    Weights are not touched. Returns the number of batches used.
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
-        >>> recalibrate_batchnorm_(net, [(torch.randn(8, 3) + 5, None)])
-        1
-        >>> bool(net[1].running_mean.abs().sum() > 0)
-        True
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-             and m.track_running_stats]
-    if not norms:
-        return 0
-    dev = torch.device(device) if device else _device_of(model)
-    was_training = model.training
-    momenta = [m.momentum for m in norms]
-    model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average
-        m.train()
-    used = 0
-    try:
-        with torch.no_grad():
-            for batch in data:
-                if max_batches is not None and used >= max_batches:
-                    break
-                inputs = batch[:-1] if isinstance(batch, (list, tuple)) and len(batch) > 1 \
-                    else (batch,)
-                model(*_to(tuple(inputs), dev))
-                used += 1
-    finally:
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-        model.train(was_training)
-    return used
-
-
-def shard_loader(loader: Any, seed: int = 0) -> Any:
-    """This rank's share of a DataLoader under torch.distributed (the loader itself otherwise).
-
-    The result reads ``loader.dataset`` through a ``DistributedSampler`` (shuffled when
-    the loader shuffles, seeded by ``seed``; :func:`fit` calls ``set_epoch``) with
-    ``batch_size // world_size`` per rank, so the global batch stays the same.
-
-    Example:
-        >>> import torch
-        >>> from torch.utils.data import DataLoader, TensorDataset
-        >>> loader = DataLoader(TensorDataset(torch.zeros(10, 2)), batch_size=4)
-        >>> shard_loader(loader) is loader  # not distributed
-        True
-    """
-    if not _distributed():
-        return loader
-    import torch.distributed as dist
-    from torch.utils.data import DataLoader, RandomSampler
-    from torch.utils.data.distributed import DistributedSampler
-
-    world = dist.get_world_size()
-    batch = loader.batch_size
-    if batch is None or batch % world:
-        raise ValueError(
-            f"the loader's batch_size must be divisible by the world size {world}, "
-            f"but got {batch}"
-        )
-    shuffle = isinstance(loader.sampler, RandomSampler)
-    sampler: DistributedSampler = DistributedSampler(loader.dataset, shuffle=shuffle, seed=seed)
-    return DataLoader(loader.dataset, batch_size=batch // world, sampler=sampler,
-                      num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-                      drop_last=loader.drop_last)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+def _check_loader(name: str, data: Any) -> None:
+    if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
+        raise InvalidTypeError(f"`{name}` must be an iterable of (inputs, targets) batches "
+                               f"(a DataLoader), but got {type(data).__name__}")
+    if isinstance(data, Sized) and len(data) == 0:
+        raise InvalidValueError(f"`{name}` is empty (0 batches): nothing to train or "
+                                "validate on; check the dataset and the batch size")
 
 
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-             "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _make_optimizer(params_w, params_a, config: FitConfig) -> torch.optim.Optimizer:
-    groups = [{"params": list(params_w), "lr": config.lr, "weight_decay": config.weight_decay}]
-    arch = list(params_a)
-    if arch:
-        groups.append({"params": arch, "lr": config.arch_lr, "weight_decay": 0.0})
-    return torch.optim.AdamW(groups) if config.weight_decay else torch.optim.Adam(groups)
-
-
-class _Checkpoint:
-    """Atomic save and validated load of the whole search state."""
-
-    def __init__(self, path: str | os.PathLike | None) -> None:
-        self.path = Path(path) if path is not None else None
-
-    def save(self, state: dict[str, Any]) -> None:
-        if self.path is None or not _is_rank0():
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".part", dir=self.path.parent)
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-
-    def load(self) -> dict[str, Any] | None:
-        if self.path is None or not self.path.exists():
-            return None
-        try:
-            with open(self.path, "rb") as f:
-                data = f.read()
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise CheckpointError(
-                f"checkpoint {str(self.path)!r} is corrupt or not a torch file ({e}); it was "
-                "left in place: move it away to start a new search"
-            ) from e
-        if not isinstance(state, dict) or state.get("format") != "hwnas-fit":
-            raise CheckpointError(
-                f"{str(self.path)!r} is not an hwnas fit checkpoint (no 'format': 'hwnas-fit')"
-            )
-        if state.get("version") != _CHECKPOINT_VERSION:
-            raise CheckpointError(
-                f"checkpoint version {state.get('version')!r} is not supported "
-                f"(this hwnas writes version {_CHECKPOINT_VERSION})"
-            )
-        return state
-
-
-def _distributed() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized()
-
-
-def _is_rank0() -> bool:
-    import torch.distributed as dist
-
-    return not _distributed() or dist.get_rank() == 0
-
-
-def _broadcast_buffers(model: nn.Module) -> None:
-    """Rank 0's buffers (BatchNorm statistics) on every rank."""
-    if _distributed():
-        import torch.distributed as dist
-
-        for buf in model.buffers():
-            dist.broadcast(buf, src=0)
-
-
-def _check_model_state(search: SearchModel, state: Mapping[str, torch.Tensor], path) -> None:
-    own = search.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or extra or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:5]}")
-        if extra:
-            parts.append(f"unexpected {extra[:5]}")
-        if shapes:
-            parts.append(f"shape mismatch {[(k, tuple(state[k].shape)) for k in shapes[:5]]}")
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} was made for a different model: " + "; ".join(parts)
-        )
 
 
 def fit(
@@ -507,25 +372,41 @@ def fit(
     config: FitConfig | None = None,
     regularizer: Callable[..., torch.Tensor] | None = None,
     checkpoint: str | os.PathLike | None = None,
+    resume_key: Mapping[str, Any] | None = None,
 ) -> FitResult:
     """Warm-up, search and fine-tune ``search`` on any data and loss.
 
     Args:
-        search: From :func:`hwnas.wrap`; trained in place.
+        search: From :func:`hwnas.wrap`; trained in place. Its train/eval mode,
+            ``cost_mode`` and gate ``requires_grad`` are as before when ``fit`` returns.
         train_data: Iterable of ``(inputs, targets)`` batches (a DataLoader).
-        val_data: Optional validation batches (needed by early stopping).
+        val_data: Optional validation batches (needed by early stopping). Keep a test
+            split apart: accuracy on ``val_data`` is what early stopping chose on.
         loss_fn: ``loss_fn(output, targets)``; default cross-entropy.
         targets: Absolute cost targets, e.g. ``relative_targets(search, {"ops": 0.5})``;
             with no ``regularizer``, a :class:`~hwnas.regularizers.DUCCIO` on them is
-            built from the warm-up task loss.
+            built from the task loss at the start of the search.
         config: :class:`FitConfig`.
         regularizer: ``reg(model, epoch, n_epochs) -> Tensor`` used in the search phase
             instead of the DUCCIO built from ``targets``.
         checkpoint: A file to save the whole state to after every epoch, and to resume
-            from when it exists.
+            from when it exists. It is resumed only when it was made by the same run: the
+            same settings, targets, hardware target, SearchModel (architecture and weights
+            at the start), data, loss and regularizer; else a CheckpointError says what
+            differs.
+        resume_key: More entries the checkpoint must agree on (plain values), e.g. the
+            model and data factories that built ``search`` and the loaders.
 
     Returns:
-        A :class:`FitResult`.
+        A :class:`FitResult`; ``result.met`` says which targets the exported model meets
+        (a :class:`TargetsNotMetWarning` is issued when one is not).
+
+    Raises:
+        TrainingError: a non-finite loss or gradient, or a diverging loss (the message
+            names the phase, epoch and step; the last good checkpoint is kept).
+        CheckpointError: the checkpoint is unreadable or belongs to another run.
+        InvalidValueError / InvalidTypeError / UnknownNameError: bad arguments (empty
+            loaders, unknown cost names, ...), before any training.
 
     Example:
         >>> import torch, hwnas
@@ -536,359 +417,117 @@ def fit(
         >>> cfg = FitConfig(warmup_epochs=1, search_epochs=2, finetune_epochs=1,
         ...                 progress=False)
         >>> out = fit(s, [(x, y)], targets=relative_targets(s, {"params": 0.5}), config=cfg)
-        >>> list(out.history["phase"])
-        ['warmup', 'search', 'search', 'finetune']
+        >>> list(out.history["phase"]), out.met
+        (['warmup', 'search', 'search', 'finetune'], {'params': True})
     """
     if not isinstance(search, SearchModel):
-        raise TypeError(f"`search` must be a SearchModel (hwnas.wrap), but got "
-                        f"{type(search).__name__}")
-    config = config or FitConfig()
-    loss_fn = loss_fn or F.cross_entropy
-    targets = dict(targets or {})
-    for name, value in targets.items():
-        if name not in search.cost_names:
-            raise KeyError(f"unknown cost {name!r}; known: {', '.join(search.cost_names)}")
-        if not value > 0:
-            raise ValueError(f"target for {name!r} must be > 0, but got {value!r}")
+        raise InvalidTypeError(f"`search` must be a SearchModel (hwnas.wrap), but got "
+                               f"{type(search).__name__}")
+    config = config if config is not None else FitConfig()
+    if not isinstance(config, FitConfig):
+        raise InvalidTypeError(f"`config` must be a FitConfig, but got {type(config).__name__}")
+    checked = _check_targets(search, targets)
+    _check_loader("train_data", train_data)
+    if val_data is not None:
+        _check_loader("val_data", val_data)
     if config.early_stopping is not None and val_data is None:
-        raise ValueError("`config.early_stopping` needs `val_data`, but val_data is None")
-    if config.search_epochs and regularizer is None and not targets:
-        raise ValueError("the search phase needs `targets` or a `regularizer`, but got neither")
-    device = torch.device(config.device) if config.device else _device_of(search)
+        raise InvalidValueError("`config.early_stopping` needs `val_data`, but val_data is None")
+    if config.search_epochs and regularizer is None and not checked:
+        raise InvalidValueError("the search phase needs `targets` or a `regularizer`, but got "
+                                "neither")
+    if regularizer is not None and not callable(regularizer):
+        raise InvalidTypeError(f"`regularizer` must be callable, but got {regularizer!r}")
+    loss_fn = loss_fn or F.cross_entropy
+    was_training, cost_mode = search.training, search.cost_mode
+    grads = [p.requires_grad for p in search.arch_parameters()]
+    try:
+        return _fit(search, train_data, val_data, loss_fn, checked, config, regularizer,
+                    checkpoint, dict(resume_key or {}))
+    finally:
+        search.train(was_training)
+        search.cost_mode = cost_mode
+        for p, g in zip(search.arch_parameters(), grads, strict=True):
+            p.requires_grad_(g)
+
+
+def _fit(search: SearchModel, train_data: Iterable, val_data: Iterable | None,
+         loss_fn: Callable, targets: dict[str, float], config: FitConfig,
+         regularizer: Callable[..., torch.Tensor] | None, checkpoint: Any,
+         extra_key: dict[str, Any]) -> FitResult:
+    device = torch.device(config.device) if config.device else device_of(search)
     search.to(device)
     search.cost_mode = config.cost_mode
-    ckpt = _Checkpoint(checkpoint)
+    key = resume_key(settings=config.fingerprint(), targets=targets, search=search,
+                     train_data=train_data, val_data=val_data, loss_fn=loss_fn,
+                     regularizer=regularizer, world_size=world_size(), extra=extra_key)
+    ckpt = Checkpoint(checkpoint)
     stopper = copy.deepcopy(config.early_stopping)
-
-    run = _Run(search, train_data, val_data, loss_fn, targets, config, regularizer, device)
-    state = ckpt.load()
+    run = FitRun(search, train_data, val_data, loss_fn, targets, config, regularizer, device,
+                 ckpt.path)
+    state = ckpt.load(key)
+    resumed_from = None
     if state is not None:
-        run.restore(state, ckpt.path)
+        run.restore(state, stopper)
+        resumed_from = run.epoch
+        if config.progress and is_rank0():
+            print(f"resumed from epoch {run.epoch} of {config.total_epochs} "
+                  f"({ckpt.path})", flush=True)
     elif config.seed is not None:
         # Under torch.distributed each rank draws its own gate noise (seed + rank);
         # DistributedDataParallel broadcasts rank 0's weights and gates at the start.
-        import torch.distributed as dist
-
-        _seed_all(config.seed + (dist.get_rank() if _distributed() else 0))
-    if stopper is not None and state is not None and state.get("stopper") is not None:
-        stopper.load_state_dict(state["stopper"])
+        _seed_all(config.seed + rank())
 
     epochs_this_call = 0
-    while run.epoch < config.total_epochs:
+    schedule = run.schedule
+    while run.epoch < schedule.total:
         if config.stop_after is not None and epochs_this_call >= config.stop_after:
             break
-        phase, e, n = run.position()
+        phase, e, n = schedule.position(run.epoch)
         if run.phase_done.get(phase):
-            run.epoch = run.phase_end(phase)
+            run.epoch = schedule.end(phase)
             continue
         run.enter(phase)
         row = run.train_epoch(phase, e, n)
         epochs_this_call += 1
         run.epoch += 1
+        stops = stopper is not None and phase in ("warmup", "finetune")
         stop = False
-        if stopper is not None and phase in ("warmup", "finetune"):
+        if stops:
+            assert stopper is not None
+            if stopper.monitor not in row:
+                raise InvalidValueError(
+                    f"early stopping monitors {stopper.monitor!r}, but the history has no "
+                    f"such column (it has {', '.join(map(str, row))})")
             stop = stopper.step(row[stopper.monitor], run.current_model(phase))
-        last = run.epoch == run.phase_end(phase)
-        if stop or last:
-            if stopper is not None and phase in ("warmup", "finetune"):
+        if stop or run.epoch == schedule.end(phase):
+            if stops:
+                assert stopper is not None
                 stopper.restore(run.current_model(phase))
                 row["restored_best"] = stopper.best_state is not None and stopper.restore_best
                 stopper.reset()
             run.finish(phase)
-            run.epoch = run.phase_end(phase)
+            run.epoch = schedule.end(phase)
+        if config.progress and is_rank0():
+            print(_epoch_line(row, run.absolute_targets()), flush=True)
         if config.on_epoch_end is not None:
             config.on_epoch_end(row, search)
-        ckpt.save(run.state(stopper))
-    for p in search.arch_parameters():
-        p.requires_grad_(True)
-    finished = run.epoch >= config.total_epochs
+        if is_rank0():
+            ckpt.save(run.state(stopper), key)
+        run.saved_epoch = run.epoch
+    finished = run.epoch >= schedule.total
     if finished:
         run.ensure_exported()
-    history = pd.DataFrame(run.history)
-    model = run.exported if finished else None
     costs = search.costs()
-    return FitResult(search, model, history, costs, run.absolute_targets(), finished)
-
-
-class _Run:
-    """Mutable state of one fit() call (kept out of the public API)."""
-
-    def __init__(self, search, train_data, val_data, loss_fn, targets, config, regularizer,
-                 device) -> None:
-        self.search = search
-        self.train_data, self.val_data = train_data, val_data
-        self.loss_fn, self.targets, self.config = loss_fn, targets, config
-        self.user_regularizer = regularizer
-        self.regularizer = regularizer
-        self.device = device
-        self.epoch = 0
-        self.history: list[dict[str, Any]] = []
-        self.warmup_loss: float | None = None
-        self.start_loss: float | None = None
-        self.phase_done: dict[str, bool] = {}
-        self.exported: nn.Module | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.optimizer_phase: str | None = None
-        self.ddp: nn.Module | None = None
-        self.ddp_phase: str | None = None
-
-    # -- phases ------------------------------------------------------------------------
-    def bounds(self) -> dict[str, tuple[int, int]]:
-        c = self.config
-        a = c.warmup_epochs
-        b = a + c.search_epochs
-        return {"warmup": (0, a), "search": (a, b), "finetune": (b, b + c.finetune_epochs)}
-
-    def phase_end(self, phase: str) -> int:
-        return self.bounds()[phase][1]
-
-    def position(self) -> tuple[str, int, int]:
-        for phase, (lo, hi) in self.bounds().items():
-            if lo <= self.epoch < hi:
-                return phase, self.epoch - lo, hi - lo
-        raise RuntimeError("no phase left")
-
-    def current_model(self, phase: str) -> nn.Module:
-        if phase == "finetune":
-            assert self.exported is not None, "the fine-tune phase starts after the export"
-            return self.exported
-        return self.search
-
-    def enter(self, phase: str) -> None:
-        if phase == "finetune":
-            self.ensure_exported()
-        if self.optimizer_phase != phase:
-            self.optimizer = self.new_optimizer(phase)
-            self.optimizer_phase = phase
-        if self.ddp_phase != phase:
-            self.ddp = self.wrap_ddp(phase)
-            self.ddp_phase = phase
-        if phase == "search" and self.regularizer is None:
-            self.regularizer = DUCCIO(self.targets, task_loss=self.task_loss_reference())
-
-    def wrap_ddp(self, phase: str) -> nn.Module | None:
-        """A DistributedDataParallel view of this phase's model (None when not distributed).
-
-        The gates take part only in the search phase: they are frozen (no gradient) in the
-        other phases so DDP needs no ``find_unused_parameters``.
-        """
-        for p in self.search.arch_parameters():
-            p.requires_grad_(phase == "search")
-        if not _distributed():
-            return None
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = self.current_model(phase)
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=device_ids)
-
-    def task_loss_reference(self) -> float:
-        """L_task(theta_0) of DUCCIO's Eq. 13: the task loss at the start of the search.
-
-        Measured over the training data with the gates on and sampled as in training
-        (BatchNorm in eval mode, no gradient). The converged warm-up loss of a small
-        model can be near zero, which would make every strength too weak to move a
-        gate; the loss with the gates on is the loss the search actually starts from.
-        """
-        if self.start_loss is not None:
-            return self.start_loss
-        was_training = self.search.training
-        self.search.eval()
-        try:
-            self.start_loss = _metrics(partial(self.search, gates="sample"), self.train_data,
-                                       self.loss_fn, self.device)["loss"]
-        finally:
-            self.search.train(was_training)
-        return self.start_loss
-
-    def new_optimizer(self, phase: str) -> torch.optim.Optimizer:
-        if phase == "finetune":
-            assert self.exported is not None
-            return _make_optimizer(self.exported.parameters(), (), self.config)
-        arch = self.search.arch_parameters() if phase == "search" else ()
-        return _make_optimizer(self.search.weight_parameters(), arch, self.config)
-
-    def finish(self, phase: str) -> None:
-        self.phase_done[phase] = True
-        if phase == "search" and self.config.enforce_targets:
-            targets = self.absolute_targets()
-            if targets:
-                closed = self.search.enforce_targets_(targets)
-                row = self.history[-1]
-                row["closed_by_projection"] = closed
-                for name, value in self.search.costs().items():
-                    row[f"cost_{name}"] = value
-        if phase == "search" and self.config.recalibrate_bn:
-            recalibrate_batchnorm_(self.search, self.train_data, str(self.device))
-            _broadcast_buffers(self.search)
-            if self.val_data is not None:
-                metrics = evaluate(self.search, self.val_data, self.loss_fn, str(self.device))
-                self.history[-1].update({f"val_{k}": v for k, v in metrics.items()})
-        if phase == "warmup":
-            self.warmup_loss = next(
-                (r["task_loss"] for r in reversed(self.history) if r["phase"] == "warmup"), None)
-
-    def ensure_exported(self) -> None:
-        if self.exported is None:
-            self.exported = self.search.eval().export().to(self.device)
-
-    def absolute_targets(self) -> dict[str, float]:
-        if self.targets:
-            return dict(self.targets)
-        return dict(getattr(self.regularizer, "targets", {}) or {})
-
-    # -- one epoch -----------------------------------------------------------------------
-    def train_epoch(self, phase: str, e: int, n: int) -> dict[str, Any]:
-        from tqdm.auto import tqdm
-
-        model = self.current_model(phase)
-        assert model is not None and self.optimizer is not None
-        forward: Callable[..., Any] = self.ddp if self.ddp is not None else model
-        if phase == "warmup":
-            forward = partial(forward, gates="off")  # the full model, no gate draws
-        search_phase = phase == "search"
-        model.train()
-        sampler = getattr(self.train_data, "sampler", None)
-        if isinstance(sampler, torch.utils.data.distributed.DistributedSampler):
-            sampler.set_epoch(self.epoch)  # a new shuffle every epoch
-        t0 = time.perf_counter()
-        sums = {"loss": 0.0, "task_loss": 0.0, "reg_loss": 0.0}
-        seen, correct, counted = 0, 0, 0
-        n_batches = len(self.train_data) if hasattr(self.train_data, "__len__") else None
-        bar = tqdm(self.train_data, total=n_batches, desc=f"{phase} {e + 1}/{n}",
-                   disable=not (self.config.progress and _is_rank0()), leave=False)
-        show = self.config.progress and _is_rank0()
-        for step, batch in enumerate(bar):
-            inputs, target = _split(_to(batch, self.device))
-            output = forward(*inputs)
-            task = self.loss_fn(output, target)
-            loss = task
-            reg = None
-            if search_phase and self.regularizer is not None:
-                reg = self.regularizer(self.search, e, n)
-                loss = task + reg
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            size = inputs[0].shape[0]
-            seen += size
-            sums["loss"] += float(loss.detach()) * size
-            sums["task_loss"] += float(task.detach()) * size
-            sums["reg_loss"] += (float(reg.detach()) if reg is not None else 0.0) * size
-            c = _correct(output, target)
-            if c is not None:
-                correct += c
-                counted += size
-            if show and (step % 10 == 0 or step + 1 == n_batches):  # costs are not free
-                bar.set_postfix(self.postfix(sums, seen, correct, counted, search_phase))
-        bar.close()
-        # DDP syncs buffers at the start of a forward: make the last step's BatchNorm
-        # statistics agree too, so every rank evaluates and saves the same model.
-        _broadcast_buffers(model)
-        row: dict[str, Any] = {"epoch": self.epoch, "phase": phase}
-        row.update({k: v / max(seen, 1) for k, v in sums.items()})
-        if counted:
-            row["train_accuracy"] = correct / counted
-        if self.val_data is not None:
-            kwargs = {"gates": "off"} if phase == "warmup" else {}
-            metrics = evaluate(model, self.val_data, self.loss_fn, str(self.device), **kwargs)
-            row.update({f"val_{k}": v for k, v in metrics.items()})
-        self.search.eval()
-        costs = self.search.costs() if phase != "warmup" else self.search.reference_costs()
-        for name, value in costs.items():
-            row[f"cost_{name}"] = value
-        for name, value in self.absolute_targets().items():
-            row[f"target_{name}"] = value
-        if search_phase and hasattr(self.regularizer, "current_strengths"):
-            strengths = self.regularizer.current_strengths(e, n)
-            row.update({f"strength_{k}": v for k, v in strengths.items()})
-        row["seconds"] = time.perf_counter() - t0
-        self.history.append(row)
-        if self.config.progress and _is_rank0():
-            print(_epoch_line(row, self.absolute_targets()), flush=True)
-        return row
-
-    def postfix(self, sums, seen, correct, counted, search_phase) -> dict[str, str]:
-        out = {"loss": f"{sums['loss'] / max(seen, 1):.3f}"}
-        if counted:
-            out["acc"] = f"{correct / counted:.3f}"
-        if search_phase:
-            with torch.no_grad():
-                for name, target in self.absolute_targets().items():
-                    out[name] = f"{float(self.search.cost(name, 'deterministic')) / target:.2f}xT"
-        return out
-
-    # -- checkpoints ---------------------------------------------------------------------
-    def state(self, stopper: EarlyStopping | None) -> dict[str, Any]:
-        return {
-            "format": "hwnas-fit",
-            "version": _CHECKPOINT_VERSION,
-            "epoch": self.epoch,
-            "config": _config_fingerprint(self.config),
-            "search": self.search.state_dict(),
-            "exported": None if self.exported is None else self.exported.state_dict(),
-            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
-            "optimizer_phase": self.optimizer_phase,
-            "regularizer": (self.regularizer.state_dict()
-                            if hasattr(self.regularizer, "state_dict") else None),
-            "stopper": None if stopper is None else stopper.state_dict(),
-            "history": self.history,
-            "warmup_loss": self.warmup_loss,
-            "start_loss": self.start_loss,
-            "phase_done": self.phase_done,
-            "rng": _rng_state(),
-            "loader_rng": _loader_generator_state(self.train_data),
-        }
-
-    def restore(self, state: Mapping[str, Any], path) -> None:
-        expected = _config_fingerprint(self.config)
-        if state["config"] != expected:
-            diff = {k: (state["config"].get(k), v) for k, v in expected.items()
-                    if state["config"].get(k) != v}
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} was made with a different configuration: "
-                f"{diff} (checkpoint, now)"
-            )
-        _check_model_state(self.search, state["search"], path)
-        self.search.load_state_dict(state["search"])
-        self.epoch = state["epoch"]
-        self.history = list(state["history"])
-        self.warmup_loss = state["warmup_loss"]
-        self.start_loss = state["start_loss"]
-        self.phase_done = dict(state["phase_done"])
-        if state["exported"] is not None:
-            self.ensure_exported()
-            assert self.exported is not None
-            self.exported.load_state_dict(state["exported"])
-        if state["regularizer"] is not None:
-            if self.regularizer is None:
-                self.regularizer = DUCCIO(self.targets, task_loss=self.task_loss_reference())
-            self.regularizer.load_state_dict(state["regularizer"])
-        if state["optimizer_phase"] is not None and state["optimizer"] is not None:
-            phase = state["optimizer_phase"]
-            self.optimizer = self.new_optimizer(phase)
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.optimizer_phase = phase
-        _set_rng_state(state["rng"])
-        generator = getattr(self.train_data, "generator", None)
-        if state.get("loader_rng") is not None and isinstance(generator, torch.Generator):
-            generator.set_state(state["loader_rng"])
-
-
-def _loader_generator_state(data: Any) -> torch.Tensor | None:
-    """The shuffling generator's state of a DataLoader (so a resumed run shuffles alike)."""
-    generator = getattr(data, "generator", None)
-    return generator.get_state() if isinstance(generator, torch.Generator) else None
-
-
-def _config_fingerprint(config: FitConfig) -> dict[str, Any]:
-    keep = replace(config, progress=False, stop_after=None, early_stopping=None, device=None,
-                   on_epoch_end=None)
-    out = {k: getattr(keep, k) for k in keep.__dataclass_fields__}
-    out["early_stopping"] = None if config.early_stopping is None else (
-        config.early_stopping.patience, config.early_stopping.min_delta,
-        config.early_stopping.monitor)
-    return out
+    absolute = run.absolute_targets()
+    met = {name: costs.get(name, math.inf) <= value for name, value in absolute.items()}
+    if finished and not all(met.values()):
+        missed = ", ".join(f"{k} {costs.get(k, math.nan):,.0f} > target {absolute[k]:,.0f}"
+                           for k, ok in met.items() if not ok)
+        warnings.warn(f"the exported model does not meet its cost targets: {missed} (see "
+                      "search.summary(by='group') for what could not be pruned)",
+                      TargetsNotMetWarning, stacklevel=3)
+    return FitResult(search, run.exported if finished else None, pd.DataFrame(run.history),
+                     costs, absolute, finished, met, resumed_from)
 
 
 def _epoch_line(row: Mapping[str, Any], targets: Mapping[str, float]) -> str:

@@ -1,4 +1,5 @@
-"""Tests for hwnas/cli.py: targets, profile, search, export, errors, and the console script."""
+"""Tests for hwnas/cli.py (and hwnas/runner.py through it): every command, the one-line
+errors with exit code 2, unmet targets with exit code 1, resumes, and the console script."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+import hwnas.files
 from hwnas.cli import main
 from hwnas.report import check_png_not_blank
 
@@ -36,7 +40,7 @@ targets = {params = 0.6, ops = 0.6}
 warmup_epochs = 1
 search_epochs = 1
 finetune_epochs = 1
-patience = 0
+patience = 1
 
 [output]
 folder = "out"
@@ -44,10 +48,52 @@ folder = "out"
 OUTPUTS = ("checkpoint.pt", "search.pt", "model.onnx", "report.md", "report.html",
            "layers.csv", "history.csv", "costs.png")
 ROW = re.compile(r"^\| (\w+) \| ([\d,]+) \| ([\d,]+) \| ([\d,]+) \| (yes|NO) \|$", re.M)
+NAN_DATA = """
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+def build():
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    x[5, 0, 3, 3] = float("nan")
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)
+    return loader, loader, loader
+"""
+MODELS = """
+from torch import nn
+
+def broken():
+    raise RuntimeError("no GPU here")
+
+def not_a_module(**kwargs):
+    return 3
+
+def linear():  # nothing prunable: its input and output channels are frozen
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+"""
 
 
 def _number(text: str) -> float:
     return float(text.replace(",", ""))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _run_main(args: list[str]) -> tuple[int, str, str]:
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        rc = main(args)
+    return rc, stdout.getvalue(), stderr.getvalue()
+
+
+def _one_line_error(err: str, command: str) -> str:
+    """The error printed by main: exactly one line, no traceback."""
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith(f"hwnas {command}: error: ") and "Traceback" not in err, err
+    return err.strip()
 
 
 @pytest.fixture(scope="module")
@@ -56,17 +102,45 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("search")
     config = folder / "tiny.toml"
     config.write_text(TINY_CONFIG)
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        rc = main(["search", str(config), "--no-progress"])
-    return {"rc": rc, "out": folder / "out", "folder": folder, "stdout": stdout.getvalue(),
-            "stderr": stderr.getvalue()}
+    (folder / "out").mkdir()
+    stale = [folder / "out" / ".search.pt.a1b2c3.part", folder / "out" / ".model.onnx.x.part"]
+    for path in stale:
+        path.write_bytes(b"left by a killed run")
+    rc, out, err = _run_main(["search", str(config), "--no-progress"])
+    return {"rc": rc, "out": folder / "out", "folder": folder, "stdout": out, "stderr": err,
+            "stale": stale}
 
 
+@pytest.fixture()
+def read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder in which no file can be created (also when the tests run as root)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    real = tempfile.mkstemp
+
+    def mkstemp(*args: Any, **kwargs: Any) -> Any:
+        if Path(kwargs.get("dir") or ".").resolve() == folder.resolve():
+            raise PermissionError(13, "Permission denied")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hwnas.files.tempfile, "mkstemp", mkstemp)
+    yield folder
+    folder.chmod(0o755)
+
+
+# ----------------------------------------------------------------------------- commands
 def test_targets_lists_the_shipped_targets(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["targets"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert {"generic", "xc7-lut6", "ice40-lut4"} <= set(names)
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hwnas {hwnas.__version__}"
 
 
 def test_profile_prints_a_table_and_writes_csv(tmp_path: Path,
@@ -89,6 +163,7 @@ def test_profile_prints_a_table_and_writes_csv(tmp_path: Path,
     assert int(layers["params"].sum()) == DIGITS_PARAMS
     assert list(layers["type"]).count("Conv2d") == 3
     assert float(total["luts"]) > 0
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 
 @pytest.mark.parametrize("shape", ["1,x,8,8", "1,0,8,8", ""])
@@ -100,21 +175,31 @@ def test_profile_bad_input_shape_is_an_argparse_error(
     assert "--input-shape" in capsys.readouterr().err
 
 
-def test_profile_unknown_target_returns_2(capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["profile", "hwnas.models:digits_cnn", "--input-shape", "1,1,8,8",
-               "--target", "no-such-fpga"])
-    assert rc == 2
-    err = capsys.readouterr().err
-    assert err.startswith("hwnas profile: error:") and "no-such-fpga" in err
-
-
 def test_search_writes_every_output(searched: dict[str, Any]) -> None:
     assert searched["rc"] == 0, searched["stderr"]
     out = searched["out"]
     for name in OUTPUTS:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~_umask(), name
     check_png_not_blank(out / "costs.png")
     assert "costs.png" in (out / "report.md").read_text()
+    assert not any(path.exists() for path in searched["stale"])
+    assert not list(out.glob("*.part")) and not list(out.glob(".*.part"))
+
+
+def test_search_report_states_the_splits_and_the_test_accuracy(searched: dict[str, Any]) -> None:
+    report = (searched["out"] / "report.md").read_text()
+    assert re.search(r"\| split sizes \(train / validation / test\) +\| 1,293 / 144 / 360 +\|",
+                     report), report
+    assert re.search(r"\| early stopping +\| on the validation split, patience 1 +\|", report)
+    match = re.search(r"\| test accuracy \(exported, fine-tuned; untouched test split\) +\| "
+                      r"(0\.\d{4}) +\|", report)
+    assert match and 0.5 < float(match[1]) <= 1.0
+    printed = re.search(r"test accuracy of the exported model: (0\.\d{4}) \(untouched test "
+                        r"split, 360 examples\)", searched["stdout"])
+    assert printed and printed[1] == match[1]
+    assert "validation accuracy: " in searched["stdout"]
+    assert re.search(r"\| cost targets met +\| yes +\|", report)
 
 
 def test_search_history_has_all_phases(searched: dict[str, Any]) -> None:
@@ -134,7 +219,6 @@ def test_search_prints_targets_met(searched: dict[str, Any]) -> None:
         assert _number(target) == pytest.approx(0.6 * original, abs=1)
         assert _number(after) <= _number(target)
         assert met == "yes"
-    assert "test accuracy of the exported model: " in searched["stdout"]
     assert str(searched["out"] / "report.html") in searched["stdout"]
 
 
@@ -164,10 +248,36 @@ def test_export_rejects_a_file_that_is_not_a_search_result(
     onnx_path = tmp_path / "x.onnx"
     for path in (searched["out"] / "checkpoint.pt", searched["folder"] / "tiny.toml"):
         assert main(["export", str(path), "--onnx", str(onnx_path)]) == 2
-        err = capsys.readouterr().err
-        assert err.startswith("hwnas export: error:")
+        err = _one_line_error(capsys.readouterr().err, "export")
         assert f"{str(path)!r} is not a search result written by `hwnas search`" in err
     assert not onnx_path.exists()
+
+
+def test_export_of_a_nan_model_is_an_export_error(searched: dict[str, Any], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    state = torch.load(searched["out"] / "search.pt", weights_only=False)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+    bad = tmp_path / "nan.pt"
+    torch.save(state, bad)
+    onnx_path = tmp_path / "nan.onnx"
+    assert main(["export", str(bad), "--onnx", str(onnx_path)]) == 2
+    err = _one_line_error(capsys.readouterr().err, "export")
+    assert "the PyTorch output is not finite" in err
+    assert not onnx_path.exists() and not list(tmp_path.glob(".*.part"))
+
+
+def test_export_into_missing_or_read_only_folder(searched: dict[str, Any], tmp_path: Path,
+                                                 read_only: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    result = str(searched["out"] / "search.pt")
+    missing = tmp_path / "nope" / "m.onnx"
+    assert main(["export", result, "--onnx", str(missing)]) == 2
+    err = _one_line_error(capsys.readouterr().err, "export")
+    assert f"--onnx {str(missing)!r}: folder {str(missing.parent)!r} does not exist" in err
+    assert main(["export", result, "--onnx", str(read_only / "m.onnx")]) == 2
+    err = _one_line_error(capsys.readouterr().err, "export")
+    assert f"folder of --onnx {str(read_only)!r} is not writable: Permission denied" in err
 
 
 def test_export_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -176,34 +286,231 @@ def test_export_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture
     assert f"checkpoint {str(path)!r} does not exist" in capsys.readouterr().err
 
 
+# ------------------------------------------------------------------------ one-line errors
 def test_search_missing_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["search", "missing.toml"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("hwnas search: error:") and "'missing.toml' does not exist" in err
+    err = _one_line_error(capsys.readouterr().err, "search")
+    assert "'missing.toml' does not exist" in err
+
+
+def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--debug", "search", "missing.toml"], ["search", "missing.toml", "--debug"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("Traceback (most recent call last):")
+        assert "hwnas.errors.MissingFileError" in err
+        assert err.strip().splitlines()[-1].startswith("hwnas search: error: config file")
 
 
 def test_search_bad_config_names_the_key(tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "bad.toml"
-    config.write_text(TINY_CONFIG.replace("patience = 0", "patient = 0"))
-    assert main(["search", str(config)]) == 2
-    err = capsys.readouterr().err
-    assert "unknown key(s) ['patient'] in [search]" in err
+    for old, new, message in [
+        ("patience = 1", "patient = 0", "unknown key(s) ['patient'] in [search]"),
+        ("patience = 1", "patience = true", "[search] `patience` must be an integer >= 0"),
+        ("patience = 1", "seed = 1.5", "[search] `seed` must be an integer, but got 1.5"),
+        ("patience = 1", "weight_decay = inf",
+         "[search] `weight_decay` must be a finite number >= 0, but got inf"),
+    ]:
+        config.write_text(TINY_CONFIG.replace(old, new))
+        assert main(["search", str(config)]) == 2
+        err = _one_line_error(capsys.readouterr().err, "search")
+        assert f"{config}: {message}" in err, err
     assert not (tmp_path / "out").exists()
 
 
+def test_demo_out_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["demo", "--out", str(afile), "--no-progress"]) == 2
+    err = _one_line_error(capsys.readouterr().err, "demo")
+    assert f"output folder {str(afile)!r} is a file, not a folder" in err
+
+
+def test_read_only_output_folder_is_found_before_training(
+        tmp_path: Path, read_only: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import hwnas.runner
+
+    monkeypatch.setattr(hwnas.runner, "fit", lambda *a, **k: pytest.fail("trained"))
+    config = tmp_path / "ro.toml"
+    config.write_text(TINY_CONFIG.replace('folder = "out"', f'folder = "{read_only}"'))
+    assert main(["search", str(config), "--no-progress"]) == 2
+    err = _one_line_error(capsys.readouterr().err, "search")
+    assert f"output folder {str(read_only)!r} is not writable: Permission denied" in err
+
+
+@pytest.mark.parametrize(("section", "spec", "message"), [
+    ("model", "models.py:broken",
+     "[model] factory 'models.py:broken' raised RuntimeError: no GPU here"),
+    ("model", "models.py:not_a_module",
+     "[model] factory 'models.py:not_a_module' must return an nn.Module, but returned int"),
+    ("model", "nope.py:build", "[model] factory: factory file '{folder}/nope.py' does not exist"),
+    ("data", "models.py:not_a_module", "[data] factory 'models.py:not_a_module' must return an "
+                                       "object with .train, .val (optional) and .test loaders"),
+])
+def test_search_factory_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                               section: str, spec: str, message: str) -> None:
+    (tmp_path / "models.py").write_text(MODELS)
+    config = tmp_path / "f.toml"
+    old = {"model": "hwnas.models:digits_cnn", "data": "hwnas.datasets:digits"}[section]
+    config.write_text(TINY_CONFIG.replace(old, spec))
+    assert main(["search", str(config), "--no-progress"]) == 2
+    err = _one_line_error(capsys.readouterr().err, "search")
+    assert message.format(folder=tmp_path) in err, err
+
+
+def test_profile_factory_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "models.py").write_text(MODELS)
+    for name, message in (("not_a_module", "must return an nn.Module, but returned int"),
+                          ("broken", "raised RuntimeError: no GPU here")):
+        spec = f"{tmp_path / 'models.py'}:{name}"
+        assert main(["profile", spec, "--input-shape", "1,1,8,8"]) == 2
+        err = _one_line_error(capsys.readouterr().err, "profile")
+        assert f"factory {spec!r} {message}" in err
+
+
+def test_profile_input_shape_mismatch_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "hwnas.models:digits_cnn", "--input-shape", "1,3,8,8"]) == 2
+    err = _one_line_error(capsys.readouterr().err, "profile")
+    assert "Check that example_inputs have the shape the model expects" in err
+    assert len(err) < 600
+
+
+def test_profile_unknown_or_bad_target(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["profile", "hwnas.models:digits_cnn", "--input-shape", "1,1,8,8", "--target"]
+    assert main([*args, "no-such-fpga"]) == 2
+    err = _one_line_error(capsys.readouterr().err, "profile")
+    assert "unknown target 'no-such-fpga'; known: " in err
+    broken = tmp_path / "broken.toml"
+    broken.write_text('name = "x\nfamily = "lut"\n')
+    assert main([*args, str(broken)]) == 2
+    err = _one_line_error(capsys.readouterr().err, "profile")
+    assert f"target file {str(broken)!r} is not valid TOML: " in err
+    nan = tmp_path / "nan.toml"
+    nan.write_text('name = "x"\nfamily = "lut"\nlut_inputs = 6\n[luts]\nluts_per_pp_bit = nan\n')
+    assert main([*args, str(nan)]) == 2
+    err = _one_line_error(capsys.readouterr().err, "profile")
+    assert f"{nan}: `luts.luts_per_pp_bit` must be a number >= 0, but got nan" in err
+
+
+def test_profile_csv_into_missing_or_read_only_folder(
+        tmp_path: Path, read_only: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["profile", "hwnas.models:digits_cnn", "--input-shape", "1,1,8,8", "--csv"]
+    missing = tmp_path / "nope" / "p.csv"
+    assert main([*args, str(missing)]) == 2
+    err = _one_line_error(capsys.readouterr().err, "profile")
+    assert f"--csv {str(missing)!r}: folder {str(missing.parent)!r} does not exist" in err
+    assert main([*args, str(read_only / "p.csv")]) == 2
+    err = _one_line_error(capsys.readouterr().err, "profile")
+    assert f"folder of --csv {str(read_only)!r} is not writable" in err
+
+
+# ------------------------------------------------------------- training failures, targets
+def test_nan_data_writes_no_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    (folder / "nan_data.py").write_text(NAN_DATA)
+    config = folder / "nan.toml"
+    config.write_text(TINY_CONFIG.replace('"hwnas.datasets:digits"', '"nan_data.py:build"')
+                      .replace("kwargs = {batch_size = 256}\n", ""))
+    monkeypatch.chdir(tmp_path)  # factories resolve against the config's folder
+    assert main(["search", "exp/nan.toml", "--no-progress"]) == 2
+    err = _one_line_error(capsys.readouterr().err, "search")
+    assert ("training stopped in the warmup phase, epoch 1 of 3 (warmup epoch 1 of 1), step 1: "
+            "the loss is nan; check the training data for NaN or infinite values") in err
+    assert err.endswith("no model was exported")
+    assert sorted(p.name for p in (folder / "out").iterdir()) == []
+
+
+def test_divergence_writes_no_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "lr.toml"
+    config.write_text(TINY_CONFIG.replace("patience = 1", "lr = 1e6"))
+    assert main(["search", str(config), "--no-progress"]) == 2
+    err = _one_line_error(capsys.readouterr().err, "search")
+    assert "the training diverged: the loss is" in err and "lower the learning rate" in err
+    assert not (tmp_path / "out" / "model.onnx").exists()
+    assert not (tmp_path / "out" / "search.pt").exists()
+
+
+def test_unmet_targets_exit_1_unless_allowed(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "models.py").write_text(MODELS)
+    config = tmp_path / "lin.toml"
+    config.write_text(TINY_CONFIG.replace("hwnas.models:digits_cnn", "models.py:linear")
+                      .replace("patience = 1", "patience = 0"))
+    assert main(["search", str(config), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert re.search(r"^\| params \| 650 \| 390 \| 650 \| NO \|$", captured.out, re.M)
+    assert captured.err.strip() == ("hwnas: cost target(s) not met: params, ops; the outputs "
+                                    "are written, see the report (--allow-unmet exits 0)")
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert re.search(r"\| cost targets met +\| NO: params 650 > 390, ops 650 > 390 +\|", report)
+    assert main(["search", str(config), "--no-progress", "--allow-unmet"]) == 0
+    assert "note: cost target(s) not met: params, ops (--allow-unmet)" in capsys.readouterr().out
+
+
+def test_search_resumes_its_checkpoint_and_fresh_starts_over(
+        searched: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    folder = searched["folder"]
+    changed = folder / "changed.toml"
+    # same output folder, other settings: resuming the old checkpoint is refused ...
+    for old, new, message in [
+        ("search_epochs = 1", "search_epochs = 2",
+         "fit settings differ (search_epochs: 1 in the checkpoint, 2 now)"),
+        ("params = 0.6", "params = 0.5", "cost targets differ (params: 33,740.4 in the "
+                                         "checkpoint, 28,117 now)"),
+        ("batch_size = 256", "batch_size = 128", "train data differ (batches: 6 in the "
+                                                 "checkpoint, 11 now)"),
+    ]:
+        changed.write_text(TINY_CONFIG.replace(old, new))
+        assert main(["search", str(changed), "--no-progress"]) == 2
+        err = _one_line_error(capsys.readouterr().err, "search")
+        assert "was made by another run: " in err and message in err, err
+        assert err.endswith("start over with --fresh (hwnas search) or remove the file")
+    assert (searched["out"] / "checkpoint.pt").exists()  # ... and the checkpoint is kept
+    # the same config resumes (here: at its last epoch) and says so
+    assert main(["search", str(folder / "tiny.toml"), "--no-progress"]) == 0
+    assert "resumed from epoch 3 (" in capsys.readouterr().out
+    # --fresh starts over
+    changed.write_text(TINY_CONFIG.replace("search_epochs = 1", "search_epochs = 2"))
+    assert main(["search", str(changed), "--no-progress", "--fresh"]) == 0
+    assert "resumed from" not in capsys.readouterr().out
+    history = pd.read_csv(searched["out"] / "history.csv")
+    assert list(history["phase"]) == ["warmup", "search", "search", "finetune"]
+
+
+# --------------------------------------------------------------------- the console script
 def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
 
 
+def _console_script() -> list[str]:
+    """The `hwnas` script of this interpreter's environment (a venv need not be on PATH)."""
+    folder = Path(sys.executable).parent
+    for name in ("hwnas", "hwnas.exe"):
+        if (folder / name).is_file():
+            return [str(folder / name)]
+    found = shutil.which("hwnas")  # e.g. pip install --user
+    assert found is not None, f"no `hwnas` console script next to {sys.executable} or on PATH"
+    return [found]
+
+
 def test_console_script_help() -> None:
-    exe = shutil.which("hwnas")
-    assert exe is not None, "the `hwnas` console script is not on PATH (pip install -e .)"
-    proc = _run([exe, "--help"])
+    proc = _run([*_console_script(), "--help"])
     assert proc.returncode == 0, proc.stderr
     for command in SUBCOMMANDS:
         assert re.search(rf"^\s+{command}\s", proc.stdout, flags=re.M), command
+
+
+def test_console_script_found_without_path() -> None:
+    env = dict(os.environ, PATH="/nonexistent")
+    proc = subprocess.run([*_console_script(), "--version"], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"hwnas {hwnas.__version__}"
 
 
 def test_python_dash_m_targets() -> None:
@@ -213,16 +520,8 @@ def test_python_dash_m_targets() -> None:
         line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
 
 
-def test_search_resumes_its_checkpoint_and_fresh_starts_over(
-        searched: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    folder = searched["folder"]
-    changed = folder / "changed.toml"
-    changed.write_text(TINY_CONFIG.replace("search_epochs = 1", "search_epochs = 2"))
-    # same output folder, other settings: resuming the old checkpoint is refused ...
-    assert main(["search", str(changed), "--no-progress"]) == 2
-    assert "different configuration" in capsys.readouterr().err
-    assert (searched["out"] / "checkpoint.pt").exists()  # ... and the checkpoint is kept
-    # --fresh starts over
-    assert main(["search", str(changed), "--no-progress", "--fresh"]) == 0
-    history = pd.read_csv(searched["out"] / "history.csv")
-    assert list(history["phase"]) == ["warmup", "search", "search", "finetune"]
+def test_python_dash_m_error_is_one_line(tmp_path: Path) -> None:
+    proc = _run([sys.executable, "-m", "hwnas", "search", str(tmp_path / "none.toml")])
+    assert proc.returncode == 2
+    assert proc.stderr == (f"hwnas search: error: config file {str(tmp_path / 'none.toml')!r} "
+                           "does not exist\n")

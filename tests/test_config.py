@@ -7,7 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from hwnas.config import DEMO_CONFIG, SearchConfig, load_config, load_factory, parse_config
+from hwnas import wrap
+from hwnas.config import (
+    DEMO_CONFIG,
+    FIT_KEYS,
+    SearchConfig,
+    SearchSection,
+    load_config,
+    load_factory,
+    parse_config,
+)
+from hwnas.errors import ConfigError, HwnasError, MissingFileError
+from hwnas.train import EarlyStopping, FitConfig
 
 MINIMAL = """
 [model]
@@ -27,7 +38,7 @@ def test_demo_config_parses() -> None:
     assert isinstance(cfg, SearchConfig)
     assert cfg.model.factory == "hwnas.models:digits_cnn"
     assert cfg.model.input_shape == (1, 1, 8, 8)
-    assert cfg.data.kwargs == {"batch_size": 64}
+    assert cfg.data.kwargs == {"batch_size": 64, "val_size": 0.1}
     assert cfg.search.target == "xc7-lut6"
     assert cfg.search.targets == {"params": 0.5, "ops": 0.5}
     assert (cfg.search.warmup_epochs, cfg.search.search_epochs,
@@ -43,6 +54,60 @@ def test_defaults_of_a_minimal_config() -> None:
     assert cfg.model.leaf_modules == ()
     assert cfg.output.folder == "runs/search"
     assert cfg.to_dict()["model"]["input_shape"] == (1, 1, 8, 8)
+
+
+def test_search_defaults_are_fit_configs_and_wraps_own() -> None:
+    # one source of defaults (issue 11, item 9): a minimal [search] gives FitConfig()
+    cfg = parse_config(MINIMAL)
+    built = cfg.search.fit_config()
+    assert built == FitConfig()
+    for key in FIT_KEYS:
+        assert getattr(cfg.search, key) == getattr(FitConfig(), key), key
+    assert (cfg.search.warmup_epochs, cfg.search.search_epochs,
+            cfg.search.finetune_epochs) == (5, 20, 5)
+    assert cfg.search.patience == 0 and built.early_stopping is None
+    import inspect
+
+    defaults = inspect.signature(wrap).parameters
+    assert cfg.search.droprate_init == defaults["droprate_init"].default
+    assert cfg.search.channel_multiple == defaults["channel_multiple"].default
+    assert cfg.search.target == defaults["target"].default
+    # every FitConfig setting that changes the result can be set from a config file
+    runtime = {"early_stopping", "device", "progress", "stop_after", "on_epoch_end"}
+    assert set(FIT_KEYS) == {f for f in FitConfig.__dataclass_fields__} - runtime
+
+
+def test_fit_config_follows_the_given_keys() -> None:
+    text = MINIMAL.replace("[search]\n", "[search]\nsearch_epochs = 3\npatience = 2\n"
+                                         "lr = 0.01\n")
+    built = parse_config(text).search.fit_config(progress=False)
+    assert built == FitConfig(search_epochs=3, lr=0.01, progress=False,
+                              early_stopping=EarlyStopping(patience=2))
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("seed = 1.5", r"\[search\] `seed` must be an integer, but got 1.5"),
+    ("patience = true", r"\[search\] `patience` must be an integer >= 0 \(0: no early "
+                        r"stopping\), but got True"),
+    ("weight_decay = inf", r"\[search\] `weight_decay` must be a finite number >= 0, but got inf"),
+    ("lr = \"fast\"", r"\[search\] `lr` must be a number, but got 'fast'"),
+    ("warmup_epochs = 2.5", r"\[search\] `warmup_epochs` must be an integer >= 0, but got 2.5"),
+    ("cost_mode = \"cheap\"", r"\[search\] `cost_mode` must be 'expected' or"),
+    ("droprate_init = 1.0", r"\[search\] `droprate_init` must be a number in \(0, 1\)"),
+    ("channel_multiple = 0", r"\[search\] `channel_multiple` must be an integer >= 1"),
+    ("enforce_targets = 1", r"\[search\] `enforce_targets` must be True or False, but got 1"),
+])
+def test_bad_search_values_name_their_key(line: str, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(MINIMAL.replace("[search]\n", f"[search]\n{line}\n"))
+    with pytest.raises(ConfigError, match=rf"bad\.toml: {message}"):
+        load_config(path)
+
+
+def test_search_section_directly() -> None:
+    with pytest.raises(ConfigError, match=r"target fraction for 'params' must be a number > 0, "
+                                          r"but got nan"):
+        SearchSection(targets={"params": float("nan")})
 
 
 def test_unknown_key_is_named_with_allowed_keys() -> None:
@@ -81,7 +146,7 @@ def test_bad_input_shape(shape: str) -> None:
         parse_config(text)
 
 
-@pytest.mark.parametrize("fraction", ["0", "-0.5", '"half"'])
+@pytest.mark.parametrize("fraction", ["0", "-0.5", '"half"', "inf", "true"])
 def test_bad_target_fraction(fraction: str) -> None:
     text = MINIMAL.replace("targets = {params = 0.5}", f"targets = {{params = {fraction}}}")
     with pytest.raises(ValueError,
@@ -118,7 +183,7 @@ def test_bad_output_folder() -> None:
 
 def test_load_config_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.toml"
-    with pytest.raises(FileNotFoundError, match=r"config file '.*nope\.toml' does not exist"):
+    with pytest.raises(MissingFileError, match=r"config file '.*nope\.toml' does not exist"):
         load_config(path)
 
 
@@ -152,7 +217,7 @@ def test_load_factory_module() -> None:
     ("hwnas.models:no_such_model", r"module 'hwnas.models' has no attribute 'no_such_model'"),
 ])
 def test_load_factory_errors(spec: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(HwnasError, match=message):
         load_factory(spec)
 
 
@@ -175,3 +240,37 @@ def test_load_factory_from_file(tmp_path: Path) -> None:
     assert model[1].out_features == 7
     with pytest.raises(ValueError, match=r"has no attribute 'nope'"):
         load_factory(f"{tmp_path / 'my_model.py'}:nope")
+
+
+def test_factory_files_resolve_against_the_config_folder(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "experiment"
+    folder.mkdir()
+    (folder / "net.py").write_text(
+        "from torch import nn\n\ndef build():\n    return nn.Linear(64, 10)\n")
+    (folder / "fpga.toml").write_text('name = "mine"\n')
+    (folder / "s.toml").write_text(
+        MINIMAL.replace("hwnas.models:digits_cnn", "net.py:build")
+        + 'target = "fpga.toml"\n')
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    cfg = load_config("experiment/s.toml")
+    assert cfg.factory("model")().out_features == 10
+    assert cfg.hardware_target == Path("experiment") / "fpga.toml"
+    with pytest.raises(ConfigError, match=r"\[model\] factory: factory file "
+                                          r"'experiment/nope.py' does not exist"):
+        SearchConfig(cfg.model.__class__("nope.py:build", (1, 64)), cfg.data, cfg.search,
+                     cfg.output, cfg.base_dir).factory("model")
+
+
+def test_factory_file_that_fails_to_import(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("import no_such_module_hwnas\n")
+    with pytest.raises(HwnasError, match=r"importing factory file '.*broken\.py' failed: "
+                                         r"ModuleNotFoundError"):
+        load_factory(f"{tmp_path / 'broken.py'}:build")
+
+
+def test_to_dict_round_trip(tmp_path: Path) -> None:
+    cfg = parse_config(DEMO_CONFIG, base_dir=tmp_path)
+    again = SearchConfig.from_dict(cfg.to_dict())
+    assert again == SearchConfig(cfg.model, cfg.data, cfg.search, cfg.output, tmp_path.resolve())
+    assert again.resume_key() == cfg.resume_key()

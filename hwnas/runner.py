@@ -1,0 +1,291 @@
+"""The end-to-end runs behind the command line: search, demo, profile, export.
+
+:func:`run_search` is ``hwnas search``: it checks the output folder, builds the model and
+the data from the config's factories, wraps, fits (resuming the folder's checkpoint when it
+belongs to the same run), and writes ``search.pt``, the verified ONNX file and the report.
+Each step is a function of its own (:func:`build_model`, :func:`build_data`,
+:func:`build_search`, :func:`write_outputs`) so other runs (a demo on a LUT target, a
+DiffLUT search) can reuse them. Every user-caused problem is an
+:class:`~hwnas.errors.HwnasError` naming what was wrong; :mod:`hwnas.cli` prints it as one
+line.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from hwnas.config import DEMO_CONFIG, SearchConfig, load_factory, parse_config
+from hwnas.cost.profile import profile
+from hwnas.distributed import device_for_rank, init_from_env, is_distributed
+from hwnas.errors import (
+    ConfigError,
+    InvalidTypeError,
+    InvalidValueError,
+    MissingFileError,
+    OutputError,
+)
+from hwnas.evaluation import evaluate
+from hwnas.files import atomic_write, ensure_writable_dir, remove_stale_parts
+from hwnas.onnx import ExportResult, export_onnx
+from hwnas.report import write_report
+from hwnas.search import SearchModel, materialize, wrap
+from hwnas.train import TargetsNotMetWarning, fit, relative_targets, shard_loader
+
+__all__ = ["Loaders", "RunSummary", "build_data", "build_model", "build_search",
+           "check_output_file", "demo_config", "export_search_result", "profile_factory",
+           "run_search", "write_outputs"]
+
+#: Files a search writes into its output folder (besides the report's figures and CSVs).
+OUTPUTS = ("checkpoint.pt", "search.pt", "model.onnx", "report.md", "report.html",
+           "history.csv", "layers.csv", "costs.csv")
+SEARCH_RESULT_FORMAT = "hwnas-search"
+
+
+@dataclass(frozen=True)
+class Loaders:
+    """The data of a run: training, validation (early stopping) and test loaders."""
+
+    train: Any
+    val: Any | None
+    test: Any | None
+
+    def sizes(self) -> dict[str, int | None]:
+        """Examples per split (None where a loader's dataset has no length)."""
+        def size(loader: Any) -> int | None:
+            dataset = getattr(loader, "dataset", None)
+            return len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
+
+        return {"train": size(self.train), "validation": size(self.val),
+                "test": size(self.test)}
+
+
+@dataclass
+class RunSummary:
+    """What :func:`run_search` wrote and measured (rank 0; other ranks get no paths)."""
+
+    folder: Path
+    costs: dict[str, float]
+    targets: dict[str, float]
+    met: dict[str, bool]
+    paths: dict[str, Path] = field(default_factory=dict)
+    onnx: ExportResult | None = None
+    test_accuracy: float | None = None
+    val_accuracy: float | None = None
+    sizes: dict[str, int | None] = field(default_factory=dict)
+    before: pd.DataFrame | None = None
+    after: pd.DataFrame | None = None
+    resumed_from: int | None = None
+
+    @property
+    def all_met(self) -> bool:
+        return all(self.met.values())
+
+
+def _call(factory: Any, spec: str, what: str, kwargs: dict[str, Any]) -> Any:
+    try:
+        return factory(**kwargs)
+    except Exception as e:
+        raise ConfigError(f"{what} {spec!r} raised {type(e).__name__}: {e}") from e
+
+
+def _module(value: Any, spec: str, what: str) -> nn.Module:
+    if not isinstance(value, nn.Module):
+        raise InvalidTypeError(f"{what} {spec!r} must return an nn.Module, but returned "
+                               f"{type(value).__name__}")
+    return value
+
+
+def build_model(config: SearchConfig) -> nn.Module:
+    """The [model] factory's model (seeded by [search] ``seed``)."""
+    torch.manual_seed(config.search.seed)
+    spec = config.model.factory
+    model = _call(config.factory("model"), spec, "[model] factory", config.model.kwargs)
+    return _module(model, spec, "[model] factory")
+
+
+def build_data(config: SearchConfig) -> Loaders:
+    """The [data] factory's loaders: ``.train``, ``.val`` (optional), ``.test``, or a
+    ``(train, val, test)`` / ``(train, test)`` tuple."""
+    spec = config.data.factory
+    data = _call(config.factory("data"), spec, "[data] factory", config.data.kwargs)
+    if hasattr(data, "train") and hasattr(data, "test"):
+        loaders = Loaders(data.train, getattr(data, "val", None), data.test)
+    elif isinstance(data, (tuple, list)) and len(data) in (2, 3):
+        loaders = Loaders(data[0], data[1] if len(data) == 3 else None, data[-1])
+    else:
+        raise InvalidTypeError(
+            f"[data] factory {spec!r} must return an object with .train, .val (optional) and "
+            f".test loaders, or a (train, val, test) or (train, test) tuple, but returned "
+            f"{type(data).__name__}")
+    for name in ("train", "val", "test"):
+        loader = getattr(loaders, name)
+        if loader is not None and hasattr(loader, "__len__") and len(loader) == 0:
+            raise InvalidValueError(f"the {name} loader of [data] factory {spec!r} is empty "
+                                    "(0 batches)")
+    if config.search.patience and loaders.val is None:
+        raise ConfigError(
+            f"[search] patience = {config.search.patience} needs a validation split, but "
+            f"[data] factory {spec!r} returned none: return .val (or a (train, val, test) "
+            "tuple), or set patience = 0")
+    return loaders
+
+
+def build_search(config: SearchConfig, model: nn.Module) -> tuple[SearchModel, torch.Tensor]:
+    """``hwnas.wrap`` of ``model`` as the config says, and the example input."""
+    s = config.search
+    example = torch.randn(config.model.input_shape)
+    search = wrap(model, example, costs=tuple(s.targets), target=config.hardware_target,
+                  droprate_init=s.droprate_init, channel_multiple=s.channel_multiple,
+                  leaf_modules=tuple(config.model.leaf_modules))
+    return search, example
+
+
+def run_search(config: SearchConfig, progress: bool = True, resume: bool = True) -> RunSummary:
+    """Run a whole search from a :class:`~hwnas.config.SearchConfig`; write its outputs.
+
+    Writes to ``config.output_dir`` (checked for writability before any training):
+    ``checkpoint.pt`` (resumable fit state), ``search.pt`` (config + weights, read by
+    ``hwnas export``), ``model.onnx`` (verified), and the report (``report.md``,
+    ``report.html``, figures, CSVs). With ``resume`` an existing ``checkpoint.pt`` of the
+    same run continues it (one of another run is an error); otherwise it is replaced.
+    Early stopping uses the validation split; the test accuracy comes from the test split,
+    on which nothing was chosen.
+    """
+    rank0 = init_from_env()
+    out = ensure_writable_dir(config.output_dir)
+    for name in OUTPUTS:
+        remove_stale_parts(out, name)
+    model = build_model(config)
+    loaders = build_data(config)
+    search, example = build_search(config, model)
+    targets = relative_targets(search, config.search.targets)
+    fit_config = config.search.fit_config(progress=progress, device=device_for_rank())
+    checkpoint = out / "checkpoint.pt"
+    if not resume and rank0 and checkpoint.exists():
+        checkpoint.unlink()
+    if is_distributed():
+        import torch.distributed as dist
+
+        dist.barrier()  # no rank reads the checkpoint before rank 0 has removed it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TargetsNotMetWarning)  # the summary says it
+        result = fit(search, shard_loader(loaders.train, seed=config.search.seed), loaders.val,
+                     targets=targets, config=fit_config, checkpoint=checkpoint,
+                     resume_key=config.resume_key())
+    assert result.model is not None  # no stop_after: fit ran to the end
+    summary = RunSummary(out, result.costs, targets, result.met, sizes=loaders.sizes(),
+                         resumed_from=result.resumed_from)
+    if rank0:  # only rank 0 writes files
+        write_outputs(summary, config, model, search, result.model.eval().cpu(), example,
+                      loaders, result.history)
+    return summary
+
+
+def write_outputs(summary: RunSummary, config: SearchConfig, model: nn.Module,
+                  search: SearchModel, exported: nn.Module, example: torch.Tensor,
+                  loaders: Loaders, history: pd.DataFrame) -> None:
+    """``search.pt``, ``model.onnx`` and the report; fills ``summary``'s measurements."""
+    out = summary.folder
+    search.cpu()
+    with atomic_write(out / "search.pt") as tmp:
+        torch.save({"format": SEARCH_RESULT_FORMAT, "config": config.to_dict(),
+                    "search": search.state_dict(), "model": exported.state_dict()}, tmp)
+    summary.onnx = export_onnx(exported, out / "model.onnx", example)
+    target = config.hardware_target
+    summary.before = profile(model, example, target)
+    summary.after = profile(exported, example, target)
+    if loaders.test is not None:
+        summary.test_accuracy = evaluate(exported, loaders.test).get("accuracy")
+    if loaders.val is not None:
+        summary.val_accuracy = evaluate(exported, loaders.val).get("accuracy")
+    summary.paths = write_report(out, history, summary.before, summary.after,
+                                 targets=summary.targets,
+                                 title=f"hwnas search: {config.model.factory}",
+                                 notes=_notes(summary, config))
+
+
+def _fmt_accuracy(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _notes(summary: RunSummary, config: SearchConfig) -> dict[str, str]:
+    s = config.search
+    sizes = summary.sizes
+    onnx = summary.onnx
+    assert onnx is not None
+    missed = [f"{k} {summary.costs.get(k, math.nan):,.0f} > {t:,.0f}"
+              for k, t in summary.targets.items() if not summary.met.get(k)]
+    return {
+        "model": config.model.factory,
+        "target hardware": s.target,
+        "split sizes (train / validation / test)":
+            " / ".join("-" if v is None else f"{v:,}" for v in sizes.values()),
+        "early stopping": (f"on the validation split, patience {s.patience}" if s.patience
+                           else "off"),
+        "test accuracy (exported, fine-tuned; untouched test split)":
+            _fmt_accuracy(summary.test_accuracy) if summary.test_accuracy is not None
+            else "no test split",
+        "validation accuracy (exported, fine-tuned)": _fmt_accuracy(summary.val_accuracy),
+        "cost targets met": "yes" if summary.all_met else "NO: " + ", ".join(missed),
+        "resumed from epoch": "" if summary.resumed_from is None else str(summary.resumed_from),
+        "ONNX": f"{onnx.path.name}, opset {onnx.opset}, max |ORT - torch| "
+                f"{onnx.max_abs_diff:.2e} at batch {onnx.batch_sizes}",
+    }
+
+
+def demo_config(out: str | None = None, quick: bool = False) -> SearchConfig:
+    """The built-in digits demo's config (``quick``: 2 warm-up, 3 search, 1 fine-tune epochs)."""
+    config = parse_config(DEMO_CONFIG)
+    if out is not None:
+        config = replace(config, output=replace(config.output, folder=out))
+    if quick:
+        config = replace(config, search=replace(config.search, warmup_epochs=2,
+                                                search_epochs=3, finetune_epochs=1))
+    return config
+
+
+def check_output_file(path: str | Path, what: str) -> Path:
+    """``path`` as a file to write: its folder must exist and be writable."""
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputError(f"{what} {str(path)!r}: folder {str(folder)!r} does not exist")
+    if path.is_dir():
+        raise OutputError(f"{what} {str(path)!r} is a folder, not a file")
+    ensure_writable_dir(folder, f"folder of {what}")
+    return path
+
+
+def profile_factory(spec: str, input_shape: tuple[int, ...], target: str) -> pd.DataFrame:
+    """``hwnas profile``: the per-layer costs of the model a factory returns."""
+    model = _module(_call(load_factory(spec), spec, "factory", {}), spec, "factory")
+    return profile(model, torch.randn(input_shape), target=target)
+
+
+def export_search_result(path: str | Path, onnx_path: str | Path) -> ExportResult:
+    """``hwnas export``: rebuild the pruned model of a ``search.pt`` and export ONNX."""
+    path = Path(path)
+    onnx_path = check_output_file(onnx_path, "--onnx")
+    if not path.is_file():
+        raise MissingFileError(f"checkpoint {str(path)!r} does not exist")
+    not_ours = f"{str(path)!r} is not a search result written by `hwnas search`"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise InvalidValueError(f"{not_ours} (torch.load failed: {e})") from e
+    if not isinstance(state, dict) or state.get("format") != SEARCH_RESULT_FORMAT:
+        raise InvalidValueError(f"{not_ours} (expected search.pt in the output folder)")
+    config = SearchConfig.from_dict(state["config"])
+    search, example = build_search(config, build_model(config))
+    search.load_state_dict(state["search"])
+    exported = materialize(search.eval())
+    exported.load_state_dict(state["model"])
+    return export_onnx(exported, onnx_path, example)
