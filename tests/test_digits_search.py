@@ -17,13 +17,15 @@ def test_digits_duccio_search_meets_targets_and_keeps_accuracy():
     targets = relative_targets(search, {"params": 0.5, "ops": 0.5})
     config = FitConfig(warmup_epochs=4, search_epochs=6, finetune_epochs=0, progress=False,
                        enforce_targets=False)  # DUCCIO alone must get there
-    result = fit(search, data.train, data.test, targets=targets, config=config)
+    assert data.sizes() == {"train": 1293, "validation": 144, "test": 360}
+    result = fit(search, data.train, data.val, targets=targets, config=config)
     costs = search.costs()
     assert costs["params"] <= targets["params"]
     assert costs["ops"] <= targets["ops"]
     exported = hwnas.materialize(search.eval())
-    accuracy = evaluate(exported, data.test)["accuracy"]
+    accuracy = evaluate(exported, data.test)["accuracy"]  # the untouched test split
     assert accuracy >= 0.95, accuracy
     assert evaluate(search, data.test)["accuracy"] == accuracy
+    assert result.met == {"params": True, "ops": True}
     search_rows = result.history[result.history.phase == "search"]
     assert search_rows["strength_params"].iloc[-1] > search_rows["strength_params"].iloc[0]

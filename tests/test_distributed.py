@@ -33,7 +33,7 @@ def _run(rank: int, world: int, init: str, out: str) -> None:
 
     config = FitConfig(warmup_epochs=1, search_epochs=2, finetune_epochs=1, progress=False,
                        on_epoch_end=record)
-    result = fit(search, shard_loader(data.train), data.test, targets=targets, config=config)
+    result = fit(search, shard_loader(data.train), data.val, targets=targets, config=config)
     torch.save({"gates": gates, "costs": result.costs, "targets": targets,
                 "keep": {g: m.clone() for g, m in search.keep_masks().items()},
                 "weights": result.model.state_dict()}, os.path.join(out, f"rank{rank}.pt"))
