@@ -55,6 +55,7 @@ def run(nproc: int, workdir: Path) -> tuple[pd.DataFrame, float, dict]:
 
 
 def main() -> None:
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as d:
         results = {n: run(n, Path(d)) for n in (1, 2)}
     lines = [
@@ -83,7 +84,9 @@ def main() -> None:
         "",
         "This machine has 2 CPU cores: they are the ceiling for 2 processes, each with one "
         "thread, and gloo's all-reduce of every gradient runs on the same cores. On GPUs "
-        "(NCCL) or several machines the same command scales with the hardware.",
+        "(NCCL) or several machines the same command scales with the hardware. "
+        f"Load average (1 min) when the run started: {load:.2f} (other work shares the "
+        "cores; times vary with it).",
         "",
     ]
     out = ROOT / "reports" / "ddp.md"
