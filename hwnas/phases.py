@@ -31,7 +31,7 @@ from hwnas.checkpoint import (
     set_rng_state,
 )
 from hwnas.distributed import broadcast_buffers, is_distributed, is_rank0
-from hwnas.errors import InvalidValueError, TrainingError
+from hwnas.errors import HwnasError, InvalidValueError, TrainingError
 from hwnas.evaluation import (
     correct,
     evaluate,
@@ -136,6 +136,18 @@ class StepGuard:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.first, self.phase_first = state["first"], dict(state["phase_first"])
+
+
+def _postfix(search: SearchModel, targets: Mapping[str, float], sums: Mapping[str, float],
+             seen: int, right: int, counted: int) -> dict[str, str]:
+    """The progress bar's loss, accuracy and exported cost / target of each target."""
+    out = {"loss": f"{sums['loss'] / max(seen, 1):.3f}"}
+    if counted:
+        out["acc"] = f"{right / counted:.3f}"
+    with torch.no_grad():
+        for name, target in targets.items():
+            out[name] = f"{float(search.cost(name, 'deterministic')) / target:.2f}xT"
+    return out
 
 
 def make_optimizer(params_w: Iterable[nn.Parameter], params_a: Iterable[nn.Parameter],
@@ -290,7 +302,14 @@ class FitRun:
                  kwargs: Mapping[str, Any]) -> dict[str, float]:
         """``val_loss`` and ``val_accuracy`` of ``model``; a non-finite loss is a failure."""
         assert self.val_data is not None
-        out = evaluate(model, self.val_data, self.loss_fn, str(self.device), **kwargs)
+        try:
+            out = evaluate(model, self.val_data, self.loss_fn, str(self.device), **kwargs)
+        except HwnasError:
+            raise
+        except Exception as err:
+            raise self.failure(f"the validation raised {type(err).__name__}: {err}", phase,
+                               epoch, hint="check that the validation data fit the model and "
+                                           "the loss") from err
         if not math.isfinite(out["loss"]):
             raise self.failure(f"the validation loss is {out['loss']}", phase, epoch,
                                hint="check the model and the validation data for NaN or "
@@ -321,12 +340,19 @@ class FitRun:
                    disable=not show, leave=False)
         for step, batch in enumerate(bar):
             inputs, target = split_batch(to_device(batch, self.device))
-            output = forward(*inputs)
-            task = self.loss_fn(output, target)
-            loss, reg = task, None
-            if search_phase and self.regularizer is not None:
-                reg = self.regularizer(self.search, e, n)
-                loss = task + reg
+            try:
+                output = forward(*inputs)
+                task = self.loss_fn(output, target)
+                loss, reg = task, None
+                if search_phase and self.regularizer is not None:
+                    reg = self.regularizer(self.search, e, n)
+                    loss = task + reg
+            except HwnasError:
+                raise
+            except Exception as err:  # the user's model, data or loss: say where
+                raise self.failure(f"the forward pass or the loss raised "
+                                   f"{type(err).__name__}: {err}", phase, self.epoch, step,
+                                   "check that the data fit the model and the loss") from err
             value = float(loss.detach())
             problem = self.guard.check_loss(value, phase)
             if problem is None:
@@ -350,7 +376,8 @@ class FitRun:
                 right += c
                 counted += size
             if show and (step % 10 == 0 or step + 1 == n_batches):  # costs are not free
-                bar.set_postfix(self.postfix(sums, seen, right, counted, search_phase))
+                targets = self.absolute_targets() if search_phase else {}
+                bar.set_postfix(_postfix(self.search, targets, sums, seen, right, counted))
         bar.close()
         if seen == 0:
             raise InvalidValueError("`train_data` is empty: it yielded no batch")
@@ -374,16 +401,6 @@ class FitRun:
         row["seconds"] = time.perf_counter() - t0
         self.history.append(row)
         return row
-
-    def postfix(self, sums, seen, right, counted, search_phase) -> dict[str, str]:
-        out = {"loss": f"{sums['loss'] / max(seen, 1):.3f}"}
-        if counted:
-            out["acc"] = f"{right / counted:.3f}"
-        if search_phase:
-            with torch.no_grad():
-                for name, target in self.absolute_targets().items():
-                    out[name] = f"{float(self.search.cost(name, 'deterministic')) / target:.2f}xT"
-        return out
 
     # -- checkpoints ---------------------------------------------------------------------
     def state(self, stopper: EarlyStopping | None) -> dict[str, Any]:

@@ -4,7 +4,9 @@
 returns. The state of one run and one epoch live in :mod:`hwnas.phases`, checkpoints and
 the resume key in :mod:`hwnas.checkpoint`, evaluation in :mod:`hwnas.evaluation` and the
 torch.distributed helpers in :mod:`hwnas.distributed` (``evaluate``,
-``recalibrate_batchnorm_`` and ``shard_loader`` are re-exported here).
+``recalibrate_batchnorm_`` and ``shard_loader`` are re-exported here). DESIGN.md puts all
+of these in ``train.py``; they are split by job so that each module stays small (under
+about 600 lines) and ``FitRun``, the state of one run, under about 300.
 
 What ``fit`` checks for you: the loss and the gradient norm of every step are finite and
 the loss does not grow by orders of magnitude (else a :class:`~hwnas.errors.TrainingError`
@@ -37,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hwnas.checkpoint import Checkpoint, resume_key
+from hwnas.checkpoint import Checkpoint
+from hwnas.checkpoint import resume_key as make_resume_key
 from hwnas.distributed import is_rank0, rank, shard_loader, world_size
 from hwnas.errors import (
     CheckpointError,
@@ -457,7 +460,7 @@ def _fit(search: SearchModel, train_data: Iterable, val_data: Iterable | None,
     device = torch.device(config.device) if config.device else device_of(search)
     search.to(device)
     search.cost_mode = config.cost_mode
-    key = resume_key(settings=config.fingerprint(), targets=targets, search=search,
+    key = make_resume_key(settings=config.fingerprint(), targets=targets, search=search,
                      train_data=train_data, val_data=val_data, loss_fn=loss_fn,
                      regularizer=regularizer, world_size=world_size(), extra=extra_key)
     ckpt = Checkpoint(checkpoint)

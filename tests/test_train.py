@@ -336,6 +336,16 @@ def test_non_finite_validation_loss_is_caught():
         fit(search, train, val, targets={"params": 300.0}, config=_cfg())
 
 
+def test_data_that_does_not_fit_the_model_names_the_step():
+    search, _, val = _search()
+    wide = DataLoader(TensorDataset(torch.randn(32, 7), torch.zeros(32, dtype=torch.long)),
+                      batch_size=16)
+    with pytest.raises(TrainingError, match=r"warmup epoch 1 of 1\), step 1: the forward pass "
+                                            r"or the loss raised RuntimeError: .*check that the "
+                                            r"data fit the model and the loss"):
+        fit(search, wide, val, targets={"params": 300.0}, config=_cfg())
+
+
 # ----------------------------------------------------------------- unmet targets, empty data
 def test_unreachable_targets_are_reported_and_warned():
     torch.manual_seed(0)
