@@ -34,7 +34,7 @@ import hashlib
 import io
 import os
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -192,10 +192,10 @@ def data_fingerprint(data: Any) -> dict[str, Any] | None:
     if data is None:
         return None
     out: dict[str, Any] = {}
-    if hasattr(data, "__len__"):
+    if isinstance(data, Sized):
         out["batches"] = len(data)
     dataset = getattr(data, "dataset", None)
-    if dataset is not None and hasattr(dataset, "__len__"):
+    if dataset is not None and isinstance(dataset, Sized):
         out["examples"] = len(dataset)
     tensors = getattr(dataset, "tensors", None)
     if isinstance(tensors, tuple) and all(isinstance(t, torch.Tensor) for t in tensors):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sized
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ class Loaders:
         """Examples per split (None where a loader's dataset has no length)."""
         def size(loader: Any) -> int | None:
             dataset = getattr(loader, "dataset", None)
-            return len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
+            return len(dataset) if dataset is not None and isinstance(dataset, Sized) else None
 
         return {"train": size(self.train), "validation": size(self.val),
                 "test": size(self.test)}
@@ -127,7 +128,7 @@ def build_data(config: SearchConfig) -> Loaders:
             f"{type(data).__name__}")
     for name in ("train", "val", "test"):
         loader = getattr(loaders, name)
-        if loader is not None and hasattr(loader, "__len__") and len(loader) == 0:
+        if loader is not None and isinstance(loader, Sized) and len(loader) == 0:
             raise InvalidValueError(f"the {name} loader of [data] factory {spec!r} is empty "
                                     "(0 batches)")
     if config.search.patience and loaders.val is None:
