@@ -35,7 +35,14 @@ from hwnas.onnx import ExportResult, export_onnx
 from hwnas.prune import register_slicer
 from hwnas.regularizers import DUCCIO, BaseRegularizer
 from hwnas.search import SearchModel, materialize, wrap
-from hwnas.train import EarlyStopping, FitConfig, FitResult, fit, relative_targets
+from hwnas.train import (
+    EarlyStopping,
+    FitConfig,
+    FitResult,
+    TargetsNotMetWarning,
+    fit,
+    relative_targets,
+)
 
 __version__ = "0.2.0"
 
@@ -54,6 +61,7 @@ __all__ = [
     "SearchModel",
     "ShapeError",
     "Target",
+    "TargetsNotMetWarning",
     "TraceError",
     "TrainingError",
     "__version__",

@@ -336,9 +336,9 @@ def test_duccio_strengths_agree_across_ranks(tmp_path):
 
 
 def _zoo_searches() -> list[tuple[str, object, torch.Tensor]]:
-    import hwnas
-
     from zoo import build
+
+    import hwnas
 
     out = []
     for name in ("digits_cnn", "resnet", "se", "densenet"):

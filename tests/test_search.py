@@ -455,3 +455,11 @@ def test_l0_and_expected_l2_on_a_real_search_model() -> None:
     l2 = expected_l2_penalty(search)
     l2.backward()
     assert search.gates.log_alpha.grad is not None
+
+
+def test_projection_on_a_model_with_nothing_to_prune() -> None:
+    net = nn.Sequential(nn.Linear(3, 2))  # input and output groups only: both frozen
+    search = hwnas.wrap(net, torch.randn(1, 3))
+    assert search.free_groups == [] and list(search.arch_parameters()) == []
+    assert search.enforce_targets_({"params": 1.0}) == 0
+    assert search.costs()["params"] == 8

@@ -258,9 +258,11 @@ class AliveIndex:
         A group keeps at least one open gate. Returns how many gates were closed.
         """
         closed = 0
+        if self.n_gates == 0:
+            return 0
         with torch.no_grad():
             while any(costs()[n] > t for n, t in targets.items()):
-                la = log_alpha.detach().cpu()
+                la = log_alpha.detach()[: self.n_gates].cpu()
                 open_ = hard_concrete_deterministic(la) > 0
                 per_group = torch.zeros(len(self.groups)).index_add_(
                     0, self._group_of_gate, open_.float())
