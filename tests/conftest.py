@@ -14,3 +14,14 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def clean_registry():
+    """Restore the cost registry after a test that registers its own cost functions."""
+    from hwnas import cost
+
+    saved = {metric: table.copy() for metric, table in cost._REGISTRY.items()}
+    yield cost
+    cost._REGISTRY.clear()
+    cost._REGISTRY.update(saved)

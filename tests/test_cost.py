@@ -27,15 +27,6 @@ MAC_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
-@pytest.fixture
-def clean_registry():
-    """Restore the cost registry after a test that registers its own functions."""
-    saved = {metric: table.copy() for metric, table in cost._REGISTRY.items()}
-    yield
-    cost._REGISTRY.clear()
-    cost._REGISTRY.update(saved)
-
-
 @functools.lru_cache(maxsize=None)
 def _zoo_profile(name: str):
     """Generic-target profile of zoo model ``name`` (computed once per test session)."""

@@ -338,32 +338,23 @@ def test_channel_multiple_keeps_whole_blocks(tmp_path):
 # ------------------------------------------------------- no stale caches, no hidden state
 
 
-def test_cost_follows_a_changed_target() -> None:
+def test_cost_follows_a_changed_target(clean_registry) -> None:
     """A cost that reads the target is recomputed when the target changes (cache key)."""
     from dataclasses import replace
 
-    from hwnas import cost
-
-    saved = {m: t.copy() for m, t in cost._REGISTRY.items()}
-
+    @clean_registry.register("bit_params", nn.Linear)
     def bit_params(info, alive, target):  # bilinear in (in, out), scaled by the target
         return alive["in"] * alive["out"] * target.weight_bits
 
-    try:
-        cost.register("bit_params", nn.Linear)(bit_params)
-        net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-        search = hwnas.wrap(net, torch.randn(1, 4), costs=("bit_params",))
-        assert search.cost("bit_params").item() == pytest.approx(
-            float(search.layer_costs("expected")["bit_params"].sum()))
-        first = search.costs()["bit_params"]
-        assert first == (4 * 8 + 8 * 2) * 32
-        search.target = replace(search.target, weight_bits=4)
-        assert search.costs()["bit_params"] == (4 * 8 + 8 * 2) * 4
-        assert float(search.cost("bit_params", "deterministic")) == float(
-            search.layer_costs()["bit_params"].sum())
-    finally:
-        cost._REGISTRY.clear()
-        cost._REGISTRY.update(saved)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    search = hwnas.wrap(net, torch.randn(1, 4), costs=("bit_params",))
+    assert search.cost("bit_params").item() == pytest.approx(
+        float(search.layer_costs("expected")["bit_params"].sum()))
+    assert search.costs()["bit_params"] == (4 * 8 + 8 * 2) * 32
+    search.target = replace(search.target, weight_bits=4)
+    assert search.costs()["bit_params"] == (4 * 8 + 8 * 2) * 4
+    assert float(search.cost("bit_params", "deterministic")) == float(
+        search.layer_costs()["bit_params"].sum())
 
 
 def test_the_graph_needs_the_gate_values() -> None:
@@ -397,43 +388,27 @@ def test_forward_gate_modes() -> None:
         search(xb, gates="on")
 
 
-def test_a_failing_cost_function_is_reported_not_swallowed() -> None:
-    from hwnas import cost
-
-    saved = {m: t.copy() for m, t in cost._REGISTRY.items()}
-
+def test_a_failing_cost_function_is_reported_not_swallowed(clean_registry) -> None:
+    @clean_registry.register("broken", nn.Linear)
     def broken(info, alive, target):
         raise ZeroDivisionError("no channels")
 
-    try:
-        cost.register("broken", nn.Linear)(broken)
-        search = hwnas.wrap(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)),
-                            torch.randn(1, 2), costs=("broken",))
-        with pytest.raises(hwnas.HwnasError, match=r"cost function .*broken.* failed on layer "
-                                                    r"'0' \(Linear\) .*ZeroDivisionError"):
-            search.cost("broken")
-    finally:
-        cost._REGISTRY.clear()
-        cost._REGISTRY.update(saved)
+    search = hwnas.wrap(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)),
+                        torch.randn(1, 2), costs=("broken",))
+    with pytest.raises(hwnas.HwnasError, match=r"cost function .*broken.* failed on layer "
+                                                r"'0' \(Linear\) .*ZeroDivisionError"):
+        search.cost("broken")
 
 
-def test_a_nonlinear_cost_is_evaluated_as_is() -> None:
-    from hwnas import cost
-
-    saved = {m: t.copy() for m, t in cost._REGISTRY.items()}
-
+def test_a_nonlinear_cost_is_evaluated_as_is(clean_registry) -> None:
+    @clean_registry.register("log_cost", nn.Linear)
     def log_cost(info, alive, target):  # not bilinear: layer by layer
         return torch.log2(alive["in"]) * alive["out"]
 
-    try:
-        cost.register("log_cost", nn.Linear)(log_cost)
-        search = hwnas.wrap(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)),
-                            torch.randn(1, 4), costs=("log_cost",))
-        assert search.costs()["log_cost"] == 2 * 8 + 3 * 2
-        assert search.cost("log_cost").requires_grad
-    finally:
-        cost._REGISTRY.clear()
-        cost._REGISTRY.update(saved)
+    search = hwnas.wrap(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)),
+                        torch.randn(1, 4), costs=("log_cost",))
+    assert search.costs()["log_cost"] == 2 * 8 + 3 * 2
+    assert search.cost("log_cost").requires_grad
 
 
 def test_wrapping_a_search_model_is_refused() -> None:
