@@ -6,6 +6,9 @@ The intermediate representation is the ``torch.fx.GraphModule`` itself; every no
 - ``node.meta[CHANNELS_KEY]``: the channels its output carries, a :class:`ChannelSlots`,
   a tuple of them (one per piece) for a node that returns several tensors (split, chunk),
   or ``None`` when the output carries no tracked channels;
+- ``node.meta[PARAMS_KEY]`` (``get_attr`` nodes only): a :class:`ParamSlots` when the
+  parameter or buffer the node reads has channel dims (a functional layer's weight, a
+  layer scale, a position embedding): they are sliced with their channels;
 
 and ``gm.meta[GROUPS_KEY]`` holds the model's :class:`ChannelGroup` s.
 
@@ -25,15 +28,18 @@ __all__ = [
     "CHANNELS_KEY",
     "GROUPS_KEY",
     "LAYER_KEY",
+    "PARAMS_KEY",
     "ChannelGroup",
     "ChannelSlots",
     "LayerInfo",
+    "ParamSlots",
     "kept_slots",
 ]
 
 LAYER_KEY = "hwnas"
 CHANNELS_KEY = "hwnas_chan"
 GROUPS_KEY = "hwnas_groups"
+PARAMS_KEY = "hwnas_param"
 
 
 @dataclass(frozen=True)
@@ -66,17 +72,39 @@ ChannelRecord = ChannelSlots | tuple[ChannelSlots | None, ...] | None
 
 
 @dataclass(frozen=True)
+class ParamSlots:
+    """The channel slots along the dims of a parameter or buffer (a ``get_attr`` target).
+
+    Attributes:
+        target: The attribute path (``node.target`` of the ``get_attr`` nodes).
+        dims: The tensor dims that carry channels.
+        slots: Per dim, the ``(group, position)`` of each index (int array ``(2, size)``).
+        scaled: Per dim, a bool per index: the layer that reads the parameter reads the
+            channel there, so the channel's gate value is folded into the parameter at that
+            index (a functional linear's input dim), or not (its output dim, a layer scale).
+    """
+
+    target: str
+    dims: tuple[int, ...]
+    slots: tuple[np.ndarray, ...] = field(compare=False, repr=False)
+    scaled: tuple[np.ndarray, ...] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class LayerInfo:
     """What hwnas knows about one fx node (stored in ``node.meta[LAYER_KEY]``).
 
     Attributes:
         name: The fx node name.
         target: Module path for ``call_module`` nodes, else the function/method name.
-        kind: ``"conv"``, ``"linear"``, ``"norm"``, ``"layer"`` (another leaf module),
-            ``"elementwise"``, ``"pool"``, ``"reshape"``, ``"cat"``, ``"split"``,
-            ``"reduce"``, ``"input"``, ``"output"``, ``"attr"`` or ``"other"``.
+        kind: ``"conv"``, ``"linear"``, ``"matmul"`` (matmul, bmm, einsum), ``"attention"``
+            (scaled dot-product or multi-head attention), ``"norm"``, ``"layer"`` (another
+            leaf module), ``"elementwise"``, ``"pool"``, ``"reshape"``, ``"cat"``,
+            ``"split"``, ``"reduce"``, ``"input"``, ``"output"``, ``"attr"`` or ``"other"``.
         module_type: The module class for ``call_module`` nodes, else ``None``.
         module: The module itself (not compared, not printed).
+        op: For ``call_function`` / ``call_method`` layers, the function or method name
+            called (the key of their cost functions); else ``None``.
         in_channels: Channels (features) the layer reads, or ``None``.
         out_channels: Channels (features) the layer writes, or ``None``.
         kernel: Kernel size (convs), else ``()``.
@@ -88,9 +116,18 @@ class LayerInfo:
         positions: Output positions per example at which each output channel is computed
             (conv: product of output spatial dims; linear: product of token dims; else 1).
         in_slots: For each input channel, its ``(group, position)`` (int array of shape
-            ``(2, in_channels)``), or ``None`` when the node reads no channels.
+            ``(2, in_channels)``), or ``None`` when the node reads no channels (or reads a
+            dim that carries no tracked channels: ``in_channels`` then holds its size).
         out_slots: Same for the output channels.
         frozen: Why a group this node touches cannot be pruned, or ``None``.
+        reads: ``(argument index, dim)`` of the activation whose channels (``in_slots``) a
+            functional layer reads: the search masks it there (a matmul operand, the input
+            of a masked normalisation), or ``None``.
+        scaled_params: Targets of the parameters the layer reads its input channels with
+            (``F.linear``'s weight): their :class:`ParamSlots` say where the gates fold in.
+        param_positions: Weight elements per (input, output) channel pair of a matmul on a
+            parameter, or per channel of a functional normalisation's affine (0: none).
+        attn_positions: Query x key positions of an attention layer (per example).
     """
 
     name: str
@@ -98,6 +135,7 @@ class LayerInfo:
     kind: str
     module_type: type | None = None
     module: nn.Module | None = field(default=None, compare=False, repr=False)
+    op: object = field(default=None, compare=False, repr=False)
     in_channels: int | None = None
     out_channels: int | None = None
     kernel: tuple[int, ...] = ()
@@ -110,6 +148,15 @@ class LayerInfo:
     in_slots: np.ndarray | None = field(default=None, compare=False, repr=False)
     out_slots: np.ndarray | None = field(default=None, compare=False, repr=False)
     frozen: str | None = None
+    reads: tuple[int, int] | None = None
+    scaled_params: tuple[str, ...] = ()
+    param_positions: int = 0
+    attn_positions: int = 0
+
+    @property
+    def cost_key(self) -> object:
+        """What cost functions are registered under: the module class, else the op."""
+        return self.module_type if self.module_type is not None else self.op
 
     @property
     def kernel_size(self) -> int:

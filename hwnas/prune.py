@@ -28,6 +28,8 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,7 +39,16 @@ import torch.fx as fx
 from torch import nn
 
 from hwnas.errors import InvalidTypeError
-from hwnas.ir import CHANNELS_KEY, GROUPS_KEY, LAYER_KEY, ChannelSlots, LayerInfo, kept_slots
+from hwnas.ir import (
+    CHANNELS_KEY,
+    GROUPS_KEY,
+    LAYER_KEY,
+    PARAMS_KEY,
+    ChannelSlots,
+    LayerInfo,
+    ParamSlots,
+    kept_slots,
+)
 from hwnas.registry import Registry
 
 __all__ = ["SLICERS", "prune_graph", "register_slicer", "slice_in", "slice_out"]
@@ -101,10 +112,14 @@ def _conv_out(m: nn.modules.conv._ConvNd, keep: torch.Tensor) -> None:
 
 
 def _conv_in(m: nn.modules.conv._ConvNd, keep: torch.Tensor, scale: torch.Tensor) -> None:
-    if m.groups > 1:
-        return  # depthwise: inputs follow the outputs; grouped convs are frozen
+    if m.groups > 1 and m.groups == m.in_channels:
+        return  # depthwise: inputs follow the outputs
+    # a grouped conv's weight holds one group's inputs; every group keeps the same ones
+    per_group = m.weight.shape[1]
+    local = keep[keep < per_group]
     shape = [1, -1] + [1] * (m.weight.dim() - 2)
-    m.weight = _param((m.weight * scale.reshape(shape).to(m.weight.dtype))[:, keep])
+    factor = scale[:per_group].reshape(shape).to(m.weight.dtype)
+    m.weight = _param((m.weight * factor)[:, local])
     m.in_channels = len(keep)
 
 
@@ -130,7 +145,11 @@ def _norm_out(m: Any, keep: torch.Tensor) -> None:
         if buf is not None:
             setattr(m, name, buf[keep].clone())
     if isinstance(m, nn.GroupNorm):
-        m.num_channels = m.num_groups = len(keep)
+        if m.num_groups == m.num_channels:
+            m.num_groups = len(keep)
+        m.num_channels = len(keep)  # a group keeps the same channels in every group
+    elif isinstance(m, nn.LayerNorm):
+        m.normalized_shape = (len(keep), *m.normalized_shape[1:])
     else:
         m.num_features = len(keep)
 
@@ -139,10 +158,40 @@ def _norm_in(m: Any, keep: torch.Tensor, scale: torch.Tensor) -> None:
     return None  # a normalisation layer's inputs are its outputs
 
 
+def _mha_in(m: nn.MultiheadAttention, keep: torch.Tensor, scale: torch.Tensor) -> None:
+    # the input channels are read by the in-projection's columns, and (they are also the
+    # q/k/v channels) by the scores through q and by the output projection through v
+    s = scale.to(m.in_proj_weight.dtype)
+    rows = torch.cat([s, s.new_ones(2 * len(s))])
+    m.in_proj_weight = _param((m.in_proj_weight * s[None, :] * rows[:, None])[:, keep])
+    if m.in_proj_bias is not None:
+        m.in_proj_bias = _param(m.in_proj_bias * rows)
+    m.out_proj.weight = _param((m.out_proj.weight * s[None, :])[:, keep])
+
+
+def _mha_out(m: nn.MultiheadAttention, keep: torch.Tensor) -> None:
+    e, heads = m.embed_dim, m.num_heads
+    rows = torch.cat([keep, keep + e, keep + 2 * e])
+    # the scores are scaled by 1/sqrt(head dim): fold the change of head dim into q
+    ratio = math.sqrt((len(keep) // heads) / (e // heads))
+    factor = torch.ones(len(rows), dtype=m.in_proj_weight.dtype)
+    factor[: len(keep)] = ratio
+    m.in_proj_weight = _param(m.in_proj_weight[rows] * factor[:, None])
+    if m.in_proj_bias is not None:
+        m.in_proj_bias = _param(m.in_proj_bias[rows] * factor)
+    m.out_proj.weight = _param(m.out_proj.weight[keep])
+    if m.out_proj.bias is not None:
+        m.out_proj.bias = _param(m.out_proj.bias[keep])
+    m.embed_dim = m.kdim = m.vdim = m.out_proj.in_features = m.out_proj.out_features = len(keep)
+    m.head_dim = len(keep) // heads
+
+
 register_slicer(nn.modules.conv._ConvNd, _conv_out, _conv_in)
 register_slicer(nn.Linear, _linear_out, _linear_in)
 register_slicer(nn.modules.batchnorm._NormBase, _norm_out, _norm_in)
 register_slicer(nn.GroupNorm, _norm_out, _norm_in)
+register_slicer(nn.LayerNorm, _norm_out, _norm_in)
+register_slicer(nn.MultiheadAttention, _mha_out, _mha_in)
 
 
 # ---------------------------------------------------------------------------- graph
@@ -156,6 +205,10 @@ def _count_kept(chan: ChannelSlots | None, keep: Mapping[int, np.ndarray]) -> in
 
 _CHUNK_NAMES = {"chunk", "split"}
 _SHAPE_NAMES = {"view", "reshape", "expand"}
+
+
+def _kept_count(slots: np.ndarray, keep: Mapping[int, np.ndarray]) -> int:
+    return int(kept_slots(slots, dict(keep)).sum())
 
 
 def _fn_name(node: fx.Node) -> str:
@@ -186,10 +239,45 @@ def _rewrite_constants(gm: fx.GraphModule, keep: Mapping[int, np.ndarray]) -> No
             if packed:
                 shape_args = list(shape_args[0])
             dim = out_chan.dim
-            if dim < len(shape_args) and isinstance(shape_args[dim], int) and shape_args[dim] != -1:
-                shape_args[dim] = int(kept_slots(out_chan.slots, dict(keep)).sum())
+            size = shape_args[dim] if dim < len(shape_args) else None
+            # an int, or a size read at run time from another tensor (``x.shape[-1]``)
+            if isinstance(size, fx.Node) or (isinstance(size, int) and size != -1):
+                shape_args[dim] = _kept_count(out_chan.slots, keep)
                 node.args = (node.args[0], tuple(shape_args)) if packed else (
                     node.args[0], *shape_args)
+        elif name == "layer_norm":
+            _rewrite_layer_norm(node, keep)
+        elif name == "scaled_dot_product_attention":
+            _rewrite_attention_scale(node, keep)
+
+
+def _rewrite_layer_norm(node: fx.Node, keep: Mapping[int, np.ndarray]) -> None:
+    """``F.layer_norm(x, normalized_shape, ...)``: the channel entry of the shape."""
+    info: LayerInfo | None = node.meta.get(LAYER_KEY)
+    if info is None or info.in_slots is None or info.reads is None:
+        return
+    args = list(node.args)
+    given: Any = args[1] if len(args) > 1 else node.kwargs["normalized_shape"]
+    shape = list(given)
+    rank = len(info.out_shape or ())
+    shape[info.reads[1] - (rank - len(shape))] = _kept_count(info.in_slots, keep)
+    if len(args) > 1:
+        args[1] = tuple(shape)
+        node.args = tuple(args)
+    else:
+        node.kwargs = {**node.kwargs, "normalized_shape": tuple(shape)}
+
+
+def _rewrite_attention_scale(node: fx.Node, keep: Mapping[int, np.ndarray]) -> None:
+    """``F.scaled_dot_product_attention`` scales by 1/sqrt(q's last dim) by default: keep
+    the unpruned model's scale when the q/k channels are pruned."""
+    info: LayerInfo | None = node.meta.get(LAYER_KEY)
+    if info is None or info.in_slots is None or not info.in_channels:
+        return
+    if len(node.args) > 6 or node.kwargs.get("scale") is not None:
+        return
+    if _kept_count(info.in_slots, keep) != info.in_channels:
+        node.kwargs = {**node.kwargs, "scale": 1.0 / math.sqrt(info.in_channels)}
 
 
 def _slot_scale(slots: np.ndarray, scale: Mapping[int, torch.Tensor]) -> torch.Tensor:
@@ -256,16 +344,109 @@ def prune_graph(
                 kept_out = np.flatnonzero(kept_slots(info.out_slots, keep))
                 if len(kept_out) < info.out_slots.shape[1]:
                     out_fn(module, torch.as_tensor(kept_out, dtype=torch.long))
+        _slice_params(gm, keep, scale)
+        _scale_activations(gm, keep, scale)
+        _fix_window_attention(gm, keep)
         _rewrite_constants(gm, keep)
     _strip_annotations(gm)
     return gm
+
+
+def _slice_params(gm: fx.GraphModule, keep: Mapping[int, np.ndarray],
+                  scale: Mapping[int, torch.Tensor]) -> None:
+    """Parameters and buffers read by ``get_attr`` nodes (a functional layer's weight, a
+    layer scale, a position embedding): gate values folded where a layer reads a channel
+    through them, then the pruned channels sliced away along each channel dim."""
+    done: set[str] = set()
+    for node in gm.graph.nodes:
+        ps: ParamSlots | None = node.meta.get(PARAMS_KEY)
+        if node.op != "get_attr" or ps is None or ps.target in done:
+            continue
+        done.add(ps.target)
+        if not any(_changes(s, keep, scale) for s in ps.slots):
+            continue
+        owner_name, _, attr = ps.target.rpartition(".")
+        owner = gm.get_submodule(owner_name)
+        value = getattr(owner, attr)
+        t = value.detach()
+        for dim, slots, scaled in zip(ps.dims, ps.slots, ps.scaled, strict=True):
+            factor = _slot_scale(slots, scale).to(t.dtype)
+            factor[torch.as_tensor(~scaled)] = 1.0
+            shape = [1] * t.dim()
+            shape[dim] = -1
+            kept = torch.as_tensor(np.flatnonzero(kept_slots(slots, dict(keep))), dtype=torch.long)
+            t = (t * factor.reshape(shape)).index_select(dim, kept)
+        if isinstance(value, nn.Parameter):
+            setattr(owner, attr, _param(t))
+        elif attr in owner._buffers:
+            owner._buffers[attr] = t.contiguous()
+        else:
+            setattr(owner, attr, t.contiguous())
+
+
+def _scale_activations(gm: fx.GraphModule, keep: Mapping[int, np.ndarray],
+                       scale: Mapping[int, torch.Tensor]) -> None:
+    """A product of activations (``q @ k^T``) has no weight to fold its gate values into:
+    where they are not all 1, multiply the operand it reads them through by a constant."""
+    graph = gm.graph
+    k = 0
+    for node in list(graph.nodes):
+        info: LayerInfo | None = node.meta.get(LAYER_KEY)
+        if (node.op not in ("call_function", "call_method") or info is None
+                or info.kind not in ("matmul", "attention") or info.reads is None
+                or info.in_slots is None or info.scaled_params):
+            continue
+        kept = kept_slots(info.in_slots, dict(keep))
+        factor = _slot_scale(info.in_slots, scale)[torch.as_tensor(kept)]
+        if bool((factor == 1).all()):
+            continue
+        pos, dim = info.reads
+        x = node.args[pos]
+        rank = len(x.meta[LAYER_KEY].out_shape or ()) if isinstance(x, fx.Node) else dim + 1
+        shape = [1] * rank
+        shape[dim] = -1
+        while hasattr(gm, f"gate_scale_{k}"):
+            k += 1
+        name = f"gate_scale_{k}"
+        gm.register_buffer(name, factor.reshape(shape).contiguous())
+        with graph.inserting_before(node):
+            const = graph.get_attr(name)
+            scaled = graph.call_function(operator.mul, (x, const))
+        args = list(node.args)
+        args[pos] = scaled
+        node.args = tuple(args)
+
+
+def _fix_window_attention(gm: fx.GraphModule, keep: Mapping[int, np.ndarray]) -> None:
+    """torchvision's ``shifted_window_attention`` scales q by 1/sqrt(C / heads) with its
+    input width C: when C is pruned, fold the change into q's rows of the qkv weights."""
+    for node in gm.graph.nodes:
+        info: LayerInfo | None = node.meta.get(LAYER_KEY)
+        if info is None or _fn_name(node) != "shifted_window_attention" or info.in_slots is None:
+            continue
+        kw = dict(node.kwargs)
+        if kw.get("logit_scale", node.args[11] if len(node.args) > 11 else None) is not None:
+            continue  # cosine attention: no scale
+        c, c_new = info.in_channels or 0, _kept_count(info.in_slots, keep)
+        if c_new == c:
+            continue
+        ratio = math.sqrt(c_new / c)
+        for pos, name in ((1, "qkv_weight"), (9, "qkv_bias")):
+            arg = node.args[pos] if len(node.args) > pos else kw.get(name)
+            if not isinstance(arg, fx.Node) or arg.op != "get_attr":
+                continue
+            owner_name, _, attr = str(arg.target).rpartition(".")
+            owner = gm.get_submodule(owner_name)
+            t = getattr(owner, attr).detach().clone()
+            t[:c_new] *= ratio
+            setattr(owner, attr, _param(t))
 
 
 def _strip_annotations(gm: fx.GraphModule) -> None:
     """Remove hwnas's node metadata and make the module picklable without hwnas."""
     graph = gm.graph
     for node in graph.nodes:
-        for key in (LAYER_KEY, CHANNELS_KEY):
+        for key in (LAYER_KEY, CHANNELS_KEY, PARAMS_KEY):
             node.meta.pop(key, None)
         if isinstance(node.type, str):
             # A string annotation (``from __future__ import annotations``) becomes a str

@@ -164,16 +164,21 @@ def test_shufflenet_chunk_after_channel_shuffle() -> None:
     _, gm = _zoo("shufflenet")
     g1 = _out_group(gm, "stage2_0_branch1_2")  # left branch of the first unit (24 ch)
     g2 = _out_group(gm, "stage2_0_branch2_5")  # right branch (24 ch)
-    # cat -> view(n, 2, 24, h, w) -> transpose(1, 2) -> view(n, 48, h, w): channel 2k + j is
-    # channel k of branch j; chunk(2)[1] holds shuffled channels 24..47 = k in 12..23
+    # cat -> view(n, 2, 24, h, w) -> transpose(1, 2) -> view(n, 48, h, w) is a fixed
+    # permutation: channel 2k + j is channel k of branch j. The view keeps a rectangle only
+    # when both branches keep the same k, so channel k of the two branches is one channel.
+    assert g1 == g2
+    assert _slots(gm, "stage2_0_branch1_2")[1] == [[g1] * 24, list(range(24))]
+    assert _slots(gm, "stage2_0_branch2_5")[1] == [[g1] * 24, list(range(24))]
+    # chunk(2)[1] of the shuffled channels holds k = 12..23, each twice (from both branches)
     in_slots, _ = _slots(gm, "stage2_1_branch2_0")
-    assert in_slots == [[g1, g2] * 12, [k for k in range(12, 24) for _ in range(2)]]
+    assert in_slots == [[g1] * 24, [k for k in range(12, 24) for _ in range(2)]]
     groups = channel_groups(gm)
-    for g in (g1, g2):
-        assert groups[g].frozen == "reshape at view splits the channel dim (mixes channels)"
-    assert "splits the channel dim" in _infos(gm)["stage2_0_branch1_2"].frozen
-    # the unshuffled inner convs stay free
-    assert groups[_out_group(gm, "stage2_1_branch2_0")].frozen is None
+    assert groups[g1].frozen is None
+    assert _infos(gm)["stage2_0_branch1_2"].frozen is None
+    # the shuffle's view sizes are recorded per channel: (n, 2, 24, h, w) -> channels at dim 2
+    views = [n for n in gm.graph.nodes if n.op == "call_method" and n.target == "view"]
+    assert [n.meta["hwnas_chan"].dim for n in views[:2]] == [2, 1]
 
 
 # -------------------------------------------------------------------------- depthwise
@@ -267,28 +272,34 @@ def test_flatten_linear_in_zoo(name: str, conv: str, fc: str, channels: int,
 # ------------------------------------------------------------------------------ frozen
 
 
-def test_grouped_conv_is_frozen() -> None:
-    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, groups=2), nn.Conv2d(8, 4, 1))
+def test_grouped_conv_ties_the_index_within_a_group() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 6, 3, groups=2), nn.Conv2d(6, 4, 1))
     gm = trace(net, torch.randn(1, 3, 5, 5))
-    reason = "grouped conv 1 (groups=2) keeps its channels"
     placeholder = next(n.name for n in gm.graph.nodes if n.op == "placeholder")
+    # channel j of every group is one channel: 8 = 2 groups x 4, 6 = 2 groups x 3
     assert _summary(gm) == [
         (3, (placeholder,), ("_0",), "model input"),
-        (8, ("_0",), ("_1",), reason),
-        (8, ("_1",), ("_2",), reason),
+        (4, ("_0",), ("_1",), None),
+        (3, ("_1",), ("_2",), None),
         (4, ("_2",), (), "model output"),
     ]
-    assert _infos(gm)["_1"].frozen == reason
+    in_slots, out_slots = _slots(gm, "_1")
+    assert in_slots == [[1] * 8, [0, 1, 2, 3] * 2]
+    assert out_slots == [[2] * 6, [0, 1, 2] * 2]
+    info = _infos(gm)["_1"]
+    assert (info.groups, info.depthwise, info.frozen) == (2, False, None)
 
 
 def test_grouped_conv_in_zoo() -> None:
     _, gm = _zoo("grouped")
     groups = channel_groups(gm)
-    assert groups[_out_group(gm, "block1_conv2")].frozen == (
-        "grouped conv block1.conv2 (groups=2) keeps its channels")
-    assert "grouped conv" in groups[_out_group(gm, "block1_conv1")].frozen
-    assert "grouped conv gconv (groups=4)" in groups[_out_group(gm, "gconv")].frozen
-    # the identity residual around the grouped block stays free
+    for conv, width, n_groups in (("block1_conv2", 16, 2), ("block2_conv2", 32, 4),
+                                  ("gconv", 32, 4)):
+        g = _out_group(gm, conv)
+        assert groups[g].frozen is None
+        assert groups[g].size == width // n_groups
+    # the grouped conv's input (block1.conv1's output) is tied the same way
+    assert groups[_out_group(gm, "block1_conv1")].size == 16 // 2
     assert groups[_out_group(gm, "block1_conv3")].frozen is None
 
 
@@ -309,14 +320,17 @@ class ChannelsLastNorm(nn.Module):
         return self.c3(x).mean((2, 3))
 
 
-def test_layernorm_over_channels_is_frozen() -> None:
+def test_layernorm_over_channels_is_a_masked_norm() -> None:
     gm = trace(ChannelsLastNorm(), torch.randn(1, 3, 4, 4))
     assert _summary(gm) == [
         (3, ("x",), ("c1",), "model input"),
         (8, ("c1",), ("c2",), None),  # LayerNorm over (H, W) does not mix channels
-        (6, ("c2",), ("ln_chan", "c3"), "LayerNorm ln_chan normalises over the channel dim"),
+        (6, ("c2",), ("ln_chan", "c3"), None),  # over the channels: masked during search
         (2, ("c3",), (), "model output"),
     ]
+    infos = _infos(gm)
+    assert (infos["ln_chan"].kind, infos["ln_chan"].reads) == ("norm", (0, 3))
+    assert infos["ln_spatial"].reads is None and infos["ln_spatial"].in_slots is None
     # NHWC round trip: c3 reads c2's channels in order
     assert _slots(gm, "c3")[0] == [[2] * 6, list(range(6))]
 
@@ -324,8 +338,8 @@ def test_layernorm_over_channels_is_frozen() -> None:
 def test_layernorm_in_zoo() -> None:
     _, gm = _zoo("mlp_layernorm")
     groups = channel_groups(gm)
-    assert groups[_out_group(gm, "fc1")].frozen == "LayerNorm ln1 normalises over the channel dim"
-    assert groups[_out_group(gm, "fc2")].frozen is not None
+    assert groups[_out_group(gm, "fc1")].frozen is None
+    assert _infos(gm)["ln1"].reads == (0, 2)
 
 
 @pytest.mark.parametrize("name", LIGHT)

@@ -80,7 +80,7 @@ def test_cost_only_loss_drives_free_groups_to_their_minimum(name: str) -> None:
         else:
             assert row.kept == minimum[row.group]
     after = search.layer_costs()
-    if name in ("digits_cnn", "grouped"):  # excluded conv + BN; grouped convs
+    if name == "digits_cnn":  # excluded conv + BN
         assert len(frozen_rows) >= 2
     for k in frozen_rows:
         assert after.loc[k, METRICS].tolist() == before.loc[k, METRICS].tolist()

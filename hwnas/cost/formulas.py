@@ -1,4 +1,4 @@
-"""Default cost functions for conv, linear and normalisation layers.
+"""Default cost functions for conv, linear, matmul, attention and normalisation layers.
 
 Conventions (PLiNIO's, batch 1, see cost_models/README.md):
 
@@ -29,8 +29,9 @@ Alive = dict[str, torch.Tensor]
 
 
 def _in_per_group(info: LayerInfo, alive: Alive) -> torch.Tensor:
-    # A depthwise conv keeps one input channel per output channel however many survive;
-    # a grouped conv is frozen by the tracer, so its counts are whole.
+    # A depthwise conv keeps one input channel per output channel however many survive; a
+    # grouped conv keeps every group the same width (the tracer ties the index within a
+    # group across groups), so alive / groups is a whole number.
     if info.depthwise:
         return torch.ones_like(alive["in"])
     return alive["in"] / info.groups
@@ -73,3 +74,62 @@ def norm_params(info: LayerInfo, alive: Alive, target: Target) -> torch.Tensor:
             return torch.zeros_like(alive["out"]) + total
         return alive["out"] * (total / info.out_channels)
     return alive["out"] * (1.0 + float(has_bias))
+
+
+# ---------------------------------------------------------------- functional layers
+# F.linear / F.conv*d on parameters cost what the modules cost.
+for _name in ("linear", "conv1d", "conv2d", "conv3d"):
+    register("params", _name)(weighted_params)
+    register("ops", _name)(weighted_ops)
+
+
+@register("params", "matmul")
+@register("params", "mm")
+@register("params", "bmm")
+@register("params", "einsum")
+def matmul_params(info: LayerInfo, alive: Alive, target: Target) -> torch.Tensor:
+    """Parameter elements a matmul reads (``x @ W``; 0 between activations)."""
+    return alive["in"] * alive["out"] * float(info.param_positions)
+
+
+@register("ops", "matmul")
+@register("ops", "mm")
+@register("ops", "bmm")
+@register("ops", "einsum")
+def matmul_ops(info: LayerInfo, alive: Alive, target: Target) -> torch.Tensor:
+    """MACs of a product: contracted channels x output channels x the other dims' sizes."""
+    return alive["in"] * alive["out"] * float(info.positions)
+
+
+def _projections(info: LayerInfo, alive: Alive) -> torch.Tensor:
+    return alive["in"] * alive["out"] + alive["out"] * float(info.bias)
+
+
+@register("params", nn.MultiheadAttention)
+@register("params", "shifted_window_attention")
+@register("params", "scaled_dot_product_attention")
+def attention_params(info: LayerInfo, alive: Alive, target: Target) -> torch.Tensor:
+    """Projection weights and biases of an attention layer (q, k, v and output: 4 of them;
+    none for ``F.scaled_dot_product_attention`` itself)."""
+    return _projections(info, alive) * float(info.param_positions)
+
+
+@register("ops", nn.MultiheadAttention)
+@register("ops", "shifted_window_attention")
+@register("ops", "scaled_dot_product_attention")
+def attention_ops(info: LayerInfo, alive: Alive, target: Target) -> torch.Tensor:
+    """MACs of an attention layer: the projections (one MAC per output for a bias), then
+    ``q @ k^T`` over the q/k channels and ``attn @ v`` over the v channels for every
+    query x key position (``in``: q/k channels, ``out``: v channels, summed over heads)."""
+    return (_projections(info, alive) * float(info.positions)
+            + (alive["in"] + alive["out"]) * float(info.attn_positions))
+
+
+@register("norm_params", "layer_norm")
+@register("norm_params", "group_norm")
+@register("norm_params", "batch_norm")
+@register("norm_params", "instance_norm")
+def functional_norm_params(info: LayerInfo, alive: Alive, target: Target) -> torch.Tensor:
+    """Affine parameters of a functional normalisation (per channel, or all of them when
+    it does not normalise over channels)."""
+    return alive["out"] * float(info.param_positions)

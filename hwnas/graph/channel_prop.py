@@ -105,6 +105,35 @@ def _where(n: fx.Node) -> str:
     return f" ({frames[-1]})" if frames else ""
 
 
+#: Ops through which a constant (a tensor computed from parameters and buffers only) keeps
+#: the dims of its parameter: same-shape elementwise ops, and ops that only move dims.
+_SAME_DIMS = frozenset({
+    "clamp", "clip", "exp", "log", "sigmoid", "tanh", "neg", "abs", "float", "half", "double",
+    "to", "type_as", "contiguous", "clone", "detach", "mul", "add", "sub", "truediv", "div",
+    "pow", "sqrt", "rsqrt", "relu", "softplus", "reciprocal", "square",
+})
+_RESHAPES = frozenset({"view", "reshape", "flatten", "unsqueeze", "squeeze", "getitem"})
+_EXPANDS = frozenset({"expand", "expand_as", "broadcast_to"})
+_PERMUTES = frozenset({"permute", "transpose", "t", "swapaxes", "swapdims"})
+
+
+def _name(target: Any) -> str:
+    return target if isinstance(target, str) else getattr(target, "__name__", str(target))
+
+
+def _reshape_map(in_shape: tuple[int, ...], in_map: tuple[int | None, ...],
+                 out_shape: tuple[int, ...]) -> tuple[int | None, ...] | None:
+    """Dim map through an op that only adds or removes size-1 dims, else None."""
+    src = [(size, m) for size, m in zip(in_shape, in_map, strict=True) if size != 1]
+    dst = [k for k, size in enumerate(out_shape) if size != 1]
+    if [size for size, _ in src] != [out_shape[k] for k in dst]:
+        return None
+    out: list[int | None] = [None] * len(out_shape)
+    for (_, m), k in zip(src, dst, strict=True):
+        out[k] = m
+    return tuple(out)
+
+
 class ChannelProp(fx.Interpreter):
     """Runs ``gm`` on example inputs; records shapes and the channel ids of every tensor."""
 
@@ -123,6 +152,14 @@ class ChannelProp(fx.Interpreter):
         self.kinds: dict[str, str] = {}
         #: node name -> extra LayerInfo fields a rule recorded (kernel, groups, ...).
         self.fields: dict[str, dict[str, Any]] = {}
+        #: constant node -> (get_attr target, parameter dim of each of its dims or None):
+        #: tensors computed from one parameter or buffer only, by ops that keep its dims.
+        self.origin: dict[fx.Node, tuple[str, tuple[int | None, ...]]] = {}
+        #: get_attr target -> parameter dim -> (channel ids, gate folded there per index).
+        self.params: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        #: node name -> targets of the parameters it reads that take its gates.
+        self.scaled: dict[str, list[str]] = {}
+        self._current: fx.Node | None = None
 
     # -- the pass ------------------------------------------------------------------------
     def run_node(self, n: fx.Node) -> Any:
@@ -137,8 +174,11 @@ class ChannelProp(fx.Interpreter):
                 ) from e
             raise TraceError(f"{what}{_where(n)}: {type(e).__name__}: {e}") from e
         self.shapes[n] = tuple(result.shape) if isinstance(result, torch.Tensor) else None
+        if isinstance(result, torch.Tensor):
+            self._track_origin(n, result)
         try:
             module = self.module.get_submodule(str(n.target)) if n.op == "call_module" else None
+            self._current = n
             self.chan[n] = self.rule_for(n, module)(self, n, module, result)
         except TraceError:
             raise
@@ -148,7 +188,74 @@ class ChannelProp(fx.Interpreter):
                 f"{type(e).__name__}: {e}") from e
         return result
 
+    def _track_origin(self, n: fx.Node, result: torch.Tensor) -> None:
+        if n.op == "get_attr":
+            self.origin[n] = (str(n.target), tuple(range(result.dim())))
+            return
+        if n.op not in ("call_function", "call_method"):
+            return
+        tensors = [a for a in n.all_input_nodes if self.shapes.get(a) is not None]
+        if len(tensors) != 1 or tensors[0] not in self.origin:
+            return
+        src = tensors[0]
+        target, dmap = self.origin[src]
+        in_shape, out_shape = self.shapes[src], tuple(result.shape)
+        assert in_shape is not None
+        name = _name(n.target)
+        new: tuple[int | None, ...] | None = None
+        if name in _SAME_DIMS and out_shape == in_shape:
+            new = dmap
+        elif name in _RESHAPES:
+            new = _reshape_map(in_shape, dmap, out_shape)
+        elif name in _EXPANDS and len(out_shape) >= len(in_shape):
+            lead = len(out_shape) - len(in_shape)
+            new = (None,) * lead + tuple(
+                m if size == out_shape[lead + k] else None
+                for k, (size, m) in enumerate(zip(in_shape, dmap, strict=True)))
+        elif name in _PERMUTES and len(out_shape) == len(in_shape):
+            perm = _permutation_of(n, name, len(in_shape))
+            if perm is not None:
+                new = tuple(dmap[p] for p in perm)
+        if new is not None:
+            self.origin[n] = (target, new)
+
     # -- what a rule may call ------------------------------------------------------------
+    def constant_dim(self, arg: Any, dim: int) -> bool:
+        """True when ``arg`` is a constant whose ``dim`` is a dim of a parameter or buffer."""
+        if not isinstance(arg, fx.Node) or arg not in self.origin:
+            return False
+        dmap = self.origin[arg][1]
+        return -len(dmap) <= dim < len(dmap) and dmap[dim] is not None
+
+    def adopt(self, arg: Any, dim: int, ids: np.ndarray, scaled: Any = False) -> bool:
+        """Give the channels ``ids`` to dim ``dim`` of the constant ``arg``.
+
+        ``arg`` must be a parameter or buffer (a ``get_attr`` node) or computed from one by
+        ops that keep its dims (view, unsqueeze, expand, ...): the parameter is then sliced
+        with the channels. ``scaled`` (a bool, or one per index) says where the layer
+        that reads the parameter reads the channel, so its gate value is folded in there.
+        Returns False (and records nothing) when ``arg`` is not such a constant.
+        """
+        if not self.constant_dim(arg, dim):
+            return False
+        target, dmap = self.origin[arg]
+        pdim = dmap[dim]
+        assert pdim is not None
+        ids = np.asarray(ids)
+        flags = np.broadcast_to(np.asarray(scaled, dtype=bool), ids.shape).copy()
+        dims = self.params.setdefault(target, {})
+        if pdim in dims:
+            old, old_flags = dims[pdim]
+            if old.shape != ids.shape:
+                return False
+            self.union(old, ids)
+            dims[pdim] = (old, old_flags | flags)
+        else:
+            dims[pdim] = (ids, flags)
+        if flags.any() and self._current is not None:
+            self.scaled.setdefault(self._current.name, []).append(target)
+        return True
+
     def shape(self, arg: Any) -> tuple[int, ...] | None:
         """The output shape of node ``arg`` (None for non-tensors and non-nodes)."""
         return self.shapes.get(arg) if isinstance(arg, fx.Node) else None
@@ -214,6 +321,30 @@ class ChannelProp(fx.Interpreter):
             return self.new_ids(arg, size, frozen="model input")
         producer = arg if isinstance(arg, fx.Node) else node
         return self.new_ids(producer, size, frozen=f"channels not tracked into {reason}")
+
+
+def _permutation_of(n: fx.Node, name: str, rank: int) -> list[int] | None:
+    """The dim permutation of a permute / transpose / t / swapaxes node."""
+    args = tuple(n.args)
+    kwargs = dict(n.kwargs)
+    if name == "t":
+        return list(range(rank))[::-1]
+    if name in ("transpose", "swapaxes", "swapdims"):
+        pair = list(args[1:3])
+        for key in ("dim0", "dim1", "axis0", "axis1"):
+            if key in kwargs:
+                pair.append(kwargs[key])
+        if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
+            return None
+        a, b = (int(v) % rank for v in pair)  # type: ignore[arg-type]
+        perm = list(range(rank))
+        perm[a], perm[b] = perm[b], perm[a]
+        return perm
+    dims = args[1:] if len(args) > 2 or (len(args) == 2 and isinstance(args[1], int)) else (
+        args[1] if len(args) > 1 else kwargs.get("dims"))
+    if not isinstance(dims, (list, tuple)) or not all(isinstance(v, int) for v in dims):
+        return None
+    return [int(v) % rank for v in dims]
 
 
 def flat_chans(value: Any) -> list[Chan]:

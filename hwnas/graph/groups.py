@@ -16,7 +16,16 @@ import numpy as np
 import torch.fx as fx
 
 from hwnas.graph.channel_prop import Chan, ChannelProp, UnionFind
-from hwnas.ir import CHANNELS_KEY, LAYER_KEY, ChannelGroup, ChannelRecord, ChannelSlots, LayerInfo
+from hwnas.ir import (
+    CHANNELS_KEY,
+    LAYER_KEY,
+    PARAMS_KEY,
+    ChannelGroup,
+    ChannelRecord,
+    ChannelSlots,
+    LayerInfo,
+    ParamSlots,
+)
 
 __all__ = ["finalize"]
 
@@ -83,20 +92,34 @@ def finalize(gm: fx.GraphModule, prop: ChannelProp) -> tuple[ChannelGroup, ...]:
         module = modules.get(str(node.target)) if node.op == "call_module" else None
         in_slots, out_slots = slots(ids_in), slots(ids_out)
         shape = prop.shapes.get(node)
+        fields = dict(prop.fields.get(node.name, {}))
+        # a dim without tracked channels (a matmul over tokens) is recorded by its size
+        in_channels = fields.pop("in_channels", None)
+        out_channels = fields.pop("out_channels", None)
+        if node.name in prop.scaled:
+            fields["scaled_params"] = tuple(dict.fromkeys(prop.scaled[node.name]))
         node.meta[LAYER_KEY] = LayerInfo(
             name=node.name,
             target=str(node.target) if node.op == "call_module" else _target_name(node),
             kind=prop.kinds.get(node.name, "other"),
             module_type=type(module) if module is not None else None,
             module=module,
+            op=node.target if node.op in ("call_function", "call_method") else None,
             out_shape=shape,
             in_slots=in_slots,
             out_slots=out_slots,
             frozen=reason,
-            in_channels=None if in_slots is None else in_slots.shape[1],
-            out_channels=None if out_slots is None else out_slots.shape[1],
-            **prop.fields.get(node.name, {}),
+            in_channels=in_channels if in_slots is None else in_slots.shape[1],
+            out_channels=out_channels if out_slots is None else out_slots.shape[1],
+            **fields,
         )
+        if node.op == "get_attr" and str(node.target) in prop.params:
+            dims = prop.params[str(node.target)]
+            node.meta[PARAMS_KEY] = ParamSlots(
+                target=str(node.target), dims=tuple(sorted(dims)),
+                slots=tuple(np.stack([group[dims[d][0]], position[dims[d][0]]])
+                            for d in sorted(dims)),
+                scaled=tuple(dims[d][1] for d in sorted(dims)))
     return tuple(
         ChannelGroup(index=k, size=len(members[g]), producers=tuple(dict.fromkeys(producers[k])),
                      consumers=tuple(dict.fromkeys(consumers[k])), frozen=frozen.get(k))

@@ -157,10 +157,16 @@ def channel_groups(gm: fx.GraphModule) -> tuple[ChannelGroup, ...]:
     return gm.meta[GROUPS_KEY]
 
 
+_LAYER_KINDS = ("conv", "linear", "matmul", "attention", "norm", "layer")
+
+
 def layers(gm: fx.GraphModule) -> list[LayerInfo]:
-    """LayerInfo of every ``call_module`` node with channels (convs, linears, norms, ...)."""
+    """LayerInfo of every layer: modules with channels (convs, linears, norms, ...) and
+    function calls that compute like layers (``F.linear``, matmul, einsum, attention,
+    functional normalisations)."""
     return [
         n.meta[LAYER_KEY]
         for n in gm.graph.nodes
-        if n.op == "call_module" and n.meta[LAYER_KEY].kind in ("conv", "linear", "norm", "layer")
+        if n.op in ("call_module", "call_function", "call_method")
+        and n.meta[LAYER_KEY].kind in _LAYER_KINDS
     ]

@@ -150,6 +150,12 @@ class AliveIndex:
         empty = torch.zeros(0, dtype=torch.long)
         return (torch.cat(flat) if flat else empty, torch.cat(ids) if ids else empty, len(ids))
 
+    def _static(self, k: int, which: int) -> int:
+        """Channels of layer ``k``'s input (0) or output (1) when no slots are recorded (a
+        matmul over tokens): the fixed size the tracer recorded, else 0."""
+        info = self.layers[k]
+        return (info.in_channels if which == 0 else info.out_channels) or 0
+
     def _counts_on(self, device: torch.device) -> _Counts:
         found = self._counts.get(device)
         if found is None:
@@ -160,7 +166,8 @@ class AliveIndex:
                 for k, pair in enumerate(self.layer_index):
                     idx = pair[which]
                     gated = idx[idx < n]
-                    const[which * n_layers + k] = float(len(idx) - len(gated))
+                    const[which * n_layers + k] = float(len(idx) - len(gated)) if len(idx) \
+                        else float(self._static(k, which))
                     flat.append(gated)
                     rows.append(torch.full((len(gated),), which * n_layers + k, dtype=torch.long))
             flat_t = torch.cat(flat) if flat else torch.zeros(0, dtype=torch.long)
@@ -212,7 +219,7 @@ class AliveIndex:
             others = []
             for m, name in enumerate(names):
                 for k, info in enumerate(self.layers):
-                    fn = cost_registry.lookup(name, info.module_type or type(None))
+                    fn = cost_registry.lookup(name, info.cost_key)
                     if fn is None:
                         continue
                     c = (bilinear_coefficients(fn, info, target)
@@ -242,7 +249,7 @@ class AliveIndex:
                      for _ in names]
             for m, k in plan.others:
                 info = self.layers[k]
-                fn = cost_registry.lookup(names[m], info.module_type or type(None))
+                fn = cost_registry.lookup(names[m], info.cost_key)
                 assert fn is not None
                 value = fn(info, {"in": a[k], "out": a[n + k]}, target)
                 extra[m] = extra[m] + torch.as_tensor(value, device=alive.device).double()
@@ -293,7 +300,7 @@ def bilinear_coefficients(fn: cost_registry.CostFn, info: LayerInfo,
         except Exception as e:
             raise HwnasError(
                 f"cost function {getattr(fn, '__qualname__', fn)!r} failed on layer "
-                f"{info.target!r} ({getattr(info.module_type, '__name__', '')}) at "
+                f"{info.target!r} ({getattr(info.cost_key, '__name__', info.cost_key)}) at "
                 f"in={a_in:g}, out={a_out:g}: {type(e).__name__}: {e}"
             ) from e
 

@@ -1,34 +1,56 @@
 """Mask modules and the graph surgery that inserts them.
 
-The searched graph takes the gate values as an explicit last input, ``hwnas_gates``: a flat
-vector ``z`` (or a ``(batch, n)`` matrix for per-example gates) with one entry per gate and a
-trailing constant 1 that frozen channels read. Every mask holds the index of the entry each
-of its channels reads and multiplies its channels by ``z[index]``. Nothing is shared between
-masks or kept between calls: calling the graph without gate values is an error, and
-``None`` runs the unmasked network on purpose (the warm-up does).
+The searched graph takes the gate values as an explicit input after the model's own,
+``hwnas_gates``: a flat vector ``z`` (or a ``(batch, n)`` matrix for per-example gates) with
+one entry per gate and a trailing constant 1 that frozen channels read. Every mask holds the
+index of the entry each of its channels reads and multiplies its channels by ``z[index]``.
+Nothing is shared between masks or kept between calls: calling the graph without gate
+values is an error, and ``None`` runs the unmasked network on purpose (the warm-up does).
 
 Gates mask the *inputs* of the layers that read a group's channels (convs and linears,
 depthwise convs excepted: their outputs are the same channels, masked downstream). A pruned
 channel therefore contributes exactly nothing wherever it is read, whatever sits between its
 producer and its readers (BatchNorm's shift, activations with f(0) != 0, residual adds):
 this is what removing the channel does, so the pruned model computes the same function as
-the search model in eval mode.
+the search model in eval mode. The readers are:
+
+- conv / linear modules: :class:`WeightMasked` (the gate folded into the weight) or a
+  :class:`ChannelMask` on their input (per-example gates);
+- functional layers on parameters (``F.linear(x, w)``, a Swin attention's weights):
+  :class:`ParamMask` multiplies the parameter where the layer reads the channel;
+- products of activations (``q @ k.transpose(-2, -1)``): a :class:`ChannelMask` on one
+  operand;
+- ``nn.MultiheadAttention``: :class:`MaskedAttention` masks its projection weights;
+- normalisations over the channel dim (LayerNorm, GroupNorm): :class:`MaskedNorm` computes
+  the statistics over the kept channels only. It reads a second input, ``hwnas_keep``
+  (1 for a kept channel, 0 for a pruned one), since a kept channel can have gate value 0.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
-from hwnas.ir import LAYER_KEY, LayerInfo
+from hwnas.errors import InvalidValueError
+from hwnas.ir import LAYER_KEY, PARAMS_KEY, LayerInfo, ParamSlots
 
-__all__ = ["GATES_INPUT", "ChannelMask", "WeightMasked", "insert_masks", "strip_masks"]
+__all__ = ["GATES_INPUT", "KEEP_INPUT", "ChannelMask", "MaskedAttention", "MaskedNorm",
+           "ParamMask", "WeightMasked", "insert_masks", "strip_masks"]
 
 #: Name of the graph input that carries the gate values.
 GATES_INPUT = "hwnas_gates"
+#: Name of the graph input that carries the keep flags (only when a norm needs them).
+KEEP_INPUT = "hwnas_keep"
+
+#: ``slot_index(slots)``: the gate entry of each ``(group, position)`` slot.
+SlotIndex = Callable[[np.ndarray | None], torch.Tensor]
 
 
 def _gather(z: torch.Tensor, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -66,7 +88,8 @@ class WeightMasked(nn.Module):
 
     conv(x * z) == conv_{W * z}(x), and a weight is far smaller than an activation, so with
     one gate draw per batch the mask is folded into the weight. ``layer`` is the user's
-    layer, unchanged; :func:`strip_masks` puts it back.
+    layer, unchanged; :func:`strip_masks` puts it back. (A grouped conv's weight holds the
+    input channels of one group: the tracer ties every group to the same gates.)
     """
 
     index: torch.Tensor
@@ -74,7 +97,7 @@ class WeightMasked(nn.Module):
     def __init__(self, layer: nn.Linear | nn.modules.conv._ConvNd, index: torch.Tensor) -> None:
         super().__init__()
         self.layer = layer
-        self.register_buffer("index", index.clone(), persistent=False)
+        self.register_buffer("index", index[: layer.weight.shape[1]].clone(), persistent=False)
         self._shape = [1, -1] + [1] * (layer.weight.dim() - 2)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
@@ -87,14 +110,146 @@ class WeightMasked(nn.Module):
         return layer._conv_forward(x, weight, layer.bias)  # type: ignore[operator]
 
 
-def insert_masks(gm: fx.GraphModule, index_of: Callable[[LayerInfo], torch.Tensor | None],
-                 per_example: bool) -> None:
+class ParamMask(nn.Module):
+    """Multiplies a parameter by the gate values of the channels a layer reads through it.
+
+    Args:
+        dims: ``(dim, index)`` pairs: along ``dim``, entry ``i`` is multiplied by
+            ``z[index[i]]`` (the constant 1 where the layer does not read a channel).
+    """
+
+    def __init__(self, dims: list[tuple[int, torch.Tensor]]) -> None:
+        super().__init__()
+        self.dims = [d for d, _ in dims]
+        for k, (_, index) in enumerate(dims):
+            self.register_buffer(f"index{k}", index.clone(), persistent=False)
+
+    def forward(self, p: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        if z is None:
+            return p
+        for k, dim in enumerate(self.dims):
+            shape = [1] * p.dim()
+            shape[dim] = -1
+            p = p * _gather(z, getattr(self, f"index{k}"), p.dtype).reshape(shape)
+        return p
+
+
+class MaskedAttention(nn.Module):
+    """``nn.MultiheadAttention`` with its input channels (which are also its q/k/v and output
+    channels, tied across heads) masked in its projection weights: the input columns of the
+    in-projection, the q rows (the scores contract q with k) and the output projection's
+    columns (it reads v)."""
+
+    index: torch.Tensor
+
+    def __init__(self, layer: nn.MultiheadAttention, index: torch.Tensor) -> None:
+        super().__init__()
+        self.layer = layer
+        self.register_buffer("index", index.clone(), persistent=False)
+
+    def forward(self, *args: Any, hwnas_gates: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        layer = self.layer
+        if hwnas_gates is None:
+            return layer(*args, **kwargs)
+        w = layer.in_proj_weight
+        v = _gather(hwnas_gates, self.index, w.dtype)
+        rows = torch.cat([v, v.new_ones(2 * v.shape[0])])
+        params = {"in_proj_weight": w * v[None, :] * rows[:, None],
+                  "out_proj.weight": layer.out_proj.weight * v[None, :]}
+        if layer.in_proj_bias is not None:
+            params["in_proj_bias"] = layer.in_proj_bias * rows
+        return torch.func.functional_call(layer, params, args, kwargs, strict=False)
+
+
+class MaskedNorm(nn.Module):
+    """LayerNorm / GroupNorm over the channel dim with statistics of the kept channels only.
+
+    A pruned channel takes no part in the mean and variance, so the search model normalises
+    like the pruned model. Wraps a norm module (``layer``) or replaces a functional call
+    (then the weight and bias are inputs).
+
+    Args:
+        index: Gate entry of each channel along ``dim``.
+        dim: The channel dim of the input.
+        start: First normalised dim (LayerNorm), or None for GroupNorm (over dim 1).
+        groups: GroupNorm groups.
+        eps: The norm's epsilon.
+        layer: The norm module, or None for a functional call.
+    """
+
+    index: torch.Tensor
+
+    def __init__(self, index: torch.Tensor, dim: int, start: int | None, groups: int,
+                 eps: float, layer: nn.Module | None = None) -> None:
+        super().__init__()
+        self.dim, self.start, self.groups, self.eps = dim, start, groups, eps
+        self.layer = layer
+        self.register_buffer("index", index.clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor, *rest: Any) -> torch.Tensor:
+        if self.layer is not None:
+            weight, bias = getattr(self.layer, "weight", None), getattr(self.layer, "bias", None)
+            keep = rest[0]
+        else:
+            weight, bias, keep = rest
+        if keep is None:
+            return self._plain(x, weight, bias)
+        m = _gather(keep, self.index, x.dtype)
+        if self.start is None:
+            return self._group(x, m, weight, bias)
+        shape = [1] * x.dim()
+        shape[self.dim] = m.shape[-1]
+        if m.dim() == 2:
+            shape[0] = m.shape[0]
+        m = m.reshape(shape)
+        dims = tuple(range(self.start, x.dim()))
+        per = math.prod(x.shape[d] for d in dims if d != self.dim)
+        count = (m.sum(dims, keepdim=True) * per).clamp(min=1.0)
+        mean = (x * m).sum(dims, keepdim=True) / count
+        var = (((x - mean) * m) ** 2).sum(dims, keepdim=True) / count
+        y = (x - mean) * torch.rsqrt(var + self.eps)
+        if weight is not None:
+            y = y * weight
+        return y + bias if bias is not None else y
+
+    def _group(self, x: torch.Tensor, m: torch.Tensor, weight: Any, bias: Any) -> torch.Tensor:
+        b, c = x.shape[0], x.shape[1]
+        g = self.groups
+        xg = x.reshape(b, g, c // g, -1)
+        mg = m.reshape(-1, g, c // g, 1)
+        count = (mg.sum((2, 3), keepdim=True) * xg.shape[-1]).clamp(min=1.0)
+        mean = (xg * mg).sum((2, 3), keepdim=True) / count
+        var = (((xg - mean) * mg) ** 2).sum((2, 3), keepdim=True) / count
+        y = ((xg - mean) * torch.rsqrt(var + self.eps)).reshape(x.shape)
+        shape = [1, c] + [1] * (x.dim() - 2)
+        if weight is not None:
+            y = y * weight.reshape(shape)
+        return y + bias.reshape(shape) if bias is not None else y
+
+    def _plain(self, x: torch.Tensor, weight: Any, bias: Any) -> torch.Tensor:
+        if self.start is None:
+            return F.group_norm(x, self.groups, weight, bias, self.eps)
+        return F.layer_norm(x, tuple(x.shape[self.start:]), weight, bias, self.eps)
+
+
+# ---------------------------------------------------------------------------- surgery
+
+
+def _gated(index: torch.Tensor, n_gates: int) -> bool:
+    return bool((index < n_gates).any())
+
+
+def insert_masks(gm: fx.GraphModule, slot_index: SlotIndex, n_gates: int,
+                 per_example: bool) -> bool:
     """Add the gate input and a mask before every layer that reads gated channels.
 
-    ``index_of(info)`` gives, for a conv or linear layer, the gate-vector entry of each of
-    its input channels, or None when the layer reads no gated channel. A layer called once
-    with per-batch gates becomes a :class:`WeightMasked`; otherwise a :class:`ChannelMask`
-    node multiplies the activation. Modifies ``gm`` in place and recompiles it.
+    ``slot_index(slots)`` gives the gate-vector entry of each channel slot (``n_gates`` for
+    a frozen one). Modifies ``gm`` in place and recompiles it. Returns True when a masked
+    norm reads the keep flags, which then are a further input after the gates.
+
+    Raises:
+        InvalidValueError: per-example gates on a layer whose gates can only be folded into
+            its weights (attention layers).
     """
     graph = gm.graph
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -102,52 +257,186 @@ def insert_masks(gm: fx.GraphModule, index_of: Callable[[LayerInfo], torch.Tenso
         p.args = ()  # every input is passed: no defaults before the required gate input
     with graph.inserting_after(placeholders[-1]):
         gates = graph.placeholder(GATES_INPUT)
-    uses: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            uses[str(node.target)] = uses.get(str(node.target), 0) + 1
-    k = 0
+    with graph.inserting_after(gates):
+        keep = graph.placeholder(KEEP_INPUT)
+    surgery = _Surgery(gm, slot_index, n_gates, per_example, gates, keep)
     for node in list(graph.nodes):
-        info: LayerInfo | None = node.meta.get(LAYER_KEY)
-        if info is None or node.op != "call_module" or info.kind not in ("conv", "linear"):
-            continue
-        if info.depthwise or info.in_slots is None:
-            continue
-        index = index_of(info)
-        if index is None:
-            continue
-        module = gm.get_submodule(str(node.target))
-        if not per_example and uses[str(node.target)] == 1:
-            gm.set_submodule(str(node.target), WeightMasked(module, index))  # type: ignore[arg-type]
-            node.args = (*node.args, gates)
-            continue
-        name = f"hwnas_mask_{k}"
-        k += 1
-        gm.add_submodule(name, ChannelMask(index, 1 if info.kind == "conv" else -1))
-        x = node.args[0]
-        with graph.inserting_before(node):
-            masked = graph.call_module(name, (x, gates))
-        node.replace_input_with(x, masked)
+        surgery.visit(node)
+    if not keep.users:
+        graph.erase_node(keep)
     graph.lint()
     gm.recompile()
+    return bool(surgery.uses_keep)
+
+
+class _Surgery:
+    """Inserts the mask of one node at a time (see :func:`insert_masks`)."""
+
+    def __init__(self, gm: fx.GraphModule, slot_index: SlotIndex, n_gates: int,
+                 per_example: bool, gates: fx.Node, keep: fx.Node) -> None:
+        self.gm, self.slot_index, self.n_gates = gm, slot_index, n_gates
+        self.per_example, self.gates, self.keep = per_example, gates, keep
+        self.uses: dict[str, int] = {}
+        for node in gm.graph.nodes:
+            if node.op == "call_module":
+                self.uses[str(node.target)] = self.uses.get(str(node.target), 0) + 1
+        self.k = 0
+        self.uses_keep = False
+
+    def _name(self, what: str) -> str:
+        self.k += 1
+        return f"hwnas_{what}_{self.k}"
+
+    def visit(self, node: fx.Node) -> None:
+        if node.op == "get_attr" and PARAMS_KEY in node.meta:
+            self._param(node, node.meta[PARAMS_KEY])
+            return
+        info: LayerInfo | None = node.meta.get(LAYER_KEY)
+        if info is None or info.in_slots is None:
+            return
+        index = self.slot_index(info.in_slots)
+        if not _gated(index, self.n_gates):
+            return
+        if info.kind == "norm":
+            if info.reads is not None:
+                self._norm(node, info, index)
+        elif info.kind == "attention" and isinstance(info.module, nn.MultiheadAttention):
+            self._attention(node, info, index)
+        elif node.op == "call_module" and info.kind in ("conv", "linear"):
+            self._module(node, info, index)
+        elif node.op != "call_module" and info.reads is not None:
+            if info.scaled_params and not self.per_example:
+                return  # the parameters' masks (ParamMask) fold the gates in
+            self._activation(node, info.reads, index)
+        elif info.scaled_params and self.per_example:
+            raise InvalidValueError(
+                f"per_example gates cannot mask {info.target} at {node.name} (its gates "
+                "fold into its weights); wrap with per_example=False")
+
+    def _param(self, node: fx.Node, ps: ParamSlots) -> None:
+        dims = []
+        for dim, slots, scaled in zip(ps.dims, ps.slots, ps.scaled, strict=True):
+            index = self.slot_index(slots)
+            index[torch.as_tensor(~scaled)] = self.n_gates
+            if _gated(index, self.n_gates):
+                dims.append((dim, index))
+        if not dims or self.per_example:
+            return
+        name = self._name("param")
+        self.gm.add_submodule(name, ParamMask(dims))
+        with self.gm.graph.inserting_after(node):
+            masked = self.gm.graph.call_module(name, (node, self.gates))
+        node.replace_all_uses_with(masked, delete_user_cb=lambda u: u is not masked)
+
+    def _norm(self, node: fx.Node, info: LayerInfo, index: torch.Tensor) -> None:
+        graph = self.gm.graph
+        dim = info.reads[1] if info.reads is not None else 1
+        self.uses_keep = True
+        if node.op == "call_module":
+            layer: Any = self.gm.get_submodule(str(node.target))
+            group = isinstance(layer, nn.GroupNorm)
+            start = None if group else len(info.out_shape or ()) - len(layer.normalized_shape)
+            wrapped = MaskedNorm(index, dim, start, getattr(layer, "num_groups", 1),
+                                 float(layer.eps), layer)
+            self.gm.set_submodule(str(node.target), wrapped)
+            node.args = (node.args[0], self.keep)
+            return
+        x, name = node.args[0], str(info.target)
+        kw = dict(node.kwargs)
+        args = list(node.args)
+        if name == "layer_norm":
+            shape = args[1] if len(args) > 1 else kw["normalized_shape"]
+            k = len(shape) if isinstance(shape, (list, tuple)) else 1
+            start, groups = len(info.out_shape or ()) - k, 1
+            weight, bias = _arg(args, kw, "weight", 2), _arg(args, kw, "bias", 3)
+            eps = _arg(args, kw, "eps", 4, 1e-5)
+        else:  # group_norm
+            start, groups = None, _arg(args, kw, "num_groups", 1)
+            weight, bias = _arg(args, kw, "weight", 2), _arg(args, kw, "bias", 3)
+            eps = _arg(args, kw, "eps", 4, 1e-5)
+        mod = self._name("norm")
+        self.gm.add_submodule(mod, MaskedNorm(index, dim, start, groups, eps))
+        with graph.inserting_before(node):
+            new = graph.call_module(mod, (x, weight, bias, self.keep))
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        new.meta.update({k: v for k, v in node.meta.items()})
+
+    def _attention(self, node: fx.Node, info: LayerInfo, index: torch.Tensor) -> None:
+        if self.per_example:
+            raise InvalidValueError(
+                f"per_example gates cannot mask the MultiheadAttention {info.target} (its "
+                "gates fold into its weights); wrap with per_example=False")
+        layer = self.gm.get_submodule(str(node.target))
+        self.gm.set_submodule(str(node.target), MaskedAttention(layer, index))  # type: ignore[arg-type]
+        node.kwargs = {**node.kwargs, GATES_INPUT: self.gates}
+
+    def _module(self, node: fx.Node, info: LayerInfo, index: torch.Tensor) -> None:
+        if info.depthwise:
+            return
+        module = self.gm.get_submodule(str(node.target))
+        if not self.per_example and self.uses[str(node.target)] == 1:
+            self.gm.set_submodule(str(node.target), WeightMasked(module, index))  # type: ignore[arg-type]
+            node.args = (*node.args, self.gates)
+            return
+        self._activation(node, (0, 1 if info.kind == "conv" else -1), index)
+
+    def _activation(self, node: fx.Node, reads: tuple[int, int], index: torch.Tensor) -> None:
+        name = self._name("mask")
+        self.gm.add_submodule(name, ChannelMask(index, reads[1]))
+        x = node.args[reads[0]]
+        with self.gm.graph.inserting_before(node):
+            masked = self.gm.graph.call_module(name, (x, self.gates))
+        args = list(node.args)
+        args[reads[0]] = masked
+        node.args = tuple(args)
+
+
+def _arg(args: list[Any], kwargs: dict[str, Any], name: str, pos: int, default: Any = None) -> Any:
+    return args[pos] if len(args) > pos else kwargs.get(name, default)
 
 
 def strip_masks(gm: fx.GraphModule) -> None:
-    """Undo :func:`insert_masks` in place: the user's layers back, masks and gate input gone."""
+    """Undo :func:`insert_masks` in place: the user's layers back, masks and gate input gone.
+
+    A functional normalisation that was replaced by a :class:`MaskedNorm` comes back as the
+    plain ``F.layer_norm`` / ``F.group_norm`` call.
+    """
     graph = gm.graph
     for name, module in list(gm.named_modules()):
-        if isinstance(module, WeightMasked):
-            gm.set_submodule(name, module.layer)
+        if isinstance(module, (WeightMasked, MaskedAttention)) or (
+                isinstance(module, MaskedNorm) and module.layer is not None):
+            gm.set_submodule(name, module.layer)  # type: ignore[arg-type]
     for node in list(graph.nodes):
-        if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)),
-                                                   ChannelMask):
-            node.replace_all_uses_with(node.args[0])
+        if node.op != "call_module":
+            continue
+        module = gm.get_submodule(str(node.target))
+        if isinstance(module, (ChannelMask, ParamMask)):
+            node.replace_all_uses_with(node.args[0])  # type: ignore[arg-type]
             graph.erase_node(node)
             gm.delete_submodule(str(node.target))
+        elif isinstance(module, MaskedNorm):
+            _restore_norm(gm, node, module)
     for node in list(graph.nodes):
-        if node.op == "placeholder" and node.target == GATES_INPUT:
+        if node.op == "placeholder" and node.target in (GATES_INPUT, KEEP_INPUT):
             for user in list(node.users):
                 user.args = tuple(a for a in user.args if a is not node)
+                user.kwargs = {k: v for k, v in user.kwargs.items() if v is not node}
             graph.erase_node(node)
     graph.lint()
     gm.recompile()
+
+
+def _restore_norm(gm: fx.GraphModule, node: fx.Node, module: MaskedNorm) -> None:
+    x, weight, bias, _ = node.args
+    graph = gm.graph
+    with graph.inserting_before(node):
+        if module.start is None:
+            new = graph.call_function(F.group_norm, (x, module.groups, weight, bias, module.eps))
+        else:
+            shape = tuple((node.meta[LAYER_KEY].out_shape or ())[module.start:])
+            new = graph.call_function(F.layer_norm, (x, shape, weight, bias, module.eps))
+    new.meta.update(node.meta)
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+    gm.delete_submodule(str(node.target))

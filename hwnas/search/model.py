@@ -72,18 +72,16 @@ class SearchModel(nn.Module):
         self.per_example = per_example
         #: Channels per gate: pruning keeps whole blocks of this many channels per group.
         self.channel_multiple = channel_multiple
-        self.layer_infos: list[LayerInfo] = [i for i in layers(gm) if i.module_type is not None]
+        self.layer_infos: list[LayerInfo] = [i for i in layers(gm) if i.cost_key is not None]
         self.index = AliveIndex(self.layer_infos, groups, channel_multiple, gm)
         self.free_groups = list(self.index.free_groups)
         self.gates = HardConcreteGate(max(self.index.n_gates, 1), droprate_init,
                                       per_example=per_example)
         self.gm = gm
-        insert_masks(gm, self._mask_index, per_example)
+        #: The graph also takes keep flags (a masked LayerNorm / GroupNorm reads them).
+        self.needs_keep = insert_masks(gm, self.index.slot_index, self.index.n_gates,
+                                       per_example)
         self._cost_mode = "expected"
-
-    def _mask_index(self, info: LayerInfo) -> torch.Tensor | None:
-        index = self.index.slot_index(info.in_slots)
-        return index if bool((index < self.index.n_gates).any()) else None
 
     # ------------------------------------------------------------------ modes
     @property
@@ -130,7 +128,21 @@ class SearchModel(nn.Module):
         """
         mode = gates or ("sample" if self.training else "deterministic")
         batch = inputs[0].shape[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
-        return self.gm(*inputs, self.gate_values(mode, batch))
+        z = self.gate_values(mode, batch)
+        if not self.needs_keep:
+            return self.gm(*inputs, z)
+        return self.gm(*inputs, z, self.keep_values(mode, z))
+
+    def keep_values(self, mode: str, z: torch.Tensor | None) -> torch.Tensor | None:
+        """1 for a kept channel's gate entry, 0 for a pruned one (what a masked norm reads):
+        ``z > 0`` for sampled gates, the exported architecture's keep mask for
+        deterministic ones (where a kept channel can have gate value 0)."""
+        if z is None:
+            return None
+        if mode == "sample":
+            return (z > 0).to(z.dtype)
+        keep = self._keep().to(device=z.device, dtype=z.dtype)
+        return nn.functional.pad(keep, (0, 1), value=1.0)
 
     # ------------------------------------------------------------------ parameters
     def arch_parameters(self) -> Iterator[nn.Parameter]:
@@ -179,7 +191,9 @@ class SearchModel(nn.Module):
                 continue
             shape = [1] * weight.dim()
             shape[1] = weight.shape[1]
-            yield weight, alive[idx_in.to(alive.device)].reshape(shape)
+            # a grouped conv's groups read the same gates (the index within a group is tied)
+            idx = idx_in[: weight.shape[1]].to(alive.device)
+            yield weight, alive[idx].reshape(shape)
 
     # ------------------------------------------------------------------ costs
     def _keep(self) -> torch.Tensor:
