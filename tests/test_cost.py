@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
@@ -165,15 +166,22 @@ def _layer_luts(module: nn.Module, x: torch.Tensor, target: str) -> float:
     return float(df.loc[0, "luts"])
 
 
+def _array(name: str) -> Target:
+    """A shipped target with the multiplier-array MAC model (mac = "multiplier_array"), which
+    custom targets may still name; the shipped ones use the fitted model (test_hw_costs.py)."""
+    t = load_target(name)
+    return replace(t, luts=replace(t.luts, mac="multiplier_array"))
+
+
 def test_luts_linear_by_hand() -> None:
     # Per output: n = 16 multipliers of W*A partial-product bits, n - 1 + bias = 16 adders
     # of W + A + log2(n) bits. xc7-lut6: W = A = 8; ice40-lut4: W = 4, A = 8.
     x = torch.randn(1, 16)
     lin = nn.Linear(16, 4)
-    assert _layer_luts(lin, x, "xc7-lut6") == 4 * (16 * 8 * 8 + 16 * (8 + 8 + 4)) == 5376
-    assert _layer_luts(lin, x, "ice40-lut4") == 4 * (16 * 4 * 8 + 16 * (4 + 8 + 4)) == 3072
+    assert _layer_luts(lin, x, _array("xc7-lut6")) == 4 * (16 * 8 * 8 + 16 * (8 + 8 + 4)) == 5376
+    assert _layer_luts(lin, x, _array("ice40-lut4")) == 4 * (16 * 4 * 8 + 16 * (4 + 8 + 4)) == 3072
     no_bias = nn.Linear(16, 4, bias=False)
-    assert _layer_luts(no_bias, x, "xc7-lut6") == 4 * (16 * 64 + 15 * 20) == 5296
+    assert _layer_luts(no_bias, x, _array("xc7-lut6")) == 4 * (16 * 64 + 15 * 20) == 5296
 
 
 def test_luts_conv_by_hand() -> None:
@@ -182,12 +190,12 @@ def test_luts_conv_by_hand() -> None:
     conv = nn.Conv2d(2, 3, 2)
     for size in (3, 9):
         x = torch.randn(1, 2, size, size)
-        assert _layer_luts(conv, x, "xc7-lut6") == 3 * (8 * 64 + 8 * (16 + 3)) == 1992
-        assert _layer_luts(conv, x, "ice40-lut4") == 3 * (8 * 32 + 8 * (12 + 3)) == 1128
+        assert _layer_luts(conv, x, _array("xc7-lut6")) == 3 * (8 * 64 + 8 * (16 + 3)) == 1992
+        assert _layer_luts(conv, x, _array("ice40-lut4")) == 3 * (8 * 32 + 8 * (12 + 3)) == 1128
     # a non-power-of-two fan-in keeps log2 continuous (differentiable): n = 3 * 3 * 3 = 27
     conv27 = nn.Conv2d(3, 5, 3, bias=False)
     expected = 5 * (27 * 64 + 26 * (16 + math.log2(27)))
-    assert _layer_luts(conv27, torch.randn(1, 3, 4, 4), "xc7-lut6") == pytest.approx(
+    assert _layer_luts(conv27, torch.randn(1, 3, 4, 4), _array("xc7-lut6")) == pytest.approx(
         expected, rel=1e-6)
 
 
@@ -329,8 +337,9 @@ def test_user_target_by_path(tmp_path: Path) -> None:
                                            r"but got 0"),
         ('name = "t"\nfamily = "lut"\nlut_inputs = 2\n[luts]\n',
          r"`lut_inputs` must be an integer in \[3, 8\]"),
-        ('name = "t"\nfamily = "lut"\nlut_inputs = 4\n[luts]\ntable = "bdd"\n',
-         r"`luts.table` must be one of \('logicnets', 'shannon'\), but got 'bdd'"),
+        ('name = "t"\nfamily = "lut"\nlut_inputs = 4\n[luts]\ntable = "bdt"\n',
+         r"`luts.table` must be one of \('logicnets', 'shannon', 'muxf', 'bdd'\), "
+         r"but got 'bdt'"),
         ('name = "t"\nfamily = "lut"\nlut_inputs = 4\n[luts]\nluts_per_pp_bit = -1\n',
          r"`luts.luts_per_pp_bit` must be a number >= 0, but got -1"),
         ('description = "no name"\n', r"`name` is required"),
@@ -354,6 +363,6 @@ def test_shipped_targets_from_package_resources() -> None:
     generic, lut6, lut4 = (load_target(n) for n in ("generic", "xc7-lut6", "ice40-lut4"))
     assert (generic.family, generic.luts, generic.weight_bits) == ("generic", None, 32)
     assert (lut6.lut_inputs, lut6.weight_bits, lut6.activation_bits) == (6, 8, 8)
-    assert (lut6.luts.table, lut6.luts.mac) == ("logicnets", "multiplier_array")
+    assert (lut6.luts.table, lut6.luts.mac) == ("muxf", "fitted")
     assert (lut4.lut_inputs, lut4.weight_bits, lut4.activation_bits) == (4, 4, 8)
-    assert (lut4.luts.table, lut4.luts.mac) == ("shannon", "multiplier_array")
+    assert (lut4.luts.table, lut4.luts.mac) == ("bdd", "fitted")

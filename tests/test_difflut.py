@@ -12,6 +12,7 @@ from torch import nn
 
 from hwnas import cost
 from hwnas.cost import load_target
+from hwnas.cost.luts import comparator_luts, popcount_luts
 from hwnas.difflut import (
     GaussianThermometerEncoder,
     GroupSum,
@@ -275,12 +276,18 @@ def parity_layer(k: int, ms: list[int]) -> LUTLayer:
     return layer
 
 
+def _ice40_bdd(x: int, nodes: int) -> float:
+    """c_X * BDD nodes on ice40-lut4 (the calibrated per-X coefficient)."""
+    return load_target("ice40-lut4").luts.calibration.table[x - 5] * nodes
+
+
 @pytest.mark.parametrize(
     "k,ms,xc7,ice40",
-    [
-        (6, [6, 5, 4, 0], 1 + 1 + 1 + 0, 7 + 3 + 1 + 0),
-        (7, [7, 6, 5, 4], 3 + 1 + 1 + 1, 15 + 7 + 3 + 1),
-        (8, [8, 7, 6], 5 + 3 + 1, 31 + 15 + 7),
+    [   # parity of m inputs: m effective inputs, a BDD of 2m - 1 nodes
+        (6, [6, 5, 4, 0], 1 + 1 + 1 + 0, _ice40_bdd(6, 11) + _ice40_bdd(5, 9) + 1),
+        (7, [7, 6, 5, 4], 2 + 1 + 1 + 1, _ice40_bdd(7, 13) + _ice40_bdd(6, 11)
+         + _ice40_bdd(5, 9) + 1),
+        (8, [8, 7, 6], 4 + 2 + 1, _ice40_bdd(8, 15) + _ice40_bdd(7, 13) + _ice40_bdd(6, 11)),
     ],
 )
 def test_luts_of_pruned_layer(k, ms, xc7, ice40):
@@ -289,18 +296,22 @@ def test_luts_of_pruned_layer(k, ms, xc7, ice40):
     info = info_for(layer, in_channels=k)
     alive = {"in": torch.tensor(float(k)), "out": torch.tensor(float(len(ms)))}
     assert cost.evaluate("luts", info, alive, load_target("xc7-lut6")).item() == xc7
-    assert cost.evaluate("luts", info, alive, load_target("ice40-lut4")).item() == ice40
+    got = cost.evaluate("luts", info, alive, load_target("ice40-lut4")).item()
+    assert got == pytest.approx(ice40, rel=1e-6)
     assert cost.evaluate("params", info, alive, load_target("generic")).item() == len(ms) * 2**k
 
 
 def test_lut_formulas_and_generic_target():
-    assert table_luts(torch.tensor([9, 10]), "xc7-lut6").tolist() == [11.0, 21.0]
+    # xc7: 9 / 10 inputs: 8 / 16 LUT6 behind MUXF7/MUXF8, and one / one 4:1-mux LUT
+    assert table_luts(torch.tensor([9, 10]), "xc7-lut6").tolist() == [9.0, 17.0]
+    cal = load_target("ice40-lut4").luts.calibration
     x = torch.arange(5, 10)
-    assert torch.equal(table_luts(x, "ice40-lut4"), 2.0 ** (x - 3) - 1)
-    assert group_sum_luts(40, 10, "xc7-lut6").item() == 10 * (1 + 1 + 2)
-    assert group_sum_luts(10, 2, "ice40-lut4").item() == 2 * (1 + 1 + 2 + 3)
+    assert table_luts(x, "ice40-lut4").tolist() == pytest.approx(list(cal.table_random))
+    assert group_sum_luts(40, 10, "xc7-lut6").item() == pytest.approx(
+        10 * popcount_luts(4, "xc7-lut6"), rel=1e-6)
     enc = ThermometerEncoder(3).fit(torch.rand(10, 4))
-    assert cost.evaluate("luts", info_for(enc), {}, load_target("xc7-lut6")).item() == 12 * 8
+    got = cost.evaluate("luts", info_for(enc), {}, load_target("xc7-lut6")).item()
+    assert got == pytest.approx(12 * comparator_luts(8, "xc7-lut6"))
     layer = parity_layer(6, [6])
     with pytest.raises(ValueError,
                        match="target 'generic' has no LUT model; use one of ice40-lut4, xc7-lut6"):
@@ -333,8 +344,10 @@ def test_used_nodes_and_lut_report():
     report = lut_report(model, "xc7-lut6")
     assert report["type"].tolist() == ["ThermometerEncoder", "LUTLayer", "LUTLayer", "GroupSum"]
     assert report["used_nodes"].tolist() == [4, 3, 2, 2]
-    # encoder: 4 bits x 8-bit comparators; first: 3 used nodes; last: 2 nodes; 1-bit sums
-    assert report["luts"].tolist() == [32.0, 3.0, 2.0, 0.0]
+    # encoder: 4 comparators of 8-bit inputs (1.69 LUTs each on xc7); first: 3 used nodes;
+    # last: node 0 is first's node 0 itself (a wire, no LUT), node 1 one LUT; 1-bit sums
+    assert comparator_luts(8, "xc7-lut6") == pytest.approx(1.6875)
+    assert report["luts"].tolist() == [7.0, 3.0, 1.0, 0.0]
 
 
 # --------------------------------------------------------------------------- export

@@ -16,9 +16,11 @@ The package, one concept per module:
 - :mod:`~hwnas.difflut.cost`: :func:`input_dependence`, :func:`effective_inputs`,
   :func:`used_nodes`, :func:`table_luts`, :func:`group_sum_luts`, :func:`lut_report` and
   the registered ``luts`` / ``params`` costs (formulas in ``cost_models/DIFFLUT.md``).
-- :mod:`~hwnas.difflut.export`: :func:`lut_network`, :func:`binary_inference_module`,
-  :func:`export_lut_onnx`, :func:`export_truth_tables`, :func:`read_truth_tables`.
-  Verilog, simulation and synthesis live in :mod:`hwnas.hw`.
+- :mod:`~hwnas.difflut.network`: :func:`lut_network` (the binary network as plain data) and
+  :func:`simplify` (constant propagation, unused nodes), shared by every export.
+- :mod:`~hwnas.difflut.export`: :func:`binary_inference_module`, :func:`export_lut_onnx`,
+  :func:`export_truth_tables`, :func:`read_truth_tables`. Verilog, simulation and synthesis
+  live in :mod:`hwnas.hw`.
 
 Example:
     >>> import torch
@@ -41,12 +43,9 @@ from hwnas.difflut.cost import (
     used_nodes,
 )
 from hwnas.difflut.export import (
-    LUTNetwork,
-    LUTTable,
     binary_inference_module,
     export_lut_onnx,
     export_truth_tables,
-    lut_network,
     read_truth_tables,
 )
 from hwnas.difflut.layers import (
@@ -56,6 +55,7 @@ from hwnas.difflut.layers import (
     ThermometerEncoder,
     set_binary_,
 )
+from hwnas.difflut.network import LUTNetwork, LUTTable, lut_network, simplify
 from hwnas.difflut.sensitivity import (
     functional_exact,
     functional_input,
@@ -86,6 +86,7 @@ __all__ = [
     "lut_report",
     "read_truth_tables",
     "set_binary_",
+    "simplify",
     "table_luts",
     "used_nodes",
 ]

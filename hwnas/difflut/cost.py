@@ -3,24 +3,27 @@
 - :func:`input_dependence`, :func:`effective_inputs`: the inputs a node's binarised table
   depends on (pruned inputs cost nothing).
 - :func:`used_nodes`: nodes some later node reads.
-- :func:`table_luts`, :func:`group_sum_luts`: formulas per target (``cost_models/DIFFLUT.md``).
+- :func:`group_sum_luts`: a GroupSum's popcounts; the node, comparator and popcount formulas
+  are in :mod:`hwnas.cost.luts` (``cost_models/DIFFLUT.md``).
 - Registered costs: ``luts`` of :class:`LUTLayer` (``pure=False``: it reads the truth
   tables, which change during training), :class:`GroupSum` and encoders, ``params`` of a
   :class:`LUTLayer`.
-- :func:`lut_report`: the model-level count with unused nodes removed.
+- :func:`lut_report`: the model-level estimate of what the Verilog export builds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from hwnas import cost as _cost
-from hwnas.cost.luts import lut_model
+from hwnas.cost.luts import comparator_luts, lut_model, node_luts, popcount_luts, table_luts
 from hwnas.cost.targets import Target, load_target
 from hwnas.difflut.layers import ENCODERS, GroupSum, LUTLayer, ThermometerEncoder, lut_layers
+from hwnas.difflut.network import LUTTable, Node, lut_network, reduce_layer, simplify
 from hwnas.errors import InvalidTypeError, InvalidValueError
 
 if TYPE_CHECKING:
@@ -145,88 +148,42 @@ def _read_inputs(layer: LUTLayer, used: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- LUT cost
 
 
-def table_luts(k_eff: Tensor | int, target: Target | str) -> Tensor:
-    """Physical LUTs of a 1-bit truth table with ``k_eff`` inputs on ``target`` (elementwise).
-
-    ``0`` for a constant (``k_eff == 0``: a tie-off, no LUT); ``1`` when
-    ``k_eff <= target.lut_inputs``; otherwise, with ``X = k_eff`` and ``L = lut_inputs``:
-
-    - ``table == "logicnets"``: ``(2^(X-4) - (-1)^X) / 3`` (LogicNets LUTCost with Y = 1,
-      Umuroglu et al., FPL 2020);
-    - ``table == "shannon"``: ``2^(X-L+1) - 1``: Shannon expansion into ``2^(X-L)`` L-input
-      leaves plus ``2^(X-L) - 1`` 2:1 muxes of one LUT each (``2^(X-3) - 1`` for LUT4).
-
-    Example:
-        >>> table_luts(torch.tensor([0, 4, 6, 7, 8]), "xc7-lut6").tolist()
-        [0.0, 1.0, 1.0, 3.0, 5.0]
-        >>> table_luts(torch.tensor([4, 5, 6, 7, 8]), "ice40-lut4").tolist()
-        [1.0, 3.0, 7.0, 15.0, 31.0]
-    """
-    target = load_target(target)
-    model = lut_model(target)
-    x = torch.as_tensor(k_eff).to(torch.float64)
-    if bool((x < 0).any()):
-        raise InvalidValueError(f"`k_eff` must be >= 0, but got {k_eff!r}")
-    if model.table == "logicnets":
-        sign = torch.where(torch.remainder(x, 2) == 0, 1.0, -1.0).to(torch.float64)
-        big = (torch.pow(2.0, x - 4) - sign) / 3
-    else:
-        big = torch.pow(2.0, x - target.lut_inputs + 1) - 1
-    one = torch.ones_like(x)
-    out = torch.where(x == 0, torch.zeros_like(x), torch.where(x <= target.lut_inputs, one, big))
-    return out.round().to(torch.float32)
-
-
 def group_sum_luts(features: int, k_classes: int, target: Target | str) -> Tensor:
-    """LUTs of a popcount adder tree per class (GroupSum on ``features`` bits).
+    """LUTs of a GroupSum head: ``k_classes`` popcounts of ``features / k_classes`` bits.
 
-    Each class sums ``m = features / k_classes`` one-bit operands with a balanced binary
-    adder tree: at every level, pairs of ``w``-bit operands go through one ``w``-bit adder
-    (``w * luts_per_adder_bit`` LUTs) giving ``w + 1`` bits; an odd operand passes to the
-    next level. For ``m = 2^d`` this is ``sum_{l=1..d} l * 2^(d-l) = 2m - d - 2`` adder bits.
+    Each popcount is :func:`hwnas.cost.luts.popcount_luts` (fitted to yosys on calibrated
+    targets, a balanced adder tree otherwise).
 
     Example:
-        >>> group_sum_luts(40, 10, "xc7-lut6").item()   # m = 4: two 1-bit + one 2-bit adder
-        40.0
+        >>> round(group_sum_luts(40, 10, "xc7-lut6").item(), 3)   # 10 popcounts of 4 bits
+        28.265
     """
     target = load_target(target)
-    model = lut_model(target)
-    if features % k_classes:
+    if k_classes < 1 or features % k_classes:
         raise InvalidValueError(
             f"`features` ({features}) must be divisible by `k_classes` ({k_classes})"
         )
-    widths = [1] * (features // k_classes)
-    adder_bits = 0
-    while len(widths) > 1:
-        nxt = []
-        for a, b in zip(widths[0::2], widths[1::2], strict=False):
-            adder_bits += max(a, b)
-            nxt.append(max(a, b) + 1)
-        if len(widths) % 2:
-            nxt.append(widths[-1])
-        widths = nxt
-    return torch.tensor(float(k_classes * adder_bits * model.luts_per_adder_bit))
+    return torch.tensor(float(k_classes * popcount_luts(features // k_classes, target)))
 
 
-def _encoder_luts(encoder: ThermometerEncoder, target: Target, bits: int | None = None) -> Tensor:
-    model = lut_model(target)
-    comparators = encoder.out_features if bits is None else bits
-    return torch.tensor(float(comparators * target.activation_bits * model.luts_per_comparator_bit))
+def _layer_luts(nodes: Iterable[Node], target: Target) -> float:
+    return sum(node_luts(len(n.sources), n.table, target) for n in nodes)
 
 
 @_cost.register("luts", LUTLayer, pure=False)
 def lut_layer_luts(info: LayerInfo, alive: dict[str, Tensor], target: Target) -> Tensor:
-    """LUTs of a LUT layer: ``sum over nodes of table_luts(effective k)``.
+    """LUTs of a LUT layer: :func:`hwnas.cost.luts.node_luts` of each node's reduced table.
 
-    The effective k of each node comes from its binarised table (:func:`effective_inputs`),
-    so ``alive`` is ignored; the count is exact, not differentiable. The function sees one
-    layer, so nodes no later layer reads still count: use :func:`lut_report` for the
-    model-level count with unused nodes removed.
+    Each node's table is reduced to the inputs it depends on (:func:`reduce_layer`); the
+    count reads the truth tables (registered ``pure=False``), so ``alive`` is ignored and
+    the count is exact, not differentiable. The function sees one layer, so nodes no later
+    layer reads still count: :func:`lut_report` gives the model-level count.
     """
     layer = info.module
     if not isinstance(layer, LUTLayer):
         raise InvalidTypeError(f"`info.module` must be a LUTLayer, but got {type(layer).__name__}")
-    return table_luts(effective_inputs(layer), target).sum()
+    table = LUTTable("", layer.connection_indices().cpu(), layer.truth_table().cpu())
+    return torch.tensor(_layer_luts(reduce_layer(table), target))
 
 
 @_cost.register("params", LUTLayer)
@@ -240,7 +197,7 @@ def lut_layer_params(info: LayerInfo, alive: dict[str, Tensor], target: Target) 
 
 @_cost.register("luts", GroupSum)
 def group_sum_layer_luts(info: LayerInfo, alive: dict[str, Tensor], target: Target) -> Tensor:
-    """LUTs of a GroupSum's popcount trees: :func:`group_sum_luts` of ``info.in_channels``."""
+    """LUTs of a GroupSum's popcounts: :func:`group_sum_luts` of ``info.in_channels``."""
     head = info.module
     if not isinstance(head, GroupSum):
         raise InvalidTypeError(f"`info.module` must be a GroupSum, but got {type(head).__name__}")
@@ -251,90 +208,71 @@ def group_sum_layer_luts(info: LayerInfo, alive: dict[str, Tensor], target: Targ
 
 @_cost.register("luts", ThermometerEncoder)
 def encoder_luts(info: LayerInfo, alive: dict[str, Tensor], target: Target) -> Tensor:
-    """One ``activation_bits``-bit comparator per threshold per feature."""
+    """One comparator of an ``activation_bits``-bit input per threshold per feature."""
     enc = info.module
     if not isinstance(enc, ThermometerEncoder):
         raise InvalidTypeError(
             f"`info.module` must be a ThermometerEncoder, but got {type(enc).__name__}"
         )
-    return _encoder_luts(enc, target)
+    return torch.tensor(enc.out_features * comparator_luts(target.activation_bits, target))
 
 
-def lut_report(model: nn.Module, target: Target | str) -> pd.DataFrame:
-    """Model-level LUT count with pruned inputs and unused nodes removed.
+def lut_report(
+    model: nn.Module, target: Target | str, constant_inputs: dict[int, bool] | None = None
+) -> pd.DataFrame:
+    """Model-level LUT estimate of what the Verilog export builds, one row per stage.
 
-    One row per encoder, LUT layer and GroupSum of ``model`` (in ``model.modules()``
-    order), columns ``layer``, ``type``, ``nodes``, ``used_nodes``, ``k``, ``mean_k_eff``
-    (over used nodes), ``luts``. LUT layers count ``table_luts(k_eff)`` over their used nodes
-    (:func:`used_nodes`); an encoder counts the comparators of the bits that a used node of
-    the first LUT layer depends on (``used_nodes`` is that number of bits); the sum of
-    ``luts`` is the model's estimate. Constant propagation is not done: a node whose input is
-    a constant bit (a constant node or a threshold above the data range) keeps that input.
+    The network is simplified first (:func:`hwnas.difflut.simplify`: constants propagated,
+    inputs a table ignores dropped, unused nodes removed). Rows: the encoder (comparators
+    of ``activation_bits``-bit inputs whose bit a built node reads), each LUT layer
+    (:func:`hwnas.cost.luts.node_luts` of every built node, with its table) and the GroupSum
+    (one popcount per class of its non-constant bits). Columns ``layer``, ``type``,
+    ``nodes``, ``used_nodes`` (built nodes, comparators or classes), ``k``, ``mean_k_eff``
+    (over built nodes) and ``luts``, rounded to whole LUTs; their sum is the estimate.
+
+    Args:
+        model: A LUT network (:func:`hwnas.difflut.lut_network`).
+        target: A target with a LUT model.
+        constant_inputs: First-layer bits known to be constant (see ``simplify``).
 
     Example:
         >>> import torch
         >>> from torch import nn
         >>> model = nn.Sequential(LUTLayer(8, 20, k=6, seed=0), GroupSum(2))
         >>> report = lut_report(model, "xc7-lut6")
-        >>> report[["layer", "nodes", "luts"]].values.tolist()   # 20 LUT6 + 2 trees of 10 bits
-        [['0', 20, 20.0], ['1', 2, 32.0]]
+        >>> report[["layer", "nodes", "used_nodes"]].values.tolist()
+        [['0', 20, 20], ['1', 2, 2]]
     """
     import pandas as pd
 
     target = load_target(target)
     lut_model(target)
-    layers = lut_layers(model)
-    used = dict(zip(map(id, layers), used_nodes(model), strict=True))
+    net = lut_network(model)
+    layers, read = simplify(net, constant_inputs)
+    by_name = {layer.name: layer for layer in layers}
     rows: list[dict[str, Any]] = []
-    last_width: int | None = None
     for name, m in model.named_modules():
-        if isinstance(m, LUTLayer):
-            k_eff = effective_inputs(m)
-            mask = used[id(m)]
-            n_used = int(mask.sum())
-            mean_k = float(k_eff[mask].float().mean()) if n_used else 0.0
-            luts = float(table_luts(k_eff[mask], target).sum())
-            rows.append(
-                dict(
-                    layer=name,
-                    type="LUTLayer",
-                    nodes=m.out_features,
-                    used_nodes=n_used,
-                    k=m.k,
-                    mean_k_eff=mean_k,
-                    luts=luts,
-                )
-            )
-            last_width = m.out_features
+        if isinstance(m, LUTLayer) and name in by_name:
+            layer = by_name[name]
+            live = [layer.nodes[j] for j in layer.live()]
+            k_eff = [len(n.sources) for n in live]
+            rows.append(dict(layer=name, type="LUTLayer", nodes=m.out_features,
+                             used_nodes=len(live), k=m.k,
+                             mean_k_eff=sum(k_eff) / len(k_eff) if k_eff else 0.0,
+                             luts=float(round(_layer_luts(live, target)))))
         elif isinstance(m, ENCODERS):
-            first = layers[0]
-            n_bits = m.out_features
-            if first.in_features == n_bits:  # comparators whose bit no used node reads go
-                n_bits = int(_read_inputs(first, used[id(first)]).sum())
-            rows.append(
-                dict(
-                    layer=name,
-                    type=type(m).__name__,
-                    nodes=m.out_features,
-                    used_nodes=n_bits,
-                    k=1,
-                    mean_k_eff=1.0,
-                    luts=float(_encoder_luts(m, target, n_bits)),
-                )
-            )
+            n_bits = sum(read)
+            luts = n_bits * comparator_luts(target.activation_bits, target)
+            rows.append(dict(layer=name, type=type(m).__name__, nodes=m.out_features,
+                             used_nodes=n_bits, k=1, mean_k_eff=1.0,
+                             luts=float(round(luts))))
         elif isinstance(m, GroupSum):
-            if last_width is None:
-                raise InvalidValueError(f"GroupSum {name!r} does not follow a LUTLayer")
-            rows.append(
-                dict(
-                    layer=name,
-                    type="GroupSum",
-                    nodes=m.k_classes,
-                    used_nodes=m.k_classes,
-                    k=last_width // m.k_classes,
-                    mean_k_eff=float(last_width // m.k_classes),
-                    luts=float(group_sum_luts(last_width, m.k_classes, target)),
-                )
-            )
+            last = layers[-1]
+            per = len(last.nodes) // m.k_classes
+            terms = [sum(not last.nodes[j].is_constant for j in range(c * per, (c + 1) * per))
+                     for c in range(m.k_classes)]
+            luts = sum(popcount_luts(t, target) for t in terms)
+            rows.append(dict(layer=name, type="GroupSum", nodes=m.k_classes,
+                             used_nodes=m.k_classes, k=per, mean_k_eff=float(per),
+                             luts=float(round(luts))))
     return pd.DataFrame(rows)
-

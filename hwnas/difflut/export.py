@@ -1,8 +1,5 @@
-"""Export of DiffLUT networks: the plain-data network, binary inference, ONNX, JSON tables.
+"""Export of DiffLUT networks: binary inference in PyTorch, ONNX, JSON truth tables.
 
-- :func:`lut_network`: the binary network as plain data (:class:`LUTNetwork`), read once
-  from the model; the PyTorch binary module, the ONNX export and the Verilog export of
-  :mod:`hwnas.hw` are all built from it.
 - :func:`binary_inference_module`: pure-tensor binary inference (exports to ONNX).
 - :func:`export_lut_onnx`, :func:`export_truth_tables`, :func:`read_truth_tables`.
 """
@@ -11,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,136 +15,17 @@ import torch
 from torch import Tensor, nn
 
 from hwnas.difflut.cost import input_dependence, used_nodes
-from hwnas.difflut.layers import ENCODERS, GroupSum, LUTLayer, lut_layers
-from hwnas.errors import InvalidTypeError, InvalidValueError, ShapeError
+from hwnas.difflut.layers import ENCODERS, GroupSum, lut_layers
+from hwnas.difflut.network import LUTNetwork, lut_network
+from hwnas.errors import InvalidTypeError, InvalidValueError
 from hwnas.files import atomic_write, ensure_writable_dir
 
 __all__ = [
-    "LUTNetwork",
-    "LUTTable",
     "binary_inference_module",
     "export_lut_onnx",
     "export_truth_tables",
-    "lut_network",
     "read_truth_tables",
 ]
-
-
-@dataclass(frozen=True)
-class LUTTable:
-    """One LUT layer as plain data.
-
-    Attributes:
-        name: The module path in the model.
-        connections: int64 (nodes, k): the input index read by each node input.
-        table: bool (nodes, 2^k): the binarised truth table, address ``sum_j bit_j 2^j``.
-    """
-
-    name: str
-    connections: Tensor
-    table: Tensor
-
-    @property
-    def nodes(self) -> int:
-        return int(self.connections.shape[0])
-
-    @property
-    def k(self) -> int:
-        return int(self.connections.shape[1])
-
-
-@dataclass(frozen=True)
-class LUTNetwork:
-    """A binary LUT network as plain data: ``[encoder] -> LUT layers -> [GroupSum]``.
-
-    Attributes:
-        in_features: Features the network reads (encoder inputs, or first-layer bits).
-        thresholds: float32 (features, bits) thermometer thresholds (bit ``x > t``), or None
-            when the first LUT layer reads its inputs thresholded at 0.5.
-        layers: The LUT layers in order; layer ``i + 1`` reads layer ``i``'s outputs.
-        k_classes: GroupSum classes, or None without a head.
-        tau: GroupSum temperature (1.0 without a head).
-    """
-
-    in_features: int
-    thresholds: Tensor | None
-    layers: tuple[LUTTable, ...]
-    k_classes: int | None = None
-    tau: float = 1.0
-
-    @property
-    def out_bits(self) -> int:
-        """Bits of the last LUT layer."""
-        return self.layers[-1].nodes
-
-
-_PASS_THROUGH = (nn.Sequential, nn.Flatten, nn.Identity)
-
-
-def lut_network(model: nn.Module) -> LUTNetwork:
-    """Read ``model``'s binary network into plain data (copies, on the CPU).
-
-    ``model``'s modules, in ``model.modules()`` order, must form the chain
-    ``[encoder] -> LUTLayer... -> [GroupSum]`` (``nn.Sequential``, ``nn.Flatten`` and
-    ``nn.Identity`` are allowed); each layer must read as many features as the one before
-    produces.
-
-    Example:
-        >>> from torch import nn
-        >>> net = lut_network(nn.Sequential(LUTLayer(6, 8, k=3, seed=0), GroupSum(2)))
-        >>> net.in_features, [t.nodes for t in net.layers], net.k_classes
-        (6, [8], 2)
-    """
-    thresholds: Tensor | None = None
-    layers: list[LUTTable] = []
-    head: GroupSum | None = None
-    width: int | None = None
-    for name, m in model.named_modules():
-        if isinstance(m, ENCODERS):
-            if thresholds is not None or layers:
-                raise InvalidValueError(f"encoder {name!r} must come first in the LUT network")
-            if m.in_features == 0:
-                raise InvalidValueError(f"encoder {name!r} is not fitted; call .fit(data) first")
-            thresholds = m.thresholds.detach().float().cpu().clone()
-            width = m.out_features
-        elif isinstance(m, LUTLayer):
-            if head is not None:
-                raise InvalidValueError(f"LUTLayer {name!r} follows the GroupSum head")
-            if width is not None and m.in_features != width:
-                raise ShapeError(
-                    f"LUTLayer {name!r} reads {m.in_features} features, but the layer before "
-                    f"gives {width}"
-                )
-            layers.append(LUTTable(name, m.connection_indices().cpu().clone(),
-                                   m.truth_table().cpu().clone()))
-            width = m.out_features
-        elif isinstance(m, GroupSum):
-            if not layers or head is not None:
-                raise InvalidValueError(f"GroupSum {name!r} must follow the last LUTLayer")
-            if layers[-1].nodes % m.k_classes:
-                raise ShapeError(
-                    f"GroupSum {name!r}: {layers[-1].nodes} features are not divisible by "
-                    f"k_classes={m.k_classes}"
-                )
-            head = m
-        elif not isinstance(m, _PASS_THROUGH):
-            raise InvalidValueError(
-                f"module {name!r} ({type(m).__name__}) is not part of a LUT network; allowed: "
-                "ThermometerEncoder, LUTLayer, GroupSum, nn.Sequential, nn.Flatten, nn.Identity"
-            )
-    if not layers:
-        raise InvalidValueError(f"no LUTLayer in {type(model).__name__}")
-    if thresholds is not None:
-        in_features = int(thresholds.shape[0])
-    else:
-        in_features = next(m for m in model.modules() if isinstance(m, LUTLayer)).in_features
-    return LUTNetwork(
-        in_features=in_features,
-        thresholds=thresholds,
-        layers=tuple(layers),
-        k_classes=None if head is None else head.k_classes,
-        tau=1.0 if head is None else head.tau,
-    )
 
 
 class _BinaryLUTNet(nn.Module):
@@ -208,6 +85,7 @@ def binary_inference_module(model: nn.Module, divide_by_tau: bool = True) -> nn.
     Example:
         >>> import torch
         >>> from torch import nn
+        >>> from hwnas.difflut import GroupSum, LUTLayer
         >>> model = nn.Sequential(LUTLayer(6, 8, k=3, seed=0), GroupSum(2, tau=4.0)).eval()
         >>> x = torch.rand(5, 6)
         >>> torch.equal(binary_inference_module(model)(x), model(x))
@@ -256,6 +134,7 @@ def export_lut_onnx(
     Example:
         >>> import tempfile, torch
         >>> from torch import nn
+        >>> from hwnas.difflut import GroupSum, LUTLayer
         >>> model = nn.Sequential(LUTLayer(6, 8, k=3, seed=0), GroupSum(2))
         >>> with tempfile.TemporaryDirectory() as d:
         ...     out = export_lut_onnx(model, f"{d}/lut.onnx", torch.rand(4, 6))
@@ -311,6 +190,7 @@ def export_truth_tables(model: nn.Module, folder: str | os.PathLike[str]) -> lis
 
     Example:
         >>> import tempfile
+        >>> from hwnas.difflut import LUTLayer
         >>> with tempfile.TemporaryDirectory() as d:
         ...     paths = export_truth_tables(LUTLayer(4, 2, k=2, seed=0), d)
         ...     [p.name for p in paths], read_truth_tables(d)[0]["k"]
@@ -366,6 +246,7 @@ def read_truth_tables(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
     Example:
         >>> import tempfile
+        >>> from hwnas.difflut import LUTLayer
         >>> with tempfile.TemporaryDirectory() as d:
         ...     _ = export_truth_tables(LUTLayer(4, 3, k=2, seed=0), d)
         ...     len(read_truth_tables(d)[0]["nodes"])

