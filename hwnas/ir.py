@@ -154,6 +154,12 @@ class LayerInfo:
     attn_positions: int = 0
 
     @property
+    def label(self) -> str:
+        """How tables name the layer: its module path, or for a function call its node name
+        (``matmul_1``: unique, unlike the function name in ``target``)."""
+        return self.target if self.module_type is not None else self.name
+
+    @property
     def cost_key(self) -> object:
         """What cost functions are registered under: the module class, else the op."""
         return self.module_type if self.module_type is not None else self.op

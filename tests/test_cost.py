@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from hwnas import cost
 from hwnas.cost import Target, load_target
@@ -19,12 +18,13 @@ from hwnas.cost.profile import full_alive, profile
 from hwnas.graph import layers, trace
 
 try:  # tests/ as a plain directory on sys.path (pytest rootdir "prepend" import mode)
+    from flop_reference import reference_counts
     from zoo import build, names
 except ImportError:  # tests/ imported as a package
+    from tests.flop_reference import reference_counts
     from tests.zoo import build, names
 
 LIGHT = names()
-MAC_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
@@ -45,41 +45,39 @@ def _total(df, column: str):
 
 
 @pytest.mark.parametrize("name", LIGHT)
-def test_params_equal_conv_linear_parameters(name: str) -> None:
-    model, _ = build(name)
-    df = _zoo_profile(name)
-    expected = sum(
-        p.numel() for m in model.modules() if isinstance(m, MAC_LAYERS) for p in m.parameters()
-    )
-    assert _total(df, "params") == expected
-
-
-@pytest.mark.parametrize("name", LIGHT)
-def test_ops_equal_flop_counter(name: str) -> None:
+def test_params_and_ops_equal_the_reference(name: str) -> None:
+    # The reference reads the ops that run (tests/flop_reference.py): FlopCounterMode's
+    # 2 FLOPs per multiply-accumulate of convolution / mm / addmm / bmm / attention, halved,
+    # plus one MAC per output of an op that adds a bias parameter (hwnas counts one MAC per
+    # weight use and one per output for the bias, PLiNIO's convention); params are the
+    # parameters that enter those ops. The zoo has them as modules (Conv, Linear,
+    # MultiheadAttention) and as functions (F.linear, F.conv2d, matmul, einsum,
+    # scaled_dot_product_attention).
     model, x = build(name)
-    model.eval()
+    ref = reference_counts(model, x)
     df = _zoo_profile(name)
-    # FlopCounterMode counts 2 FLOPs per multiply-accumulate of convolution / mm / addmm /
-    # bmm and nothing for the bias add, pooling, normalisation or activations. hwnas counts
-    # one MAC per weight use plus one per output element for the bias (PLiNIO convention).
-    # No zoo model has a matmul outside a Conv/Linear (no attention), so nothing that
-    # FlopCounterMode counts is left out by hwnas.
-    bias_outputs: list[int] = []
-    hooks = [
-        m.register_forward_hook(lambda mod, inp, out: bias_outputs.append(out.numel()))
-        for m in model.modules()
-        if isinstance(m, MAC_LAYERS) and m.bias is not None
-    ]
-    counter = FlopCounterMode(display=False)
-    try:
-        with torch.no_grad(), counter:
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    flops = counter.get_total_flops()
-    assert flops % 2 == 0
-    assert _total(df, "ops") == flops // 2 + sum(bias_outputs)
+    assert (_total(df, "params"), _total(df, "ops")) == (ref.params, ref.ops)
+
+
+def test_reference_counts_every_mac_and_bias() -> None:
+    # the reference itself, by hand: a conv with bias, F.linear, a product of activations
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 4, 3)
+            self.w = nn.Parameter(torch.randn(3, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x).flatten(2).transpose(1, 2)  # (1, 4 positions, 4 channels)
+            y = torch.nn.functional.linear(y, self.w)  # (1, 4, 3), no bias
+            return y @ y.transpose(1, 2)  # (1, 4, 4) over 3 channels
+
+    ref = reference_counts(Net(), torch.randn(1, 2, 4, 4))
+    assert ref.macs == 4 * 2 * 9 * 4 + 4 * 4 * 3 + 4 * 4 * 3
+    assert ref.biased_outputs == 4 * 4
+    assert ref.params == 4 * 2 * 9 + 4 + 3 * 4
+    df = profile(Net(), torch.randn(1, 2, 4, 4))
+    assert (_total(df, "params"), _total(df, "ops")) == (ref.params, ref.ops)
 
 
 @pytest.mark.parametrize("name", LIGHT)
@@ -150,6 +148,31 @@ def test_depthwise_and_grouped_by_hand() -> None:
     df = profile(net, torch.randn(1, 4, 5, 5))
     assert df["params"].tolist() == [8 * 4, 8 * (1 * 9 + 1), 8 * (4 * 9), 32 + 80 + 288]
     assert df["ops"].tolist() == [32 * 25, 80 * 25, 288 * 25, (32 + 80 + 288) * 25]
+
+
+def test_attention_by_hand() -> None:
+    # nn.MultiheadAttention(8, 2) over 5 tokens: 4 projections of 8x8 weights + 8 biases for
+    # every token (q, k, v of 5 tokens each, output of 5), then q @ k^T and attn @ v: each
+    # 5 x 5 positions x 4 channels per head x 2 heads
+    mha = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = mha
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.mha(x, x, x, need_weights=False)[0]
+
+    df = profile(Net(), torch.randn(1, 5, 8))
+    assert df.loc[0, "type"] == "MultiheadAttention"
+    assert df.loc[0, "params"] == 4 * 8 * 8 + 4 * 8 == 288
+    assert df.loc[0, "ops"] == 4 * 5 * (8 * 8 + 8) + 5 * 5 * (8 + 8) == 1840
+    # the cost functions in the alive counts: half the per-head dim pruned
+    info = layers(trace(Net(), torch.randn(1, 5, 8)))[0]
+    alive = {"in": torch.tensor(4.0), "out": torch.tensor(4.0)}
+    assert cost.evaluate("params", info, alive, load_target("generic")) == 4 * 16 + 4 * 4
+    assert cost.evaluate("ops", info, alive, load_target("generic")) == 20 * 20 + 25 * 8
 
 
 def test_linear_over_tokens_counts_every_token() -> None:

@@ -548,7 +548,7 @@ def test_zoo_traces_with_consistent_slots(name: str) -> None:
     assert [g.index for g in groups] == list(range(len(groups)))
     seen: dict[int, set[int]] = {g.index: set() for g in groups}
     for info in layers(gm):
-        module = model.get_submodule(info.target)
+        module = model.get_submodule(info.target) if info.module_type is not None else None
         if isinstance(module, nn.modules.conv._ConvNd):
             assert (info.in_channels, info.out_channels) == (
                 module.in_channels, module.out_channels)
@@ -570,3 +570,102 @@ def test_zoo_traces_with_consistent_slots(name: str) -> None:
     x = build(name)[1]
     with torch.no_grad():
         torch.testing.assert_close(gm(x), model(x))
+
+
+# ------------------------------------------------------------- permutations and heads
+
+
+class Shuffle(nn.Module):
+    """A 2-way channel shuffle written with view / permute / reshape between two convs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 1)
+        self.c2 = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c1(x)
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).permute(0, 2, 1, 3, 4).reshape(n, c, h, w)
+        return self.c2(y).mean((2, 3))
+
+
+def test_channel_shuffle_is_a_tracked_permutation() -> None:
+    gm = trace(Shuffle(), torch.randn(1, 3, 4, 4))
+    # c1's channel k of each half is one channel (3 of them); after the shuffle channel
+    # 2k + j is channel k of half j, so c2 reads k = 0, 0, 1, 1, 2, 2
+    assert _summary(gm) == [
+        (3, ("x",), ("c1",), "model input"),
+        (3, ("c1",), ("c2",), None),
+        (4, ("c2",), (), "model output"),
+    ]
+    assert _slots(gm, "c1")[1] == [[1] * 6, [0, 1, 2, 0, 1, 2]]
+    assert _slots(gm, "c2")[0] == [[1] * 6, [0, 0, 1, 1, 2, 2]]
+
+
+def test_shufflenet_v1_in_zoo() -> None:
+    _, gm = _zoo("shufflenet_v1")
+    groups = channel_groups(gm)
+    g = _out_group(gm, "units_0_gconv1_0")
+    # 12 channels in 3 conv groups: 4 channels, each in every group, shuffled
+    assert (groups[g].size, groups[g].frozen) == (4, None)
+    assert _slots(gm, "units_0_gconv2_0")[0][1] == [k for k in range(4) for _ in range(3)]
+
+
+def test_attention_heads_share_the_per_head_dim() -> None:
+    _, gm = _zoo("vit")
+    infos = _infos(gm)
+    mha = infos["blocks_0_attn"]
+    assert (mha.kind, mha.frozen) == ("attention", None)
+    # nn.MultiheadAttention(24, 4): its input is also its q/k/v width; index j of every
+    # head is one channel of the residual stream: 6 channels, each in all 4 heads
+    g = int(mha.in_slots[0, 0])
+    assert mha.in_slots.tolist() == [[g] * 24, list(range(6)) * 4]
+    assert channel_groups(gm)[g].size == 6
+    assert (mha.positions, mha.attn_positions, mha.param_positions) == (4 * 17, 17 * 17, 4)
+
+
+def test_functional_attention_in_zoo() -> None:
+    _, gm = _zoo("attention")
+    infos = _infos(gm)
+    qkv = infos["attns_0_qkv"]
+    g = int(qkv.out_slots[0, 0])
+    # reshape (b, n, 3, heads, head_dim): q, k and v share the per-head index, tied over heads
+    assert qkv.out_slots.tolist() == [[g] * 72, list(range(6)) * 12]
+    sdpa = infos["scaled_dot_product_attention"]
+    assert (sdpa.kind, sdpa.in_channels, sdpa.out_channels, sdpa.reads) == (
+        "attention", 6, 6, (0, 3))
+    scores = infos["matmul"]  # q @ k^T: q's head dim read through a mask on q
+    assert (scores.kind, scores.in_channels, scores.out_channels, scores.reads) == (
+        "matmul", 6, 16, (0, 3))
+    mixed = infos["einsum_1"]  # attn @ v: over 16 tokens, writes v's channels
+    assert (mixed.in_slots, mixed.in_channels, mixed.out_channels) == (None, 16, 6)
+    assert channel_groups(gm)[g].frozen is None
+
+
+def test_parameters_take_the_channels_they_meet() -> None:
+    _, gm = _zoo("vit")
+    params = {n.target: n.meta["hwnas_param"] for n in gm.graph.nodes if "hwnas_param" in n.meta}
+    stream = int(_infos(gm)["patch"].out_slots[0, 0])
+    for name in ("cls", "pos"):  # class token (cat over tokens), position embedding (add)
+        assert params[name].dims == (2,)
+        assert params[name].slots[0][0].tolist() == [stream] * 24
+        assert not params[name].scaled[0].any()
+    _, gm = _zoo("convnext")
+    params = {n.target: n.meta["hwnas_param"] for n in gm.graph.nodes if "hwnas_param" in n.meta}
+    assert params["stage1.gamma"].dims == (0,)  # layer scale
+    # LayerNorm2d traced into: F.layer_norm's affine follows the channels
+    assert set(params) >= {"stem.1.weight", "stem.1.bias", "down.0.weight"}
+    ln = _infos(gm)["layer_norm"]
+    assert (ln.kind, ln.reads) == ("norm", (0, 3))
+    # stochastic depth passes the channels on
+    assert _infos(gm)["stochastic_depth"].kind == "elementwise"
+    assert all(g.frozen in (None, "model input", "model output") for g in channel_groups(gm))
+    # F.linear / F.conv2d on explicit parameters are layers; their weights take channels
+    _, gm = _zoo("attention")
+    infos = _infos(gm)
+    assert (infos["conv2d"].kind, infos["linear"].kind) == ("conv", "linear")
+    params = {n.target: n.meta["hwnas_param"] for n in gm.graph.nodes if "hwnas_param" in n.meta}
+    assert params["conv_w"].dims == (0, 1)  # out: the GroupNorm group; in: the (frozen) input
+    assert params["w_out"].dims == (0, 1) and params["w_out"].scaled[1].all()
+    assert infos["linear"].scaled_params == ("w_out",)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from torch import nn
 
+import hwnas
 from hwnas.cost import load_target
 from hwnas.cost.profile import metrics_for, profile
 from hwnas.graph import layers, trace
@@ -65,14 +67,14 @@ def test_zoo_rows_totals_and_frozen_outputs(name: str) -> None:
     model.eval()
     gm = trace(model, x)
     # one row per layer, in graph order, plus the total row
-    assert df["layer"].tolist() == [i.target for i in layers(gm)] + ["total"]
+    assert df["layer"].tolist() == [i.label for i in layers(gm)] + ["total"]
     body, total = df.iloc[:-1], df.iloc[-1]
     for metric in ("params", "ops", "norm_params"):
         assert total[metric] == body[metric].sum()
         assert (body[metric] >= 0).all()
     assert total["luts"] == pytest.approx(body["luts"].sum(), rel=1e-12)
     # the last layer writes the model output: frozen, with the reason in the table
-    assert body.iloc[-1]["layer"] == layers(gm)[-1].target
+    assert body.iloc[-1]["layer"] == layers(gm)[-1].label
     assert body.iloc[-1]["frozen"] == "model output"
     assert body["frozen"].map(type).eq(str).all()
 
@@ -104,3 +106,27 @@ def test_profile_does_not_modify_the_model() -> None:
 def test_bad_target() -> None:
     with pytest.raises(KeyError, match="unknown target 'fpga'; known: generic"):
         profile(_net(), torch.randn(1, 3, 4, 4), target="fpga")
+
+
+def test_counts_above_2_to_the_24_stay_exact() -> None:
+    # 6013 x 6015 = 36,168,195 weights: a float32 holds integers exactly only up to 2^24
+    # (16,777,216) and would store this count as 36,168,196
+    assert int(np.float32(36_168_195)) == 36_168_196
+    net = nn.Sequential(nn.Linear(6013, 6015, bias=False))
+    x = torch.randn(1, 6013)
+    df = profile(net, x)
+    assert df["params"].dtype == np.int64
+    assert int(df.iloc[-1]["params"]) == 36_168_195
+    assert int(df.iloc[-1]["ops"]) == 36_168_195
+    search = hwnas.wrap(net, x)
+    assert search.costs()["params"] == 36_168_195.0
+    assert float(search.cost("params", "deterministic")) == 36_168_195.0
+
+
+def test_function_layers_are_rows() -> None:
+    model, x = build("attention")
+    df = profile(model, x).set_index("layer")
+    assert df.loc["scaled_dot_product_attention", "type"] == "scaled_dot_product_attention"
+    assert df.loc["matmul_1", "type"] == "matmul"
+    assert df.loc["einsum", "ops"] == 4 * 16 * 16 * 6  # q k^T over 6 channels per head
+    assert df.loc["linear", "type"] == "linear"

@@ -18,8 +18,8 @@ except ImportError:  # tests/ imported as a package
     from tests.zoo import build, names
 
 LIGHT = names()
-# Zoo models with at least one free group (mlp_layernorm has none: LayerNorm freezes it).
-GATED = [n for n in LIGHT if n != "mlp_layernorm"]
+# Zoo models with at least one free group (all of them: LayerNorm over channels is masked).
+GATED = LIGHT
 METRICS = ["norm_params", "ops", "params"]
 
 
@@ -157,6 +157,13 @@ def test_per_example_masks() -> None:
     with torch.no_grad():
         y = search(same)
     assert torch.allclose(y[0], y[1], atol=1e-6)
+
+
+def test_per_example_gates_cannot_mask_attention_weights() -> None:
+    model, x = build("vit")
+    with pytest.raises(ValueError, match="per_example gates cannot mask the "
+                                         "MultiheadAttention blocks.0.attn"):
+        hwnas.wrap(model, x, per_example=True)
 
 
 def test_per_batch_masks_are_shared() -> None:
@@ -438,3 +445,40 @@ def test_projection_on_a_model_with_nothing_to_prune() -> None:
     assert search.free_groups == [] and list(search.arch_parameters()) == []
     assert search.enforce_targets_({"params": 1.0}) == 0
     assert search.costs()["params"] == 8
+
+
+# ------------------------------------------------------------------- attention, norms
+
+
+def test_attention_costs_fall_with_the_per_head_dim() -> None:
+    search, _, _ = _wrap("attention")
+    sdpa = next(k for k, i in enumerate(search.layer_infos)
+                if i.target == "scaled_dot_product_attention")
+    g = int(search.layer_infos[sdpa].in_slots[0, 0])
+    before = search.layer_costs().loc[sdpa]
+    # 4 heads x 16 queries x 16 keys x (6 q/k + 6 v channels per head)
+    assert before["ops"] == 4 * 16 * 16 * (6 + 6)
+    search.gate(g).set_deterministic_(torch.tensor([1.0, 0, 1, 0, 0, 1]))
+    after = search.layer_costs().loc[sdpa]
+    assert (after["in_kept"], after["out_kept"], after["ops"]) == (3, 3, 4 * 16 * 16 * 6)
+    # the q/k/v projection loses 3 of 6 channels in each of the 12 (3 x 4 heads) blocks
+    qkv = search.layer_costs().set_index("layer").loc["attns.0.qkv"]
+    assert (qkv["out_kept"], qkv["params"]) == (36, 36 * (24 + 1))
+    # and the expected cost has a gradient in every one of those gates
+    search.cost("ops", "expected").backward()
+    assert bool((search.gates.log_alpha.grad[search.index.group_gates(g)] > 0).all())
+
+
+def test_masked_norms_read_the_keep_flags() -> None:
+    search, _, x = _wrap("convnext")
+    assert search.needs_keep
+    z = search.gate_values("deterministic")
+    keep = search.keep_values("deterministic", z)
+    assert keep.shape == z.shape and set(keep.unique().tolist()) <= {0.0, 1.0}
+    _close_all_(search)  # every group keeps one channel whose gate value is 0
+    z = search.gate_values("deterministic")
+    keep = search.keep_values("deterministic", z)
+    assert float(z[:-1].sum()) == 0.0
+    assert int(keep[:-1].sum()) == len(search.free_groups)
+    plain, _, _ = _wrap("resnet")
+    assert not plain.needs_keep

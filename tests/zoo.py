@@ -651,6 +651,220 @@ class SplitPermute(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+# ------------------------------------------------------------- RegNet-style grouped
+
+
+class RegNetBlock(nn.Module):
+    """1x1 conv, 3x3 grouped conv (group width 4), squeeze-excite, 1x1 conv, residual."""
+
+    def __init__(self, c: int, width: int, group_width: int = 4) -> None:
+        super().__init__()
+        self.a = conv_bn(c, width, 1)
+        self.b = conv_bn(width, width, 3, groups=width // group_width)
+        self.se = SqueezeExcite(width)
+        self.c = conv_bn(width, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.b(F.relu(self.a(x))))
+        return F.relu(x + self.c(self.se(y)))
+
+
+class RegNetSE(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, 16, stride=2), nn.ReLU())
+        self.block1 = RegNetBlock(16, 24)
+        self.down = nn.Sequential(conv_bn(16, 32, 3, stride=2, groups=4), nn.ReLU())
+        self.block2 = RegNetBlock(32, 32, group_width=8)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block2(self.down(self.block1(self.stem(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+# ------------------------------------------------------- ShuffleNet v1 (3-way shuffle)
+
+
+class ShuffleV1Unit(nn.Module):
+    """Grouped 1x1 conv, a 3-way channel shuffle (reshape-permute-reshape), depthwise 3x3,
+    1x1 conv, residual."""
+
+    def __init__(self, c: int, mid: int, groups: int = 3) -> None:
+        super().__init__()
+        self.groups = groups
+        self.gconv1 = conv_bn(c, mid, 1, groups=groups)
+        self.dw = conv_bn(mid, mid, 3, groups=mid)
+        self.gconv2 = conv_bn(mid, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.gconv1(x))
+        n, c, h, w = y.shape
+        y = y.reshape(n, self.groups, c // self.groups, h, w).permute(0, 2, 1, 3, 4)
+        y = y.reshape(n, c, h, w)
+        return F.relu(x + self.gconv2(self.dw(y)))
+
+
+class ShuffleNetV1(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, 24, stride=2), nn.ReLU())
+        self.units = nn.Sequential(ShuffleV1Unit(24, 12), ShuffleV1Unit(24, 18))
+        self.fc = nn.Linear(24, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.units(self.stem(x))
+        return self.fc(x.mean((2, 3)))
+
+
+# ------------------------------------------------------------------ ConvNeXt-style
+
+
+def stochastic_depth(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Drops whole examples of a residual branch in training (torchvision's "row" mode)."""
+    if not training or p == 0.0:
+        return x
+    keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device)
+    return x * keep.bernoulli_(1.0 - p) / (1.0 - p)
+
+
+torch.fx.wrap("stochastic_depth")  # one opaque call in the graph, as in torchvision
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW map (functional, between permutes)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    """Depthwise 7x7, NHWC LayerNorm, MLP, per-channel layer scale, stochastic depth."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c, eps=1e-6)
+        self.fc1 = nn.Linear(c, 4 * c)
+        self.fc2 = nn.Linear(4 * c, c)
+        self.gamma = nn.Parameter(torch.full((c,), 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.fc2(F.gelu(self.fc1(self.norm(y))))
+        y = (self.gamma * y).permute(0, 3, 1, 2)
+        return x + stochastic_depth(y, 0.1, self.training)
+
+
+class ConvNeXtTiny(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 4, stride=4), LayerNorm2d(16))
+        self.stage1 = ConvNeXtBlock(16)
+        self.down = nn.Sequential(LayerNorm2d(16), nn.Conv2d(16, 24, 2, stride=2))
+        self.stage2 = ConvNeXtBlock(24)
+        self.norm = nn.LayerNorm(24)
+        self.head = nn.Linear(24, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage2(self.down(self.stage1(self.stem(x))))
+        return self.head(self.norm(x.mean((2, 3))))
+
+
+# -------------------------------------------------------------------- tiny ViT (MHA)
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ln2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.ln2(x))
+
+
+class TinyViT(nn.Module):
+    """Patch embedding, class token, position embedding, two nn.MultiheadAttention blocks."""
+
+    def __init__(self, dim: int = 24, heads: int = 4, num_classes: int = 10) -> None:
+        super().__init__()
+        self.dim = dim
+        self.patch = nn.Conv2d(3, dim, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.1)
+        self.pos = nn.Parameter(torch.randn(1, 17, dim) * 0.1)
+        self.blocks = nn.Sequential(EncoderBlock(dim, heads), EncoderBlock(dim, heads))
+        self.ln = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.size(0)
+        x = self.patch(x).reshape(n, self.dim, -1).permute(0, 2, 1)
+        x = torch.cat([self.cls.expand(n, -1, -1), x], dim=1) + self.pos
+        x = self.ln(self.blocks(x))
+        return self.head(x[:, 0])
+
+
+# ----------------------------------------------------------- functional attention
+
+
+class FunctionalAttention(nn.Module):
+    """q/k/v from one Linear, split into heads by reshape; scores by ``F.scaled_dot_product
+    _attention``, by ``q @ k^T`` or by einsum with a learned per-head bias."""
+
+    def __init__(self, dim: int, heads: int, style: str) -> None:
+        super().__init__()
+        self.heads, self.head_dim, self.style = heads, dim // heads, style
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        if style == "einsum":
+            self.bias = nn.Parameter(torch.randn(heads, 16, 16) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        if self.style == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v)
+        elif self.style == "matmul":
+            attn = (q @ k.transpose(-2, -1)) * self.head_dim ** -0.5
+            out = attn.softmax(dim=-1) @ v
+        else:
+            attn = torch.einsum("bhid,bhjd->bhij", q, k) * self.head_dim ** -0.5 + self.bias
+            out = torch.einsum("bhij,bhjd->bhid", attn.softmax(-1), v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class AttentionNet(nn.Module):
+    """Tokens of a conv stem through the three functional attention styles, with
+    GroupNorm on the conv features and F.linear / F.conv2d layers on explicit weights."""
+
+    def __init__(self, dim: int = 24, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv_w = nn.Parameter(torch.randn(16, 3, 3, 3) * 0.2)
+        self.conv_b = nn.Parameter(torch.randn(16) * 0.1)
+        self.gn = nn.GroupNorm(4, 16)
+        self.stem = nn.Conv2d(16, dim, 2, stride=2)
+        self.attns = nn.ModuleList(FunctionalAttention(dim, 4, s)
+                                   for s in ("sdpa", "matmul", "einsum"))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
+        self.w_out = nn.Parameter(torch.randn(num_classes, dim) * 0.2)
+        self.b_out = nn.Parameter(torch.randn(num_classes) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.gn(F.conv2d(x, self.conv_w, self.conv_b, padding=1, stride=2)))
+        x = self.stem(x).flatten(2).transpose(1, 2)  # (b, 16 tokens, dim)
+        for norm, attn in zip(self.norms, self.attns, strict=True):
+            x = x + attn(norm(x))
+        return F.linear(x.mean(1), self.w_out, self.b_out)
+
+
 # ------------------------------------------------------------------------------ zoo
 
 _ENTRIES = [
@@ -670,6 +884,11 @@ _ENTRIES = [
     ZooEntry("vgg_functional", VGGFunctional, (1, 3, 16, 16)),
     ZooEntry("mixed_1d_linear", Mixed1dLinear, (1, 3, 32)),
     ZooEntry("split_permute", SplitPermute, (1, 3, 16, 16)),
+    ZooEntry("regnet_se", RegNetSE, (1, 3, 16, 16)),
+    ZooEntry("shufflenet_v1", ShuffleNetV1, (1, 3, 16, 16)),
+    ZooEntry("convnext", ConvNeXtTiny, (1, 3, 32, 32)),
+    ZooEntry("vit", TinyViT, (1, 3, 16, 16)),
+    ZooEntry("attention", AttentionNet, (1, 3, 16, 16)),
 ]
 
 ZOO: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}

@@ -41,8 +41,8 @@ def profile_traced(gm, target: Target) -> pd.DataFrame:
     for info in layers(gm):
         alive = full_alive(info)
         row: dict[str, Any] = {
-            "layer": info.target,
-            "type": info.module_type.__name__ if info.module_type else info.kind,
+            "layer": info.label,
+            "type": info.module_type.__name__ if info.module_type else info.target,
             "in_channels": info.in_channels,
             "out_channels": info.out_channels,
             "kernel": "x".join(map(str, info.kernel)) if info.kernel else "",

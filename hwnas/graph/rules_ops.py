@@ -260,7 +260,7 @@ def sdpa_rule(prop: ChannelProp, n: fx.Node, m: Any, out: Any) -> Any:
     if cv is not None and ids_v is None:
         prop.freeze(cv.ids, f"attention at {n.name} reads channels of a token dim")
     prop.layer(n, "attention", ids_qk, ids_v, in_channels=sq[-1], out_channels=sv[-1],
-               reads=(0, last) if ids_qk is not None else None,
+               reads=(0, last) if ids_qk is not None else None, positions=0,
                attn_positions=math.prod(sq[1:-1]) * sk[-2])
     return Chan(len(shape_of(out)) - 1, ids_v) if ids_v is not None else None
 

@@ -272,7 +272,8 @@ class SearchModel(nn.Module):
         rows = []
         for k, info in enumerate(self.layer_infos):
             alive = {"in": a_in[k], "out": a_out[k]}
-            row = {"layer": info.target, "type": getattr(info.module_type, "__name__", ""),
+            row = {"layer": info.label,
+                   "type": getattr(info.module_type, "__name__", info.target),
                    "in_channels": info.in_channels, "in_kept": float(alive["in"]),
                    "out_channels": info.out_channels, "out_kept": float(alive["out"])}
             for name in metrics_for(self.target):

@@ -1,0 +1,99 @@
+"""torchvision's models as test and benchmark subjects (does not import hwnas).
+
+torchvision is a test/benchmark-only dependency. Its compiled ops do not load beside every
+torch build, so :func:`import_torchvision` stubs ``torchvision._meta_registrations`` (the
+module that registers meta kernels for those ops) before importing it; the model code is
+pure Python and needs none of them.
+
+:func:`build` makes a model with ``weights=None`` at a small input: classification and
+segmentation models whole, detection models as their backbone (the detection heads run
+data-dependent post-processing that torch.fx cannot trace). Parameters that torchvision
+initialises to constants (zero classifier heads, unit norm scales, zero biases) are
+randomised, and BatchNorm gets random running statistics, so that a wrong slice changes the
+output.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["FAMILIES", "build", "family", "import_torchvision", "names"]
+
+#: The families :func:`names` lists by default.
+FAMILIES = ("classification", "segmentation", "detection")
+
+#: Input side per model where the default (64 px) is too small for the architecture.
+_SIZES = {"inception_v3": 96, "maxvit_t": 224, "ssd300_vgg16": 300,
+          "ssdlite320_mobilenet_v3_large": 320}
+#: Families whose inputs are videos (batch, channels, frames, height, width).
+_VIDEO = "video"
+
+
+def import_torchvision() -> Any:
+    """Import torchvision with its compiled-op registrations stubbed (ImportError if absent)."""
+    sys.modules.setdefault("torchvision._meta_registrations",
+                           types.ModuleType("torchvision._meta_registrations"))
+    import torchvision
+
+    return torchvision
+
+
+def family(name: str) -> str:
+    """``classification``, ``segmentation``, ``detection``, ``video``, ``quantization`` or
+    ``optical_flow``: the torchvision package the model's builder lives in."""
+    tv = import_torchvision()
+    module = tv.models.get_model_builder(name).__module__.split(".")
+    return module[2] if len(module) > 3 else "classification"
+
+
+def names(families: tuple[str, ...] = FAMILIES) -> list[str]:
+    """Every model of ``torchvision.models.list_models()`` in one of ``families``."""
+    tv = import_torchvision()
+    return [n for n in tv.models.list_models() if family(n) in families]
+
+
+def input_size(name: str, size: int = 64) -> int:
+    return _SIZES.get(name, size)
+
+
+def build(name: str, size: int = 64, seed: int = 0,
+          **kwargs: Any) -> tuple[nn.Module, torch.Tensor]:
+    """Model ``name`` (weights=None, seeded, randomised constants, eval mode) and an input."""
+    tv = import_torchvision()
+    fam = family(name)
+    side = input_size(name, size)
+    if name.startswith("vit_"):
+        kwargs.setdefault("image_size", side)
+    if fam in ("segmentation", "detection"):
+        kwargs.setdefault("weights_backbone", None)
+    if fam == "quantization":
+        kwargs.setdefault("quantize", False)
+    torch.manual_seed(seed)
+    model = tv.models.get_model(name, weights=None, **kwargs)
+    if fam == "detection":
+        model = model.backbone
+    randomize_(model, seed + 1)
+    gen = torch.Generator().manual_seed(seed)
+    shape = (1, 3, 4, side, side) if fam == _VIDEO else (1, 3, side, side)
+    return model.eval(), torch.randn(shape, generator=gen)
+
+
+def randomize_(model: nn.Module, seed: int) -> nn.Module:
+    """Random values for constant-initialised parameters and BatchNorm statistics."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            flat = p.detach().reshape(-1)
+            if flat.numel() and bool((flat == flat[0]).all()):
+                p.copy_(flat[0] + 0.1 * torch.randn(p.shape, generator=g))
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    return model
