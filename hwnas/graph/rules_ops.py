@@ -306,6 +306,7 @@ def swin_attention_rule(prop: ChannelProp, n: fx.Node, m: Any, out: Any) -> Any:
     x, w_qkv, w_proj = arg(n, "input", 0), arg(n, "qkv_weight", 1), arg(n, "proj_weight", 2)
     window, heads = arg(n, "window_size", 4), arg(n, "num_heads", 5)
     b_qkv, b_proj = arg(n, "qkv_bias", 9), arg(n, "proj_bias", 10)
+    cosine = arg(n, "logit_scale", 11) is not None
     shape = prop.shape(x)
     if shape is None or len(shape) != 4 or not isinstance(heads, int):
         return _opaque(prop, n, out, "window attention with an unusual input")
@@ -316,7 +317,9 @@ def swin_attention_rule(prop: ChannelProp, n: fx.Node, m: Any, out: Any) -> Any:
                   (b_proj, 0)) and (b_qkv is None) == (b_proj is None):
         ids = _heads(prop, n, ids, heads)
         qkv = np.tile(ids, 3)
-        q_rows = np.arange(3 * c) < c  # the scores contract q with k: q reads the gate
+        # the scores contract q with k: q reads the gate; v2's cosine attention normalises
+        # q and k over their channels first, so a pruned channel must be 0 in both
+        q_rows = np.arange(3 * c) < (2 * c if cosine else c)
         prop.adopt(w_qkv, 0, qkv, scaled=q_rows)
         prop.adopt(w_qkv, 1, ids, scaled=True)
         prop.adopt(w_proj, 0, ids)

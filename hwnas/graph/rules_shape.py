@@ -29,8 +29,10 @@ def _full(chan: Chan, shape: tuple[int, ...]) -> np.ndarray:
     return np.broadcast_to(ids, shape)
 
 
-def _located(prop: ChannelProp, n: fx.Node, chan: Chan, ids: np.ndarray) -> Chan | None:
-    """The channel dims of an output whose ids over all its dims are ``ids``."""
+def _located(prop: ChannelProp, n: fx.Node, chan: Chan, ids: np.ndarray,
+             tied: bool = True) -> Chan | None:
+    """The channel dims of an output whose ids over all its dims are ``ids`` (tied to the
+    last of them when there are several; ``tied=False``: as found)."""
     if ids.size == 0:
         return None
     found = compress(0, ids)
@@ -38,7 +40,7 @@ def _located(prop: ChannelProp, n: fx.Node, chan: Chan, ids: np.ndarray) -> Chan
         prop.freeze(chan.ids, f"{name_of(n.target)} at {n.name} moves channels into the "
                               "batch dim")
         return None
-    return tie(prop, found)
+    return tie(prop, found) if tied else found
 
 
 def reshape_rule(prop: ChannelProp, n: fx.Node, m: Any, out: Any) -> Any:
@@ -49,7 +51,6 @@ def reshape_rule(prop: ChannelProp, n: fx.Node, m: Any, out: Any) -> Any:
     in_shape = prop.shape(x)
     if chan is None or in_shape is None or not shape:
         return None
-    full = _full(chan, in_shape)
     name = name_of(n.target) if n.op != "call_module" else "flatten"
     if name in ("transpose", "permute", "t", "swapaxes", "swapdims", "movedim"):
         perm = _movedim(n, len(in_shape)) if name == "movedim" else _permutation_of(
@@ -57,20 +58,42 @@ def reshape_rule(prop: ChannelProp, n: fx.Node, m: Any, out: Any) -> Any:
         if perm is None:
             prop.freeze(chan.ids, f"{name} with computed dims at {n.name}")
             return None
-        if chan.ids.size == 1:  # one channel: where it goes cannot be read from the ids
-            return Chan(perm.index(chan.dim), chan.ids) if chan.ids.ndim == 1 else None
-        return _located(prop, n, chan, np.transpose(full, perm))
-    if chan.ids.size == 1 and chan.ids.ndim == 1:
-        if len(shape) == len(in_shape) and shape[chan.dim] == 1:
-            return chan
-        if len(shape) == 2 and shape[0] == in_shape[0] and chan.dim >= 1:  # flatten
-            return Chan(1, np.repeat(chan.ids, shape[1]))
-        prop.freeze(chan.ids, f"reshape of a single-channel tensor at {n.name}")
+
+        def apply(a: np.ndarray) -> np.ndarray:
+            return np.transpose(a, perm)
+    else:
+        if math.prod(shape) != math.prod(in_shape):
+            prop.freeze(chan.ids, f"reshape changes sizes at {n.name}")
+            return None
+
+        def apply(a: np.ndarray) -> np.ndarray:
+            return np.reshape(a, shape)
+    if chan.ids.size == 1 and chan.ids.ndim == 1:  # one channel
+        return _single(prop, n, chan, shape, in_shape, name)
+    if not (chan.ids == chan.ids.flat[0]).all():
+        return _located(prop, n, chan, apply(_full(chan, in_shape)))
+    # one id everywhere (channels tied into one): locate the channel dims by position
+    pos = Chan(chan.dim, np.arange(chan.ids.size).reshape(chan.ids.shape))
+    found = _located(prop, n, chan, apply(_full(pos, in_shape)), tied=False)
+    if found is None:
         return None
-    if math.prod(shape) != full.size:
-        prop.freeze(chan.ids, f"reshape changes sizes at {n.name}")
-        return None
-    return _located(prop, n, chan, np.reshape(full, shape))
+    last = found.dim + found.ids.ndim - 1
+    return Chan(last, np.full(found.ids.shape[-1], chan.ids.flat[0]))
+
+
+def _single(prop: ChannelProp, n: fx.Node, chan: Chan, shape: tuple[int, ...],
+            in_shape: tuple[int, ...], name: str) -> Chan | None:
+    """A tensor with one channel: where it goes cannot be read from the ids."""
+    if name in ("transpose", "permute", "t", "swapaxes", "swapdims", "movedim"):
+        perm = _movedim(n, len(in_shape)) if name == "movedim" else _permutation_of(
+            n, name, len(in_shape))
+        return Chan(perm.index(chan.dim), chan.ids) if perm is not None else None
+    if len(shape) == len(in_shape) and shape[chan.dim] == 1:
+        return chan
+    if len(shape) == 2 and shape[0] == in_shape[0] and chan.dim >= 1:  # flatten
+        return Chan(1, np.repeat(chan.ids, shape[1]))
+    prop.freeze(chan.ids, f"reshape of a single-channel tensor at {n.name}")
+    return None
 
 
 def _movedim(n: fx.Node, rank: int) -> list[int] | None:
