@@ -244,3 +244,41 @@ def test_a_registered_slicer_makes_the_layer_prunable() -> None:
         assert max_diff(pruned, search, x) <= 1e-5
     finally:
         MODULE_RULES._table, SLICERS._table = saved_rules._table, saved_slicers._table
+
+
+class ScaleShift(nn.Module):
+    """FrozenBatchNorm2d-like: a per-channel scale and shift computed from parameters and
+    buffers (fx bakes the buffer arithmetic into tensor constants)."""
+
+    def __init__(self, c: int, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.weight = nn.Parameter(torch.randn(c, generator=g))
+        self.bias = nn.Parameter(torch.randn(c, generator=g))
+        self.register_buffer("running_mean", torch.randn(c, generator=g))
+        self.register_buffer("running_var", torch.rand(c, generator=g) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * (self.running_var + 1e-5).rsqrt()
+        bias = self.bias - self.running_mean * scale
+        return x * scale.reshape(1, -1, 1, 1) + bias.reshape(1, -1, 1, 1)
+
+
+def test_parameters_combined_into_a_per_channel_scale_are_sliced() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), ScaleShift(8, 0), nn.ReLU(), nn.Conv2d(8, 4, 1),
+                        nn.Flatten(), nn.Linear(4 * 36, 2)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    search = hwnas.wrap(net, x)
+    assert search.summary(by="group")["frozen"].tolist()[1:3] == ["", ""]
+    values = set_gates_(search, 0.5, seed=1)
+    pruned = materialize(search.eval()).eval()
+    assert max_diff(pruned, search, x) <= 1e-5
+    check_costs(pruned, search, x)
+    kept = int((values[search.free_groups[0]] > 0).sum())
+    read = {str(n.target): tuple(pruned.get_submodule(str(n.target).rpartition(".")[0])
+                                 .__getattr__(str(n.target).rpartition(".")[2]).shape)
+            for n in pruned.graph.nodes if n.op == "get_attr"}
+    # the parameters, the buffer and what fx computed from buffers while tracing (a tensor
+    # constant) are all sliced with the channels
+    assert read == {"1.weight": (kept,), "1.bias": (kept,), "1.running_mean": (kept,),
+                    "_tensor_constant0": (kept,)}

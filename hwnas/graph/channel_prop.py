@@ -110,7 +110,8 @@ def _where(n: fx.Node) -> str:
 _SAME_DIMS = frozenset({
     "clamp", "clip", "exp", "log", "sigmoid", "tanh", "neg", "abs", "float", "half", "double",
     "to", "type_as", "contiguous", "clone", "detach", "mul", "add", "sub", "truediv", "div",
-    "pow", "sqrt", "rsqrt", "relu", "softplus", "reciprocal", "square",
+    "pow", "sqrt", "rsqrt", "relu", "softplus", "reciprocal", "square", "iadd", "imul",
+    "isub", "itruediv",
 })
 _RESHAPES = frozenset({"view", "reshape", "flatten", "unsqueeze", "squeeze", "getitem"})
 _EXPANDS = frozenset({"expand", "expand_as", "broadcast_to"})
@@ -152,9 +153,10 @@ class ChannelProp(fx.Interpreter):
         self.kinds: dict[str, str] = {}
         #: node name -> extra LayerInfo fields a rule recorded (kernel, groups, ...).
         self.fields: dict[str, dict[str, Any]] = {}
-        #: constant node -> (get_attr target, parameter dim of each of its dims or None):
-        #: tensors computed from one parameter or buffer only, by ops that keep its dims.
-        self.origin: dict[fx.Node, tuple[str, tuple[int | None, ...]]] = {}
+        #: constant node -> its roots: (get_attr target, the parameter dim of each of the
+        #: node's dims, or None) for each parameter or buffer it is computed from, by ops
+        #: that keep their dims.
+        self.origin: dict[fx.Node, list[tuple[str, tuple[int | None, ...]]]] = {}
         #: get_attr target -> parameter dim -> (channel ids, gate folded there per index).
         self.params: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         #: node name -> targets of the parameters it reads that take its gates.
@@ -190,70 +192,65 @@ class ChannelProp(fx.Interpreter):
 
     def _track_origin(self, n: fx.Node, result: torch.Tensor) -> None:
         if n.op == "get_attr":
-            self.origin[n] = (str(n.target), tuple(range(result.dim())))
+            self.origin[n] = [(str(n.target), tuple(range(result.dim())))]
             return
         if n.op not in ("call_function", "call_method"):
             return
         tensors = [a for a in n.all_input_nodes if self.shapes.get(a) is not None]
-        if len(tensors) != 1 or tensors[0] not in self.origin:
+        if not tensors or any(t not in self.origin for t in tensors):
             return
-        src = tensors[0]
-        target, dmap = self.origin[src]
-        in_shape, out_shape = self.shapes[src], tuple(result.shape)
-        assert in_shape is not None
-        name = _name(n.target)
-        new: tuple[int | None, ...] | None = None
-        if name in _SAME_DIMS and out_shape == in_shape:
-            new = dmap
-        elif name in _RESHAPES:
-            new = _reshape_map(in_shape, dmap, out_shape)
-        elif name in _EXPANDS and len(out_shape) >= len(in_shape):
-            lead = len(out_shape) - len(in_shape)
-            new = (None,) * lead + tuple(
-                m if size == out_shape[lead + k] else None
-                for k, (size, m) in enumerate(zip(in_shape, dmap, strict=True)))
-        elif name in _PERMUTES and len(out_shape) == len(in_shape):
-            perm = _permutation_of(n, name, len(in_shape))
-            if perm is not None:
-                new = tuple(dmap[p] for p in perm)
-        if new is not None:
-            self.origin[n] = (target, new)
+        out_shape, name = tuple(result.shape), _name(n.target)
+        roots: list[tuple[str, tuple[int | None, ...]]] = []
+        for src in tensors:
+            in_shape = self.shapes[src]
+            assert in_shape is not None
+            for target, dmap in self.origin[src]:
+                new = _moved_map(n, name, in_shape, dmap, out_shape, len(tensors) > 1)
+                if new is None:
+                    return
+                roots.append((target, new))
+        self.origin[n] = roots
 
     # -- what a rule may call ------------------------------------------------------------
     def constant_dim(self, arg: Any, dim: int) -> bool:
-        """True when ``arg`` is a constant whose ``dim`` is a dim of a parameter or buffer."""
+        """True when ``arg`` is a constant (computed from parameters and buffers only) whose
+        ``dim`` is a dim of one of them (the others broadcast along it)."""
         if not isinstance(arg, fx.Node) or arg not in self.origin:
             return False
-        dmap = self.origin[arg][1]
-        return -len(dmap) <= dim < len(dmap) and dmap[dim] is not None
+        rank = len(self.origin[arg][0][1])
+        return -rank <= dim < rank and any(dmap[dim] is not None for _, dmap in self.origin[arg])
 
     def adopt(self, arg: Any, dim: int, ids: np.ndarray, scaled: Any = False) -> bool:
         """Give the channels ``ids`` to dim ``dim`` of the constant ``arg``.
 
-        ``arg`` must be a parameter or buffer (a ``get_attr`` node) or computed from one by
-        ops that keep its dims (view, unsqueeze, expand, ...): the parameter is then sliced
-        with the channels. ``scaled`` (a bool, or one per index) says where the layer
-        that reads the parameter reads the channel, so its gate value is folded in there.
+        ``arg`` must be a parameter or buffer (a ``get_attr`` node), or computed from
+        parameters and buffers by ops that keep their dims (view, unsqueeze, expand,
+        elementwise arithmetic, ...): each is then sliced with the channels. ``scaled`` (a
+        bool, or one per index) says where the layer that reads the parameter reads the
+        channel, so its gate value is folded in there (into the first parameter only).
         Returns False (and records nothing) when ``arg`` is not such a constant.
         """
         if not self.constant_dim(arg, dim):
             return False
-        target, dmap = self.origin[arg]
-        pdim = dmap[dim]
-        assert pdim is not None
         ids = np.asarray(ids)
         flags = np.broadcast_to(np.asarray(scaled, dtype=bool), ids.shape).copy()
-        dims = self.params.setdefault(target, {})
-        if pdim in dims:
-            old, old_flags = dims[pdim]
-            if old.shape != ids.shape:
+        roots = [(t, dmap[dim]) for t, dmap in self.origin[arg] if dmap[dim] is not None]
+        for target, pdim in roots:
+            old = self.params.get(target, {}).get(pdim)  # type: ignore[arg-type]
+            if old is not None and old[0].shape != ids.shape:
                 return False
-            self.union(old, ids)
-            dims[pdim] = (old, old_flags | flags)
-        else:
-            dims[pdim] = (ids, flags)
-        if flags.any() and self._current is not None:
-            self.scaled.setdefault(self._current.name, []).append(target)
+        for k, (target, pdim) in enumerate(roots):
+            assert pdim is not None
+            mine = flags if k == 0 else np.zeros_like(flags)
+            dims = self.params.setdefault(target, {})
+            if pdim in dims:
+                old_ids, old_flags = dims[pdim]
+                self.union(old_ids, ids)
+                dims[pdim] = (old_ids, old_flags | mine)
+            else:
+                dims[pdim] = (ids, mine)
+            if mine.any() and self._current is not None:
+                self.scaled.setdefault(self._current.name, []).append(target)
         return True
 
     def shape(self, arg: Any) -> tuple[int, ...] | None:
@@ -321,6 +318,33 @@ class ChannelProp(fx.Interpreter):
             return self.new_ids(arg, size, frozen="model input")
         producer = arg if isinstance(arg, fx.Node) else node
         return self.new_ids(producer, size, frozen=f"channels not tracked into {reason}")
+
+
+def _moved_map(n: fx.Node, name: str, in_shape: tuple[int, ...], dmap: tuple[int | None, ...],
+               out_shape: tuple[int, ...], several: bool) -> tuple[int | None, ...] | None:
+    """The parameter dim of each output dim of op ``n`` on a constant, or None when the op
+    does not keep the constant's dims. ``several``: more than one constant operand (then
+    only broadcasting elementwise ops keep them)."""
+    if name in _SAME_DIMS and len(out_shape) >= len(in_shape):
+        lead = len(out_shape) - len(in_shape)  # broadcasting aligns the trailing dims
+        if any(size not in (1, out_shape[lead + k]) for k, size in enumerate(in_shape)):
+            return None
+        return (None,) * lead + tuple(
+            m if size == out_shape[lead + k] and size > 1 else None
+            for k, (size, m) in enumerate(zip(in_shape, dmap, strict=True)))
+    if several:
+        return None
+    if name in _RESHAPES:
+        return _reshape_map(in_shape, dmap, out_shape)
+    if name in _EXPANDS and len(out_shape) >= len(in_shape):
+        lead = len(out_shape) - len(in_shape)
+        return (None,) * lead + tuple(
+            m if size == out_shape[lead + k] else None
+            for k, (size, m) in enumerate(zip(in_shape, dmap, strict=True)))
+    if name in _PERMUTES and len(out_shape) == len(in_shape):
+        perm = _permutation_of(n, name, len(in_shape))
+        return None if perm is None else tuple(dmap[p] for p in perm)
+    return None
 
 
 def _permutation_of(n: fx.Node, name: str, rank: int) -> list[int] | None:
