@@ -166,6 +166,24 @@ def test_per_example_gates_cannot_mask_attention_weights() -> None:
         hwnas.wrap(model, x, per_example=True)
 
 
+def test_per_example_gates_mask_functional_layers_on_their_inputs() -> None:
+    # F.linear / F.conv2d on parameters and q @ k^T take their masks on the activation
+    model, x = build("attention")
+    search = hwnas.wrap(model.eval(), x, per_example=True)
+    masks = [m for m in search.modules() if isinstance(m, ChannelMask)]
+    assert len(masks) >= 8
+    g = torch.Generator().manual_seed(0)
+    for group in search.free_groups:
+        values = torch.rand(search.gate(group).n, generator=g)
+        values[values < 0.4] = 0.0
+        search.gate(group).set_deterministic_(values)
+    search.eval()
+    pruned = hwnas.materialize(search).eval()
+    xb = torch.cat([x, torch.randn(2, *x.shape[1:])])
+    with torch.no_grad():
+        assert float((pruned(xb) - search(xb)).abs().max()) <= 1e-5
+
+
 def test_per_batch_masks_are_shared() -> None:
     torch.manual_seed(0)
     search, _, x = _wrap("digits_cnn", droprate_init=0.5)
