@@ -500,3 +500,22 @@ def test_masked_norms_read_the_keep_flags() -> None:
     assert int(keep[:-1].sum()) == len(search.free_groups)
     plain, _, _ = _wrap("resnet")
     assert not plain.needs_keep
+
+
+@pytest.mark.parametrize("name", ["convnext", "vit", "attention", "regnet_se", "shufflenet_v1"])
+def test_training_steps_with_sampled_gates(name: str) -> None:
+    # masked norms (keep flags from sampled gates), attention and parameter masks train
+    search, _, x = _wrap(name, droprate_init=0.5)
+    search.train()
+    torch.manual_seed(0)
+    xb = torch.cat([x, torch.randn(3, *x.shape[1:])])
+    optimizer = torch.optim.SGD(search.parameters(), lr=0.01)
+    for _ in range(2):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(search(xb), torch.tensor([0, 1, 2, 3])) + 1e-6 * search.cost("ops")
+        assert bool(torch.isfinite(loss))
+        loss.backward()
+        optimizer.step()
+    grad = search.gates.log_alpha.grad
+    assert grad is not None and bool(torch.isfinite(grad).all()) and bool((grad != 0).any())
+    assert all(bool(torch.isfinite(p).all()) for p in search.weight_parameters())
