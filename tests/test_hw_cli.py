@@ -53,3 +53,18 @@ def test_demo_lut_ends_with_synthesized_luts_beside_the_estimate(tmp_path, capsy
     error = float(re.search(r"\| error \| ([+-][\d.]+)% \|", out).group(1))
     assert error == pytest.approx(100 * (estimate - synth) / synth, abs=0.06)
     assert (tmp_path / "digits_lut.v").is_file()
+
+
+@pytest.mark.slow
+def test_readme_hardware_example_runs(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Hardware: Verilog, simulation, synthesis\n"):]
+    block = re.search(r"^```python\n(.*?)^```$", section, flags=re.M | re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+    top, vectors, rest = capsys.readouterr().out.strip().splitlines()[-1].split(" ", 2)
+    assert (top, vectors) == ("hwnas_lut_net", "360")
+    assert (tmp_path / "digits_lut.v").is_file()
