@@ -297,7 +297,7 @@ def test_luts_of_pruned_layer(k, ms, xc7, ice40):
     alive = {"in": torch.tensor(float(k)), "out": torch.tensor(float(len(ms)))}
     assert cost.evaluate("luts", info, alive, load_target("xc7-lut6")).item() == xc7
     got = cost.evaluate("luts", info, alive, load_target("ice40-lut4")).item()
-    assert got == pytest.approx(ice40, rel=1e-6)
+    assert got == round(ice40)  # a count of a given layer: whole LUTs
     assert cost.evaluate("params", info, alive, load_target("generic")).item() == len(ms) * 2**k
 
 
@@ -311,7 +311,7 @@ def test_lut_formulas_and_generic_target():
         10 * popcount_luts(4, "xc7-lut6"), rel=1e-6)
     enc = ThermometerEncoder(3).fit(torch.rand(10, 4))
     got = cost.evaluate("luts", info_for(enc), {}, load_target("xc7-lut6")).item()
-    assert got == pytest.approx(12 * comparator_luts(8, "xc7-lut6"))
+    assert got == round(12 * comparator_luts(8, "xc7-lut6"))
     layer = parity_layer(6, [6])
     with pytest.raises(ValueError,
                        match="target 'generic' has no LUT model; use one of ice40-lut4, xc7-lut6"):

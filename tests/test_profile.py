@@ -89,7 +89,8 @@ def test_csv_round_trip(tmp_path: Path) -> None:
     assert back["layer"].tolist() == df["layer"].tolist()
     for metric in ("params", "ops", "norm_params"):
         assert back[metric].tolist() == df[metric].tolist()
-    pd.testing.assert_series_equal(back["luts"], df["luts"].astype(float), rtol=1e-12)
+    pd.testing.assert_series_equal(back["luts"].astype(float), df["luts"].astype(float),
+                                   rtol=1e-12)  # whole LUTs since costs are calibrated
     assert back["frozen"].tolist() == df["frozen"].tolist()
 
 

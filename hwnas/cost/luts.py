@@ -49,6 +49,7 @@ __all__ = [
     "table_luts",
     "weight_luts",
     "weighted_luts",
+    "whole",
 ]
 
 Alive = dict[str, torch.Tensor]
@@ -379,9 +380,21 @@ def weighted_luts(info: LayerInfo, alive: Alive, target: Target) -> torch.Tensor
     ``mac = "fitted"`` (shipped targets): :func:`mac_luts` with the target's calibrated
     coefficients; ``mac = "multiplier_array"``: ``n`` multipliers of ``W x A``
     partial-product bits and an adder tree of ``n - 1 + bias`` adders of
-    ``W + A + log2(n)`` bits. Spatial positions reuse the same hardware.
+    ``W + A + log2(n)`` bits. Spatial positions reuse the same hardware. A value without
+    a gradient (a profile, the exported architecture) is rounded to whole LUTs
+    (:func:`whole`); with one (the search's expected cost) it stays smooth.
     """
     if lut_model(target).mac == "multiplier_array":
         return _multiplier_array(info, alive, target)
     n = fan_in(info, alive)
-    return alive["out"] * mac_luts(n, target).to(n.dtype)
+    return whole(alive["out"] * mac_luts(n, target).to(n.dtype))
+
+
+def whole(luts: Tensor) -> Tensor:
+    """``luts`` rounded to whole LUTs when it carries no gradient; unchanged otherwise.
+
+    Example:
+        >>> whole(torch.tensor(12.4)).item(), whole(torch.tensor(12.4, requires_grad=True)).item()
+        (12.0, 12.399999618530273)
+    """
+    return luts if luts.requires_grad else torch.round(luts)

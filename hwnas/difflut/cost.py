@@ -20,7 +20,14 @@ import torch
 from torch import Tensor, nn
 
 from hwnas import cost as _cost
-from hwnas.cost.luts import comparator_luts, lut_model, node_luts, popcount_luts, table_luts
+from hwnas.cost.luts import (
+    comparator_luts,
+    lut_model,
+    node_luts,
+    popcount_luts,
+    table_luts,
+    whole,
+)
 from hwnas.cost.targets import Target, load_target
 from hwnas.difflut.layers import ENCODERS, GroupSum, LUTLayer, ThermometerEncoder, lut_layers
 from hwnas.difflut.network import LUTTable, Node, lut_network, reduce_layer, simplify
@@ -183,7 +190,7 @@ def lut_layer_luts(info: LayerInfo, alive: dict[str, Tensor], target: Target) ->
     if not isinstance(layer, LUTLayer):
         raise InvalidTypeError(f"`info.module` must be a LUTLayer, but got {type(layer).__name__}")
     table = LUTTable("", layer.connection_indices().cpu(), layer.truth_table().cpu())
-    return torch.tensor(_layer_luts(reduce_layer(table), target))
+    return whole(torch.tensor(_layer_luts(reduce_layer(table), target)))
 
 
 @_cost.register("params", LUTLayer)
@@ -203,7 +210,7 @@ def group_sum_layer_luts(info: LayerInfo, alive: dict[str, Tensor], target: Targ
         raise InvalidTypeError(f"`info.module` must be a GroupSum, but got {type(head).__name__}")
     if info.in_channels is None:
         raise InvalidValueError(f"GroupSum {info.name!r} needs `in_channels` to be costed")
-    return group_sum_luts(int(info.in_channels), head.k_classes, target)
+    return whole(group_sum_luts(int(info.in_channels), head.k_classes, target))
 
 
 @_cost.register("luts", ThermometerEncoder)
@@ -214,7 +221,7 @@ def encoder_luts(info: LayerInfo, alive: dict[str, Tensor], target: Target) -> T
         raise InvalidTypeError(
             f"`info.module` must be a ThermometerEncoder, but got {type(enc).__name__}"
         )
-    return torch.tensor(enc.out_features * comparator_luts(target.activation_bits, target))
+    return whole(torch.tensor(enc.out_features * comparator_luts(target.activation_bits, target)))
 
 
 def lut_report(
