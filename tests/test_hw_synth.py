@@ -97,3 +97,21 @@ def test_place_and_route_on_up5k(tmp_path):
     used, available = result.pnr.logic_cells
     assert available == 5280 and result.luts <= used < 200
     assert len(result.pnr.fmax_mhz) == 1 and next(iter(result.pnr.fmax_mhz.values())) > 10
+
+
+@slow
+def test_benchmarks_are_measured_once_and_cached(tmp_path):
+    from hwnas.hw.benchmarks import Benchmark
+    from hwnas.hw.calibrate import run_benchmarks
+
+    target = load_target("xc7-lut6")
+    benches = [Benchmark("table", 7, m=4), Benchmark("mac", 2, 3, 2, m=2)]
+    lines: list[str] = []
+    records = run_benchmarks(target, benches, tmp_path / "cache.json", log=lines.append)
+    assert records["table-n7-m4-s0"]["luts"] == 8  # 4 nodes of 2 LUT6 (+ a MUXF7 each)
+    assert records["table-n7-m4-s0"]["cells"]["MUXF7"] == 4
+    assert records["mac-n2-w3-a2-m2-s0"]["weights"] == Benchmark("mac", 2, 3, 2, m=2).verilog(
+    )[1]["weights"]
+    assert len(lines) == 2
+    again = run_benchmarks(target, benches, tmp_path / "cache.json", log=lines.append)
+    assert again == records and len(lines) == 2  # nothing synthesized the second time

@@ -257,10 +257,17 @@ def calibrate(
     """Run the micro-benchmarks for ``target``, fit, and write the target file ``out``.
 
     ``out`` gets the source target's file with its ``[luts.calibration]`` table replaced
-    (the file is created from the shipped one when it does not exist).
+    (the file is created from the shipped one when it does not exist). About 15 minutes of
+    yosys for the 101 designs on a busy 2-core machine; the measurements go to ``cache``
+    (default: next to ``out``), so a rerun only synthesizes what is missing.
 
     Returns:
         The :class:`Calibration` written.
+
+    Example:
+        >>> cal = calibrate("xc7-lut6", "my-xc7.toml")   # doctest: +SKIP
+        >>> cal.errors["mac_held_out"]["median"] <= 0.15   # doctest: +SKIP
+        True
     """
     source = target
     target = load_target(target)
