@@ -47,7 +47,7 @@ from torch.utils._pytree import tree_leaves
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from flop_reference import reference_counts  # noqa: E402  (tests/, does not import hwnas)
-from tv_zoo import FAMILIES, build, family, import_torchvision, names  # noqa: E402
+from tv_zoo import FAMILIES, build, family, import_torchvision, inputs, names  # noqa: E402
 
 #: Relative output difference (pruned vs search model) that still counts as parity.
 PARITY = 1e-5
@@ -109,27 +109,28 @@ def run_one(name: str, size: int, fraction: float, seed: int, onnx: bool) -> dic
 
     model, x = build(name, size, seed)
     row["input"] = "x".join(map(str, x.shape))
-    ref = timed("reference", lambda: reference_counts(model, x))
+    xs = inputs(x, name)
+    ref = timed("reference", lambda: reference_counts(model, *xs))
     row.update(ref_params=ref.params, ref_macs=ref.macs, ref_biased=ref.biased_outputs,
                ref_ops=ref.ops)
-    total = timed("profile", lambda: hwnas.profile(model, x)).iloc[-1]
+    total = timed("profile", lambda: hwnas.profile(model, xs)).iloc[-1]
     row.update(params=int(total["params"]), ops=int(total["ops"]))
-    search = timed("wrap", lambda: hwnas.wrap(model, x))
+    search = timed("wrap", lambda: hwnas.wrap(model, xs))
     row["inner"], row["gated"] = inner_channels(search)
     row["frozen_top"] = _frozen_reasons(search)
     _set_gates(search, fraction, seed)
     search.eval()
     pruned = timed("materialize", lambda: hwnas.materialize(search).eval())
     with torch.no_grad():
-        row["parity"] = _rel_diff(search(x), pruned(x))
+        row["parity"] = _rel_diff(search(*xs), pruned(*xs))
     costs = search.costs()
-    p_total = hwnas.profile(pruned, x).iloc[-1]
+    p_total = hwnas.profile(pruned, xs).iloc[-1]
     row["cost_match"] = (costs["params"] == float(p_total["params"])
                          and costs["ops"] == float(p_total["ops"]))
     row["kept_params"] = int(p_total["params"])
     if onnx:
         with tempfile.TemporaryDirectory() as d:
-            result = timed("onnx", lambda: hwnas.export_onnx(pruned, f"{d}/m.onnx", x))
+            result = timed("onnx", lambda: hwnas.export_onnx(pruned, f"{d}/m.onnx", xs))
         row["onnx"] = True
         row["onnx_rel"] = result.max_rel_diff
     row["times"] = times
@@ -184,10 +185,40 @@ def _checks(r: dict[str, Any]) -> dict[str, bool]:
     }
 
 
+def _row(r: dict[str, Any], c: dict[str, bool]) -> str:
+    if "error" in r:
+        return (f"| {r['model']} | {r['family']} | | | | | | | | | | | | | "
+                f"{r['error'].replace('|', '/')} |")
+    exact = "yes" if c["params exact"] and c["ops exact"] else "**no**"
+    share = r["gated"] / r["inner"] if r["inner"] else float("nan")
+    t = r["times"]
+    times = "/".join(f"{t.get(k, float('nan')):.1f}" for k in
+                     ("reference", "profile", "wrap", "materialize", "onnx"))
+    notes = "; ".join(f"{k}: {v}" for k, v in r["frozen_top"]) if share < GATED else ""
+    return (f"| {r['model']} | {r['family']} | {r['input']} | {r['params']:,} | "
+            f"{r['ref_params']:,} | {r['ops']:,} | {r['ref_macs']:,} | {r['ref_biased']:,} | "
+            f"{exact} | {r['inner']:,} | {share:.1%} | {r['parity']:.1e}"
+            f"{'' if r['cost_match'] else ' (costs differ)'} | "
+            f"{'yes' if r.get('onnx') else 'no'} | {times} | {notes} |")
+
+
+_HEADER = [
+    "| model | family | input | params | ref params | ops | ref MACs | ref biased outputs "
+    "| exact | inner ch. | gated | parity (rel) | ONNX | times ref/prof/wrap/mat/onnx | notes |",
+    "|---|---|---|---:|---:|---:|---:|---:|:-:|---:|---:|---:|:-:|---|---|",
+]
+
+
 def to_markdown(rows: list[dict[str, Any]], command: str, args: argparse.Namespace,
                 wall: float) -> str:
-    checks = [_checks(r) for r in rows]
-    n = len(rows)
+    main = [r for r in rows if r["family"] in FAMILIES]
+    other = [r for r in rows if r["family"] not in FAMILIES]
+    parts = [(main, "classification, segmentation, detection backbones"),
+             (other, "other families (" + ", ".join(sorted({r["family"] for r in other}))
+              + ")")]
+    parts = [(rs, label) for rs, label in parts if rs]
+    checks = {id(r): _checks(r) for r in rows}
+    keys = list(_checks(rows[0])) if rows else []
     lines = [
         "# hwnas on torchvision's models",
         "",
@@ -195,17 +226,22 @@ def to_markdown(rows: list[dict[str, Any]], command: str, args: argparse.Namespa
         "",
         f"torchvision {import_torchvision().__version__}, torch {torch.__version__}, Python "
         f"{platform.python_version()}, {platform.machine()}, torch threads per model "
-        f"{args.threads or torch.get_num_threads()}; {n} models (families: "
-        f"{', '.join(args.families)}; detection models as their `.backbone`), "
-        f"`weights=None`, seed {args.seed}, input 1x3x{args.size}x{args.size} unless the "
-        f"model needs more (column *input*). Total wall time {wall / 60:.1f} min.",
+        f"{args.threads or torch.get_num_threads()}; {len(rows)} models of "
+        "`torchvision.models.list_models()` (families: " + ", ".join(args.families) + "; "
+        f"detection models as their `.backbone`), `weights=None`, seed {args.seed}, input "
+        f"1x3x{args.size}x{args.size} unless the model needs another (column *input*; video "
+        f"1x3xTxHxW, optical flow a pair of images). Total wall time {wall / 60:.1f} min.",
         "",
-        "| check | models passing |",
-        "|---|---:|",
+        "| check | " + " | ".join(f"{label} ({len(rs)})" for rs, label in parts) + " |",
+        "|---|" + "---:|" * len(parts),
     ]
-    for key in checks[0] if checks else []:
-        lines.append(f"| {key} | {sum(c[key] for c in checks)} / {n} |")
-    lines.append(f"| all of the above | {sum(all(c.values()) for c in checks)} / {n} |")
+    for key in keys + ["all of the above"]:
+        cells = []
+        for rs, _ in parts:
+            ok = [all(checks[id(r)].values()) if key == "all of the above"
+                  else checks[id(r)][key] for r in rs]
+            cells.append(f"{sum(ok)} / {len(rs)}")
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "- **params / ops**: `hwnas.profile` totals; *ref* = every parameter that enters a "
@@ -215,7 +251,8 @@ def to_markdown(rows: list[dict[str, Any]], command: str, args: argparse.Namespa
         "- **inner channels**: output channels of conv, linear and attention layers outside "
         "the model-input and model-output groups; *gated* = in a free group (one gate per "
         "channel class; tied channels, e.g. one index in every head or every group of a "
-        "grouped conv, share a gate).",
+        "grouped conv, share a gate). *notes* names the largest frozen groups of a model "
+        f"below {GATED:.0%}.",
         f"- **parity**: seeded random gates ({args.fraction:.0%} of each group's gates "
         "closed, the others in [0.3, 1]); largest |search - pruned| relative to the largest "
         f"output, eval mode; passes at <= {PARITY:g} and when the pruned model's profiled "
@@ -223,29 +260,10 @@ def to_markdown(rows: list[dict[str, Any]], command: str, args: argparse.Namespa
         "- **ONNX**: `hwnas.export_onnx` of the pruned model (onnx.checker, onnxruntime at "
         "batch 1 and 3, atol = rtol = 1e-4).",
         "- **times** (s): reference count, profile, wrap, materialize, ONNX export + checks.",
-        "",
-        "| model | family | input | params | ref params | ops | ref MACs | ref biased outputs "
-        "| exact | inner ch. | gated | parity (rel) | ONNX | times ref/prof/wrap/mat/onnx "
-        "| notes |",
-        "|---|---|---|---:|---:|---:|---:|---:|:-:|---:|---:|---:|:-:|---|---|",
     ]
-    for r, c in zip(rows, checks, strict=True):
-        if "error" in r:
-            lines.append(f"| {r['model']} | {r['family']} | | | | | | | | | | | | | "
-                         f"{r['error'].replace('|', '/')} |")
-            continue
-        exact = "yes" if c["params exact"] and c["ops exact"] else "**no**"
-        share = r["gated"] / r["inner"] if r["inner"] else float("nan")
-        t = r["times"]
-        times = "/".join(f"{t.get(k, float('nan')):.1f}" for k in
-                         ("reference", "profile", "wrap", "materialize", "onnx"))
-        notes = "; ".join(f"{k}: {v}" for k, v in r["frozen_top"]) if share < GATED else ""
-        lines.append(
-            f"| {r['model']} | {r['family']} | {r['input']} | {r['params']:,} | "
-            f"{r['ref_params']:,} | {r['ops']:,} | {r['ref_macs']:,} | {r['ref_biased']:,} | "
-            f"{exact} | {r['inner']:,} | {share:.1%} | {r['parity']:.1e}"
-            f"{'' if r['cost_match'] else ' (costs differ)'} | "
-            f"{'yes' if r.get('onnx') else 'no'} | {times} | {notes} |")
+    for rs, label in parts:
+        lines += ["", f"## {label[0].upper()}{label[1:]}", "", *_HEADER]
+        lines += [_row(r, checks[id(r)]) for r in rs]
     lines.append("")
     return "\n".join(lines)
 

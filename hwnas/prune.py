@@ -418,14 +418,17 @@ def _scale_activations(gm: fx.GraphModule, keep: Mapping[int, np.ndarray],
 
 
 def _fix_window_attention(gm: fx.GraphModule, keep: Mapping[int, np.ndarray]) -> None:
-    """torchvision's ``shifted_window_attention`` scales q by 1/sqrt(C / heads) with its
+    """torchvision's ``shifted_window_attention(_3d)`` scale q by 1/sqrt(C / heads) with their
     input width C: when C is pruned, fold the change into q's rows of the qkv weights."""
     for node in gm.graph.nodes:
         info: LayerInfo | None = node.meta.get(LAYER_KEY)
-        if info is None or _fn_name(node) != "shifted_window_attention" or info.in_slots is None:
+        name = _fn_name(node)
+        if info is None or info.in_slots is None or name not in (
+                "shifted_window_attention", "shifted_window_attention_3d"):
             continue
         kw = dict(node.kwargs)
-        if kw.get("logit_scale", node.args[11] if len(node.args) > 11 else None) is not None:
+        if name == "shifted_window_attention" and kw.get(
+                "logit_scale", node.args[11] if len(node.args) > 11 else None) is not None:
             continue  # cosine attention: no scale
         c, c_new = info.in_channels or 0, _kept_count(info.in_slots, keep)
         if c_new == c:

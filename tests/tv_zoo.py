@@ -22,16 +22,17 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["FAMILIES", "build", "family", "import_torchvision", "names"]
+__all__ = ["FAMILIES", "build", "family", "import_torchvision", "inputs", "names"]
 
 #: The families :func:`names` lists by default.
 FAMILIES = ("classification", "segmentation", "detection")
 
 #: Input side per model where the default (64 px) is too small for the architecture.
-_SIZES = {"inception_v3": 96, "maxvit_t": 224, "ssd300_vgg16": 300,
-          "ssdlite320_mobilenet_v3_large": 320}
-#: Families whose inputs are videos (batch, channels, frames, height, width).
-_VIDEO = "video"
+_SIZES = {"inception_v3": 96, "maxvit_t": 224, "ssd300_vgg16": 300, "vit_h_14": 56,
+          "ssdlite320_mobilenet_v3_large": 320, "s3d": 224, "mvit_v1_b": 224,
+          "mvit_v2_s": 224, "raft_large": 128, "raft_small": 128}
+#: Frames of a video model's input (batch, channels, frames, height, width); default 4.
+_FRAMES = {"s3d": 16, "mvit_v1_b": 16, "mvit_v2_s": 16}
 
 
 def import_torchvision() -> Any:
@@ -63,7 +64,9 @@ def input_size(name: str, size: int = 64) -> int:
 
 def build(name: str, size: int = 64, seed: int = 0,
           **kwargs: Any) -> tuple[nn.Module, torch.Tensor]:
-    """Model ``name`` (weights=None, seeded, randomised constants, eval mode) and an input."""
+    """Model ``name`` (weights=None, seeded, randomised constants, eval mode) and an input
+    (for an optical-flow model, a pair of images stacked on a leading dim: see
+    :func:`inputs`)."""
     tv = import_torchvision()
     fam = family(name)
     side = input_size(name, size)
@@ -79,8 +82,18 @@ def build(name: str, size: int = 64, seed: int = 0,
         model = model.backbone
     randomize_(model, seed + 1)
     gen = torch.Generator().manual_seed(seed)
-    shape = (1, 3, 4, side, side) if fam == _VIDEO else (1, 3, side, side)
+    if fam == "video":
+        shape: tuple[int, ...] = (1, 3, _FRAMES.get(name, 4), side, side)
+    elif fam == "optical_flow":
+        shape = (2, 1, 3, side, side)
+    else:
+        shape = (1, 3, side, side)
     return model.eval(), torch.randn(shape, generator=gen)
+
+
+def inputs(x: torch.Tensor, name: str) -> tuple[torch.Tensor, ...]:
+    """The positional inputs of model ``name`` from :func:`build`'s tensor."""
+    return tuple(x) if family(name) == "optical_flow" else (x,)
 
 
 def randomize_(model: nn.Module, seed: int) -> nn.Module:

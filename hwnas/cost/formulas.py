@@ -107,6 +107,7 @@ def _projections(info: LayerInfo, alive: Alive) -> torch.Tensor:
 
 @register("params", nn.MultiheadAttention)
 @register("params", "shifted_window_attention")
+@register("params", "shifted_window_attention_3d")
 @register("params", "scaled_dot_product_attention")
 def attention_params(info: LayerInfo, alive: Alive, target: Target) -> torch.Tensor:
     """Projection weights and biases of an attention layer (q, k, v and output: 4 of them;
@@ -116,6 +117,7 @@ def attention_params(info: LayerInfo, alive: Alive, target: Target) -> torch.Ten
 
 @register("ops", nn.MultiheadAttention)
 @register("ops", "shifted_window_attention")
+@register("ops", "shifted_window_attention_3d")
 @register("ops", "scaled_dot_product_attention")
 def attention_ops(info: LayerInfo, alive: Alive, target: Target) -> torch.Tensor:
     """MACs of an attention layer: the projections (one MAC per output for a bias), then

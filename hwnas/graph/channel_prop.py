@@ -211,7 +211,16 @@ class ChannelProp(fx.Interpreter):
                 roots.append((target, new))
         self.origin[n] = roots
 
+    def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
+        # fx passes list arguments as immutable lists; the traced code passes fresh lists,
+        # which some wrapped functions change in place (torchvision's video Swin)
+        return super().call_function(target, _mutable(args), _mutable(kwargs))
+
     # -- what a rule may call ------------------------------------------------------------
+    def concrete(self, arg: Any) -> Any:
+        """The value ``arg`` had in the run (a node's output, or ``arg`` itself)."""
+        return self.env.get(arg, arg) if isinstance(arg, fx.Node) else arg
+
     def constant_dim(self, arg: Any, dim: int) -> bool:
         """True when ``arg`` is a constant (computed from parameters and buffers only) whose
         ``dim`` is a dim of one of them (the others broadcast along it)."""
@@ -369,6 +378,16 @@ def _permutation_of(n: fx.Node, name: str, rank: int) -> list[int] | None:
     if not isinstance(dims, (list, tuple)) or not all(isinstance(v, int) for v in dims):
         return None
     return [int(v) % rank for v in dims]
+
+
+def _mutable(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_mutable(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_mutable(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _mutable(v) for k, v in value.items()}
+    return value
 
 
 def flat_chans(value: Any) -> list[Chan]:

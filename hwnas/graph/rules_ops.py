@@ -301,18 +301,23 @@ def mha_rule(prop: ChannelProp, n: fx.Node, m: Any, out: Any) -> Any:
 
 def swin_attention_rule(prop: ChannelProp, n: fx.Node, m: Any, out: Any) -> Any:
     """torchvision's ``shifted_window_attention(x, qkv_weight, proj_weight, bias, window,
-    heads, ...)``: it reshapes q/k/v with the input width, so the inner channels are the
-    input channels (tied across heads); its weights are sliced with them."""
+    heads, ...)`` and its video twin ``shifted_window_attention_3d``: it reshapes q/k/v with
+    the input width, so the inner channels are the input channels (tied across heads); its
+    weights are sliced with them."""
     x, w_qkv, w_proj = arg(n, "input", 0), arg(n, "qkv_weight", 1), arg(n, "proj_weight", 2)
-    window, heads = arg(n, "window_size", 4), arg(n, "num_heads", 5)
+    window = prop.concrete(arg(n, "window_size", 4))
+    heads = prop.concrete(arg(n, "num_heads", 5))
     b_qkv, b_proj = arg(n, "qkv_bias", 9), arg(n, "proj_bias", 10)
-    cosine = arg(n, "logit_scale", 11) is not None
+    cosine = name_of(n.target) == "shifted_window_attention" and arg(
+        n, "logit_scale", 11) is not None
     shape = prop.shape(x)
-    if shape is None or len(shape) != 4 or not isinstance(heads, int):
+    if (shape is None or len(shape) not in (4, 5) or not isinstance(heads, int)
+            or len(window) != len(shape) - 2):
         return _opaque(prop, n, out, "window attention with an unusual input")
     prop.set_kind(n, "attention")
-    c = shape[3]
-    ids = prop.along(n, x, 3, c, "window attention input")
+    last = len(shape) - 1
+    c = shape[last]
+    ids = prop.along(n, x, last, c, "window attention input")
     if _constants(prop, (w_qkv, 0), (w_qkv, 1), (w_proj, 0), (w_proj, 1), (b_qkv, 0),
                   (b_proj, 0)) and (b_qkv is None) == (b_proj is None):
         ids = _heads(prop, n, ids, heads)
@@ -330,12 +335,11 @@ def swin_attention_rule(prop: ChannelProp, n: fx.Node, m: Any, out: Any) -> Any:
     else:
         prop.freeze(ids, f"window attention at {n.name} with computed weights keeps its "
                          "channels")
-    pad_h = -(-shape[1] // window[0]) * window[0]
-    pad_w = -(-shape[2] // window[1]) * window[1]
-    tokens = pad_h * pad_w
+    padded = [-(-size // w) * w for size, w in zip(shape[1:-1], window, strict=True)]
+    tokens = math.prod(padded)
     prop.layer(n, "attention", ids, ids, bias=b_qkv is not None, positions=4 * tokens,
-               param_positions=4, attn_positions=tokens * window[0] * window[1])
-    return Chan(3, ids)
+               param_positions=4, attn_positions=tokens * math.prod(window))
+    return Chan(last, ids)
 
 
 def patch_merging_rule(prop: ChannelProp, n: fx.Node, m: Any, out: Any) -> Any:
@@ -432,7 +436,7 @@ _FUNCTIONS = {
     matmul_rule: ("matmul", "bmm", "mm"),
     einsum_rule: ("einsum",),
     sdpa_rule: ("scaled_dot_product_attention",),
-    swin_attention_rule: ("shifted_window_attention",),
+    swin_attention_rule: ("shifted_window_attention", "shifted_window_attention_3d"),
     patch_merging_rule: ("_patch_merging_pad",),
     layer_norm_rule: ("layer_norm",),
     group_norm_rule: ("group_norm",),
