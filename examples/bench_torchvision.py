@@ -202,6 +202,33 @@ def _row(r: dict[str, Any], c: dict[str, bool]) -> str:
             f"{'yes' if r.get('onnx') else 'no'} | {times} | {notes} |")
 
 
+#: Why a model cannot pass (by model-name prefix), for the exceptions section.
+_WHY = {
+    "mvit": "MViT's pooling attention runs inside three torch.fx-wrapped torchvision "
+            "functions (`_unsqueeze`, `_squeeze`, `_add_rel_pos`) that hwnas has no rule "
+            "for: they are opaque, so the relative-position einsums inside `_add_rel_pos` "
+            "are not counted and the channels that pass through them are frozen. Rules "
+            "for those three functions (as for Swin's `shifted_window_attention`) would "
+            "make it exact.",
+    "raft": "torch.fx cannot trace RAFT (its update loop branches on tensor values); "
+            "hwnas needs a traced graph for costs and channel groups. Passing its "
+            "data-dependent parts as `leaf_modules` makes it traceable, with those parts "
+            "opaque (their channels frozen).",
+}
+
+
+def _exceptions(rows: list[dict[str, Any]], checks: dict[int, dict[str, bool]]) -> list[str]:
+    lines = []
+    for r in rows:
+        failed = [k for k, ok in checks[id(r)].items() if not ok]
+        if not failed:
+            continue
+        why = next((text for prefix, text in _WHY.items() if r["model"].startswith(prefix)),
+                   r.get("error") or "; ".join(f"{k}: {v}" for k, v in r.get("frozen_top", ())))
+        lines.append(f"- **{r['model']}** (fails: {', '.join(failed)}): {why}")
+    return lines
+
+
 _HEADER = [
     "| model | family | input | params | ref params | ops | ref MACs | ref biased outputs "
     "| exact | inner ch. | gated | parity (rel) | ONNX | times ref/prof/wrap/mat/onnx | notes |",
@@ -261,6 +288,9 @@ def to_markdown(rows: list[dict[str, Any]], command: str, args: argparse.Namespa
         "batch 1 and 3, atol = rtol = 1e-4).",
         "- **times** (s): reference count, profile, wrap, materialize, ONNX export + checks.",
     ]
+    exceptions = _exceptions(rows, checks)
+    if exceptions:
+        lines += ["", "## Exceptions", "", *exceptions]
     for rs, label in parts:
         lines += ["", f"## {label[0].upper()}{label[1:]}", "", *_HEADER]
         lines += [_row(r, checks[id(r)]) for r in rs]
@@ -284,11 +314,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per model")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "torchvision.md")
+    parser.add_argument("--from-rows", type=Path,
+                        help="write the report from a run's saved rows (.json) instead")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         _child(args)
+        return
+    if args.from_rows:  # rewrite the report from the rows a run saved (same options)
+        saved = json.loads(args.from_rows.read_text())
+        args.out.write_text(to_markdown(saved["rows"], saved["command"], args, saved["wall"]))
+        print(f"wrote {args.out}")
         return
     models = args.models or names(tuple(args.families))
     command = "python " + " ".join(
@@ -304,8 +341,11 @@ def main(argv: list[str] | None = None) -> None:
             f"onnx {row.get('onnx', False)} {row.get('wall', 0):.0f}s")
         print(f"[{k + 1}/{len(models)}] {name}: {status}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(to_markdown(rows, command, args, time.perf_counter() - start))
-    print(f"wrote {args.out}")
+    wall = time.perf_counter() - start
+    args.out.with_suffix(".json").write_text(json.dumps(
+        {"command": command, "wall": wall, "rows": rows}, indent=1, default=float))
+    args.out.write_text(to_markdown(rows, command, args, wall))
+    print(f"wrote {args.out} and {args.out.with_suffix('.json')} (the rows)")
 
 
 if __name__ == "__main__":
