@@ -57,7 +57,8 @@ class LutCalibration:
         comparator: LUTs per comparator of a ``B``-bit input with a constant, ``B = 1, 2..``.
         popcount: Coefficients of the popcount features (:func:`hwnas.cost.luts.popcount_luts`).
         mac_grid / mac_held_out: The (n, W, A) shapes fitted on and held out.
-        errors: Name -> [median, worst] relative error against yosys.
+        errors: ``(name, (median, worst))`` relative errors against yosys, sorted by name
+            (a tuple, so a target stays hashable); :meth:`error` looks one up.
     """
 
     yosys: str = ""
@@ -70,7 +71,7 @@ class LutCalibration:
     popcount: tuple[float, ...] = ()
     mac_grid: tuple[tuple[int, ...], ...] = ()
     mac_held_out: tuple[tuple[int, ...], ...] = ()
-    errors: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    errors: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         for key in ("mac", "table", "table_random", "comparator", "popcount"):
@@ -86,10 +87,15 @@ class LutCalibration:
         if len(self.mac) != len(self.mac_features):
             raise ValueError(f"`luts.calibration.mac` must have one coefficient per feature "
                              f"{list(self.mac_features)}, but got {list(self.mac)}")
-        if not isinstance(self.errors, dict):
+        errors = dict(self.errors) if isinstance(self.errors, (dict, tuple)) else None
+        if errors is None:
             raise ValueError(f"`luts.calibration.errors` must be a table, but got {self.errors!r}")
-        object.__setattr__(self, "errors", {
-            str(k): _numbers(f"luts.calibration.errors.{k}", v) for k, v in self.errors.items()})
+        object.__setattr__(self, "errors", tuple(sorted(
+            (str(k), _numbers(f"luts.calibration.errors.{k}", v)) for k, v in errors.items())))
+
+    def error(self, name: str) -> tuple[float, ...] | None:
+        """``(median, worst)`` of the named error, or None when it was not measured."""
+        return dict(self.errors).get(name)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from hwnas.cost.luts import (
     node_luts,
     popcount_features,
 )
-from hwnas.cost.targets import Target, load_target
+from hwnas.cost.targets import LutCalibration, Target, load_target
 from hwnas.errors import InvalidValueError
 from hwnas.files import atomic_write, ensure_writable_dir
 from hwnas.hw.benchmarks import Benchmark, measure
@@ -297,8 +297,8 @@ def _copy_source(source: Any, target: Target, out: Path) -> None:
         tmp.write_text(text)
 
 
-def _fmt_err(cal_errors: dict[str, tuple[float, ...]], name: str) -> str:
-    err = cal_errors.get(name)
+def _fmt_err(cal: LutCalibration, name: str) -> str:
+    err = cal.error(name)
     if not err:
         return "not measured"
     return f"median {err[0]:.1%}, worst {err[1]:.1%}"
@@ -323,11 +323,11 @@ def readme_section(target: Target, command: str) -> str:
         f"  Fitted on n in {{{', '.join(map(str, n))}}}, W in {{{', '.join(map(str, w))}}}, "
         f"A in {{{', '.join(map(str, a))}}} (n * W * A <= {_MAX_PP}); error on the fitted "
         f"designs of at least {_SMALL:g} LUTs per output: "
-        f"{_fmt_err(cal.errors, 'mac_fit')} (features of the drawn weights), "
-        f"{_fmt_err(cal.errors, 'mac_fit_expected')} (smooth estimate).",
+        f"{_fmt_err(cal, 'mac_fit')} (features of the drawn weights), "
+        f"{_fmt_err(cal, 'mac_fit_expected')} (smooth estimate).",
         "  Held out (n, W, A): " + ", ".join(f"({s[0]}, {s[1]}, {s[2]})" for s in cal.mac_held_out)
-        + f": smooth estimate {_fmt_err(cal.errors, 'mac_held_out')}; with the drawn weights "
-        f"{_fmt_err(cal.errors, 'mac_held_out_exact')}.",
+        + f": smooth estimate {_fmt_err(cal, 'mac_held_out')}; with the drawn weights "
+        f"{_fmt_err(cal, 'mac_held_out_exact')}.",
     ]
     if model.table == "bdd":
         per = ", ".join(f"X={lut + i + 1}: {c:.3f}" for i, c in enumerate(cal.table))
@@ -343,7 +343,7 @@ def readme_section(target: Target, command: str) -> str:
     lines.append(f"- Comparators (LUTs each, thermometer of 4 constants per input): {comp}.")
     pc = cal.popcount
     lines.append(f"- Popcount of m bits: {pc[0]:g} * m + {pc[1]:g} * m * log2(m) + {pc[2]:g} "
-                 f"(m = 4 .. 256): {_fmt_err(cal.errors, 'popcount_fit')}.")
+                 f"(m = 4 .. 256): {_fmt_err(cal, 'popcount_fit')}.")
     lines.append(f"<!-- END calibration {target.name} -->")
     return "\n".join(lines) + "\n"
 
