@@ -95,7 +95,9 @@ def lut_layers(nets: dict[str, nn.Module], yosys: str, log) -> list[str]:
     return rows
 
 
-def whole_nets(models: dict[str, nn.Module], x_test: torch.Tensor, yosys: str, log) -> list[str]:
+def whole_nets(models: dict[str, nn.Module], x_test: torch.Tensor, yosys: str, log,
+               ice40_luts: dict[str, int]) -> list[str]:
+    """Rows per network and target; fills ``ice40_luts`` (name -> SB_LUT4 from yosys)."""
     rows = ["| network | target | simulated test vectors | estimate | yosys LUTs | carries | "
             "error | synth s |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for name, model in models.items():
@@ -105,6 +107,8 @@ def whole_nets(models: dict[str, nn.Module], x_test: torch.Tensor, yosys: str, l
         for t in TARGETS:
             est = float(lut_estimate(model, t, v)["luts"].sum())
             r = synthesize(v, t, yosys=yosys)
+            if t == "ice40-lut4":
+                ice40_luts[name] = r.luts
             rows.append(f"| {name} | {t} | {sim.vectors} equal | {est:,.0f} | {r.luts:,} | "
                         f"{r.carries:,} | {err(est, r.luts)} | {r.seconds:.1f} |")
             log(rows[-1])
@@ -149,10 +153,19 @@ def mac_layers(yosys: str, log) -> list[str]:
     return rows
 
 
-def place_and_route(models: dict[str, nn.Module], yosys: str, log) -> list[str]:
+UP5K_CELLS = 5280  # logic cells of the iCE40 UP5K
+
+
+def place_and_route(models: dict[str, nn.Module], yosys: str, log,
+                    ice40_luts: dict[str, int]) -> list[str]:
     rows = ["| network | LUT4 (yosys) | logic cells used / UP5K | Fmax (MHz) | P&R s |",
             "|---|---:|---:|---:|---:|"]
     for name, model in models.items():
+        if ice40_luts.get(name, 0) > UP5K_CELLS:  # nextpnr would only fail after minutes
+            rows.append(f"| {name} | {ice40_luts[name]:,} | does not fit: more LUT4 than the "
+                        f"{UP5K_CELLS:,} logic cells | - | - |")
+            log(rows[-1])
+            continue
         try:
             r = synthesize(model, "ice40-lut4", place_and_route=True, yosys=yosys,
                            quantizer=digits_difflut.EXACT)
@@ -209,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[{time.perf_counter() - start:6.0f} s] {line}", flush=True)
 
     models, x_test = trained_digits(args.epochs, log)
+    ice40_luts: dict[str, int] = {}
     big = {k: m for k, m in models.items() if "small" not in k and "wide" not in k}
     wide = {k: m for k, m in models.items() if "wide" in k}
     random_layers = {f"random LUTLayer(256, 64, k={k})": LUTLayer(256, 64, k=k, seed=k)
@@ -248,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
         "LUTLayer(500, k=6), GroupSum(10). The Verilog is simulated on the 360 test samples "
         "(`hwnas.hw.verify_verilog`) before synthesis.",
         "",
-        *whole_nets(big, x_test, args.yosys, log),
+        *whole_nets(big, x_test, args.yosys, log, ice40_luts),
         "",
         "## MAC layers",
         "",
@@ -267,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         "(`hwnas/hw/synth.py`), so the logic-cell count includes the input flip-flops and "
         "Fmax is the register-to-register path through the network.",
         "",
-        *place_and_route(models, args.yosys, log),
+        *place_and_route(models, args.yosys, log, ice40_luts),
         "",
         f"Total time {time.perf_counter() - start:.0f} s.",
     ]
