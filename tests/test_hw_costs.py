@@ -22,6 +22,7 @@ from hwnas.cost.luts import (
     mac_features_exact,
     mac_features_expected,
     mac_luts,
+    min_bdd_nodes,
     node_luts,
     quantize_weights,
     weight_luts,
@@ -71,6 +72,31 @@ def test_bdd_nodes_equal_a_recursive_robdd():
     assert bdd_nodes(parity, 6) == 11  # 2x - 1 nodes for the parity of x inputs
 
 
+def _permuted(table: int, x: int, order: tuple[int, ...]) -> int:
+    """The table with its address bits reordered (``order`` over axes, MSB first)."""
+    cube = torch.tensor([(table >> a) & 1 for a in range(2**x)]).reshape((2,) * x)
+    flat = cube.permute(order).reshape(-1).tolist()
+    return sum(b << a for a, b in enumerate(flat))
+
+
+def test_min_bdd_nodes_is_the_best_order_of_all():
+    rng = random.Random(1)
+    for x in (1, 2, 3, 4, 5):
+        for _ in range(15):
+            table = rng.getrandbits(2**x) & rng.getrandbits(2**x)  # some structure
+            brute = min(bdd_nodes(_permuted(table, x, p), x)
+                        for p in itertools.permutations(range(x)))
+            assert min_bdd_nodes(table, x) == brute
+    # (a5 & a0) | (a4 & a1) | (a3 & a2): 14 nodes in address order, 6 with the pairs adjacent
+    pairs = sum(1 << a for a in range(64)
+                if any((a >> i) & (a >> (5 - i)) & 1 for i in range(3)))
+    assert (bdd_nodes(pairs, 6), min_bdd_nodes(pairs, 6)) == (14, 6)
+    parity = sum(1 << a for a in range(64) if bin(a).count("1") % 2)
+    assert min_bdd_nodes(parity, 6) == bdd_nodes(parity, 6) == 11  # symmetric: any order
+    with pytest.raises(ValueError, match="<= 10"):
+        min_bdd_nodes(0, 11)
+
+
 def test_node_luts_on_the_shipped_targets():
     assert [node_luts(x, None, "xc7-lut6") for x in range(0, 11)] == [
         0, 1, 1, 1, 1, 1, 1, 2, 4, 9, 17]
@@ -78,7 +104,7 @@ def test_node_luts_on_the_shipped_targets():
     assert node_luts(1, 0b01, "xc7-lut6") == 1  # an inverter
     c = load_target("ice40-lut4").luts.calibration.table
     xor5 = sum(1 << a for a in range(32) if bin(a).count("1") % 2)
-    assert node_luts(5, xor5, "ice40-lut4") == pytest.approx(c[0] * 9)
+    assert node_luts(5, xor5, "ice40-lut4") == pytest.approx(c[0] * 9)  # parity: any order
     assert node_luts(4, xor5 & 0xFFFF, "ice40-lut4") == 1
 
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAC_FEATURES",
     "bdd_nodes",
+    "min_bdd_nodes",
     "comparator_luts",
     "fan_in",
     "lut_model",
@@ -112,6 +113,46 @@ def bdd_nodes(table: int, x: int) -> int:
     return total
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def min_bdd_nodes(table: int, x: int) -> int:
+    """Nodes of the smallest reduced ordered BDD of an ``x``-input table over all orders.
+
+    Exact, by dynamic programming over the sets of variables placed above a level
+    (Friedman and Supowit): with the set ``S`` above, variable ``v`` gets one node per
+    distinct cofactor of the table over ``S`` that depends on ``v``. ``2^x`` sets, so it is
+    meant for node tables (``x <= 10``); a structured (trained) table often has a far
+    smaller BDD in another order than in :func:`bdd_nodes`'s fixed one, and yosys/ABC
+    finds that structure.
+
+    Example:
+        >>> g = int("".join("1" if ((a >> 3) & (a & 1)) | ((a >> 2) & (a >> 1) & 1) else "0"
+        ...                 for a in reversed(range(16))), 2)
+        >>> bdd_nodes(g, 4), min_bdd_nodes(g, 4)  # a3 a0 | a2 a1: pairs apart, pairs together
+        (6, 4)
+    """
+    if x > 10:
+        raise InvalidValueError(f"`x` must be <= 10 for an exact BDD minimum, but got {x}")
+    bits = np.array([(table >> a) & 1 for a in range(2**x)], dtype=np.uint8)
+    cube = bits.reshape((2,) * x)  # axis i is address bit x - 1 - i
+    full = (1 << x) - 1
+    unset = np.iinfo(np.int64).max
+    best = np.full(1 << x, unset, dtype=np.int64)
+    best[0] = 0
+    for above in range(full):
+        if best[above] == unset:
+            continue
+        top = [i for i in range(x) if above >> i & 1]
+        rest = [i for i in range(x) if not above >> i & 1]
+        rows = cube.transpose(top + rest).reshape(1 << len(top), 1 << len(rest))
+        distinct = np.unique(rows, axis=0).reshape((-1,) + (2,) * len(rest))
+        for j, v in enumerate(rest):
+            lo, hi = np.take(distinct, 0, axis=1 + j), np.take(distinct, 1, axis=1 + j)
+            nodes = int((lo != hi).reshape(len(distinct), -1).any(1).sum())
+            below = above | (1 << v)
+            best[below] = min(best[below], best[above] + nodes)
+    return int(best[full])
+
+
 def _beyond(values: tuple[float, ...], over: int, grow: float) -> float:
     """``values[over - 1]``, extrapolated by ``grow`` per extra input past the last."""
     if over <= len(values):
@@ -127,8 +168,8 @@ def node_luts(x: int, table: int | None, target: Target | str) -> float:
 
     - ``"muxf"`` (7-series): ``2^(X-L)`` LUTs joined by MUXF7/MUXF8 up to ``X = L + 2``;
       above, the ``2^(X-L-2)`` MUXF8 outputs go through a tree of 4:1 muxes, one LUT each.
-    - ``"bdd"`` (iCE40): ``c_X * bdd_nodes(table)``, ``c_X`` fitted per ``X``; without a
-      table, the measured mean of random tables.
+    - ``"bdd"`` (iCE40): ``c_X * min_bdd_nodes(table)`` (the BDD in its best variable
+      order), ``c_X`` fitted per ``X``; without a table, the measured mean of random tables.
     - ``"logicnets"``: ``(2^(X-4) - (-1)^X) / 3``; ``"shannon"``: ``2^(X-L+1) - 1``.
 
     Example:
@@ -153,7 +194,7 @@ def node_luts(x: int, table: int | None, target: Target | str) -> float:
         cal = _calibration(target, "table")
         if table is None:
             return _beyond(cal.table_random, over, 2.0)
-        return _beyond(cal.table, over, 1.0) * bdd_nodes(table, x)
+        return _beyond(cal.table, over, 1.0) * min_bdd_nodes(table, x)
     if model.table == "logicnets":
         return float(round((2.0 ** (x - 4) - (1 if x % 2 == 0 else -1)) / 3))
     return float(2 ** (over + 1) - 1)

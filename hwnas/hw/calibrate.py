@@ -26,10 +26,10 @@ import numpy as np
 
 from hwnas.cost.luts import (
     MAC_FEATURES,
-    bdd_nodes,
     lut_model,
     mac_features_exact,
     mac_features_expected,
+    min_bdd_nodes,
     node_luts,
     popcount_features,
 )
@@ -164,10 +164,11 @@ def fit(records: dict[str, dict[str, Any]], target: Target) -> Calibration:
     errors["mac_held_out"] = _errors(held_expected, held_y)
     fit_expected = np.array([_expected(r) for r in fit_rows])
     errors["mac_fit_expected"] = _errors((fit_expected @ coef)[big], y[big])
-    # Truth tables above the LUT size: LUTs per BDD node ("bdd") and per random table.
+    # Truth tables above the LUT size: LUTs per node of the smallest BDD ("bdd") and per
+    # random table.
     lut = target.lut_inputs
     tables = [r for r in rows("table") if r["n"] > lut]
-    values["table"] = [round(r["luts"] / sum(bdd_nodes(t, r["n"]) for t in r["tables"]), 6)
+    values["table"] = [round(r["luts"] / sum(min_bdd_nodes(t, r["n"]) for t in r["tables"]), 6)
                        for r in tables]
     values["table_random"] = [round(r["per_copy"], 6) for r in tables]
     if lut_model(target).table != "bdd":  # an analytic model: how far from yosys it is
@@ -331,8 +332,9 @@ def readme_section(target: Target, command: str) -> str:
     ]
     if model.table == "bdd":
         per = ", ".join(f"X={lut + i + 1}: {c:.3f}" for i, c in enumerate(cal.table))
-        lines.append(f"- Truth tables (`table = \"bdd\"`): LUTs = c_X * BDD nodes, {per} "
-                     "(fitted per X on 32 random tables; 16 at X = 9).")
+        lines.append("- Truth tables (`table = \"bdd\"`): LUTs = c_X * nodes of the BDD in its "
+                     f"best variable order (`min_bdd_nodes`), {per} (fitted per X on 32 random "
+                     "tables; 16 at X = 9).")
     else:
         meas = ", ".join(
             f"X={x}: {c:.2f} (formula {node_luts(x, None, target):g})"
