@@ -153,6 +153,7 @@ class DUCCIO:
         if final_strengths is not None:
             self.final_strengths = self._check_strengths("final_strengths", final_strengths)
         self.strengths: dict[str, float] | None = None
+        self._cached: tuple[Any, torch.Tensor, torch.Tensor] | None = None
 
     def _check_strengths(self, what: str, strengths: Mapping[str, float]) -> dict[str, float]:
         if not isinstance(strengths, Mapping) or set(strengths) != set(self.targets):
@@ -193,11 +194,20 @@ class DUCCIO:
             costs = model.costs_of(names)
         else:
             costs = torch.stack([torch.as_tensor(model.cost(n)) for n in names])
-        strengths = torch.tensor([current[n] for n in names], dtype=costs.dtype,
-                                 device=costs.device)
-        targets = torch.tensor([self.targets[n] for n in names], dtype=costs.dtype,
-                               device=costs.device)
+        strengths, targets = self._constants(names, current, costs)
         return (strengths * torch.relu(costs - targets)).sum()
+
+    def _constants(self, names: tuple[str, ...], current: Mapping[str, float],
+                   costs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The strengths and targets as tensors, made again only when a value changes (the
+        strengths change once per epoch; building them every step costs two host copies)."""
+        key = (tuple(current[n] for n in names), names, costs.dtype, costs.device)
+        if self._cached is None or self._cached[0] != key:
+            strengths = torch.tensor(key[0], dtype=costs.dtype, device=costs.device)
+            targets = torch.tensor([self.targets[n] for n in names], dtype=costs.dtype,
+                                   device=costs.device)
+            self._cached = (key, strengths, targets)
+        return self._cached[1], self._cached[2]
 
     def current_strengths(
         self, epoch: int | None = None, n_epochs: int | None = None
