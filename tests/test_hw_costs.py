@@ -118,7 +118,6 @@ def test_node_luts_on_the_shipped_targets():
         0, 1, 1, 1, 1, 1, 1, 2, 4, 9, 17]
     assert node_luts(1, 0b10, "xc7-lut6") == 0  # a wire
     assert node_luts(1, 0b01, "xc7-lut6") == 1  # an inverter
-    c = load_target("ice40-lut4").luts.calibration.table
     xor5 = sum(1 << a for a in range(32) if bin(a).count("1") % 2)
     # xor5 = xor4(a0..a3) ^ a4 splits as h(g(A), B): 2 LUT4, not c_5 * 9 BDD nodes
     assert node_luts(5, xor5, "ice40-lut4") == 2
