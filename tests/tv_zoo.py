@@ -28,9 +28,9 @@ __all__ = ["FAMILIES", "build", "family", "import_torchvision", "inputs", "names
 FAMILIES = ("classification", "segmentation", "detection")
 
 #: Input side per model where the default (64 px) is too small for the architecture.
-_SIZES = {"inception_v3": 96, "maxvit_t": 224, "ssd300_vgg16": 300, "vit_h_14": 56,
-          "ssdlite320_mobilenet_v3_large": 320, "s3d": 224, "mvit_v1_b": 224,
-          "mvit_v2_s": 224, "raft_large": 128, "raft_small": 128}
+_SIZES = {"inception_v3": 96, "quantized_inception_v3": 96, "maxvit_t": 224,
+          "ssd300_vgg16": 300, "vit_h_14": 56, "ssdlite320_mobilenet_v3_large": 320,
+          "s3d": 224, "mvit_v1_b": 224, "mvit_v2_s": 224, "raft_large": 128, "raft_small": 128}
 #: Frames of a video model's input (batch, channels, frames, height, width); default 4.
 _FRAMES = {"s3d": 16, "mvit_v1_b": 16, "mvit_v2_s": 16}
 
