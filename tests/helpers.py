@@ -1,5 +1,6 @@
-"""Shared helpers of the export tests (test_prune.py, test_onnx.py): gate settings,
-parity checks and a hypothesis strategy of random architectures."""
+"""Shared helpers of the tests: gate settings, parity checks and a hypothesis strategy of
+random architectures (test_prune.py, test_onnx.py); a small trained LUT network
+(test_difflut.py, test_hw_sim.py)."""
 
 from __future__ import annotations
 
@@ -255,3 +256,29 @@ def random_gates_(search: hwnas.SearchModel, gates: tuple[float, float, int]) ->
     set_gates_(search, fraction, seed, low=low)
 
 
+def small_lut_network(constant_nodes: bool = False) -> tuple[nn.Module, torch.Tensor]:
+    """Encoder -> random-connection LUT layer -> learnable-connection layer -> GroupSum,
+    trained a few steps on 64 random 5-feature samples (so it is not all init); with
+    ``constant_nodes`` five first-layer nodes are constant (for constant propagation)."""
+    from hwnas.difflut import GroupSum, LUTLayer, ThermometerEncoder
+
+    torch.manual_seed(8)
+    data = torch.rand(64, 5) * 10
+    model = nn.Sequential(
+        ThermometerEncoder(4).fit(data),
+        LUTLayer(20, 30, k=4, seed=1),
+        LUTLayer(30, 20, k=3, connections="learnable", seed=2),
+        GroupSum(4, tau=3.0),
+    )
+    if constant_nodes:
+        with torch.no_grad():
+            model[1].logits[:3].fill_(4.0)
+            model[1].logits[3:5].fill_(-4.0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    labels = (data[:, 0] > 5).long() + 2 * (data[:, 1] > 5).long()
+    for _ in range(5):
+        loss = F.cross_entropy(model.train()(data), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), data

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import small_lut_network
 from torch import nn
 
 from hwnas import cost
@@ -354,22 +355,7 @@ def test_used_nodes_and_lut_report():
 
 
 def small_network() -> tuple[nn.Module, torch.Tensor]:
-    torch.manual_seed(8)
-    data = torch.rand(64, 5) * 10
-    model = nn.Sequential(
-        ThermometerEncoder(4).fit(data),
-        LUTLayer(20, 30, k=4, seed=1),
-        LUTLayer(30, 20, k=3, connections="learnable", seed=2),
-        GroupSum(4, tau=3.0),
-    )
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)  # a few steps so it is not all init
-    labels = (data[:, 0] > 5).long() + 2 * (data[:, 1] > 5).long()
-    for _ in range(5):
-        loss = nn.functional.cross_entropy(model.train()(data), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval(), data
+    return small_lut_network()
 
 
 def test_onnx_export_matches_binary_pytorch(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import small_lut_network
 from torch import nn
 
 from hwnas.datasets import digits
@@ -21,26 +22,9 @@ pytestmark = pytest.mark.slow
 
 
 def _trained_network() -> tuple[nn.Module, torch.Tensor]:
-    """Encoder -> random-connection layer -> learnable-connection layer -> GroupSum."""
-    torch.manual_seed(8)
-    data = torch.rand(64, 5) * 10
-    model = nn.Sequential(
-        ThermometerEncoder(4).fit(data),
-        LUTLayer(20, 30, k=4, seed=1),
-        LUTLayer(30, 20, k=3, connections="learnable", seed=2),
-        GroupSum(4, tau=3.0),
-    )
-    with torch.no_grad():  # some constant nodes, so constant propagation is exercised
-        model[1].logits[:3].fill_(4.0)
-        model[1].logits[3:5].fill_(-4.0)
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    labels = (data[:, 0] > 5).long() + 2 * (data[:, 1] > 5).long()
-    for _ in range(5):
-        loss = nn.functional.cross_entropy(model.train()(data), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval(), data
+    """Encoder -> random-connection layer -> learnable-connection layer -> GroupSum, with
+    some constant nodes so constant propagation is exercised."""
+    return small_lut_network(constant_nodes=True)
 
 
 def test_trained_network_with_encoder_matches(tmp_path):
