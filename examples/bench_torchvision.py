@@ -47,37 +47,21 @@ from torch.utils._pytree import tree_leaves
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from flop_reference import reference_counts  # noqa: E402  (tests/, does not import hwnas)
-from tv_zoo import FAMILIES, build, family, import_torchvision, inputs, names  # noqa: E402
+from tv_zoo import (  # noqa: E402
+    FAMILIES,
+    build,
+    family,
+    import_torchvision,
+    inner_channels,
+    inputs,
+    names,
+    set_random_gates,
+)
 
 #: Relative output difference (pruned vs search model) that still counts as parity.
 PARITY = 1e-5
 #: Share of inner channels with a gate that a model must reach.
 GATED = 0.9
-
-
-def _set_gates(search: Any, fraction: float, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for group in search.free_groups:
-        gate = search.gate(group)
-        v = 0.3 + 0.7 * torch.rand(gate.n, generator=g)
-        v[torch.randperm(gate.n, generator=g)[: int(round(fraction * gate.n))]] = 0.0
-        gate.set_deterministic_(v)
-
-
-def inner_channels(search: Any) -> tuple[int, int]:
-    """(inner channels, of them gated): output channels of conv, linear and attention layers
-    whose group is neither a model input nor a model output."""
-    inner = gated = 0
-    for info in search.layer_infos:
-        if info.kind not in ("conv", "linear", "attention") or info.out_slots is None:
-            continue
-        for g in info.out_slots[0]:
-            frozen = search.groups[int(g)].frozen
-            if frozen in ("model input", "model output"):
-                continue
-            inner += 1
-            gated += frozen is None
-    return inner, gated
 
 
 def _frozen_reasons(search: Any) -> list[tuple[str, int]]:
@@ -118,7 +102,7 @@ def run_one(name: str, size: int, fraction: float, seed: int, onnx: bool) -> dic
     search = timed("wrap", lambda: hwnas.wrap(model, xs))
     row["inner"], row["gated"] = inner_channels(search)
     row["frozen_top"] = _frozen_reasons(search)
-    _set_gates(search, fraction, seed)
+    set_random_gates(search, fraction, seed)
     search.eval()
     pruned = timed("materialize", lambda: hwnas.materialize(search).eval())
     with torch.no_grad():

@@ -24,10 +24,16 @@ import hwnas
 
 try:  # tests/ as a plain directory on sys.path (pytest rootdir "prepend" import mode)
     from flop_reference import reference_counts
-    from tv_zoo import build, import_torchvision, randomize_
+    from tv_zoo import build, import_torchvision, inner_channels, randomize_, set_random_gates
 except ImportError:  # tests/ imported as a package
     from tests.flop_reference import reference_counts
-    from tests.tv_zoo import build, import_torchvision, randomize_
+    from tests.tv_zoo import (
+        build,
+        import_torchvision,
+        inner_channels,
+        randomize_,
+        set_random_gates,
+    )
 
 try:
     tv = import_torchvision()
@@ -69,28 +75,6 @@ CASES = {
 }
 
 
-def _inner(search: hwnas.SearchModel) -> tuple[int, int]:
-    inner = gated = 0
-    for info in search.layer_infos:
-        if info.kind not in ("conv", "linear", "attention") or info.out_slots is None:
-            continue
-        for g in info.out_slots[0]:
-            frozen = search.groups[int(g)].frozen
-            if frozen not in ("model input", "model output"):
-                inner += 1
-                gated += frozen is None
-    return inner, gated
-
-
-def _gates(search: hwnas.SearchModel, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for group in search.free_groups:
-        gate = search.gate(group)
-        v = 0.3 + 0.7 * torch.rand(gate.n, generator=g)
-        v[torch.randperm(gate.n, generator=g)[: gate.n // 2]] = 0.0
-        gate.set_deterministic_(v)
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_torchvision_model(name: str, tmp_path: Path) -> None:
     model, x = CASES[name]()
@@ -99,9 +83,9 @@ def test_torchvision_model(name: str, tmp_path: Path) -> None:
     assert (int(total["params"]), int(total["ops"])) == (ref.params, ref.ops)
 
     search = hwnas.wrap(model, x)
-    inner, gated = _inner(search)
+    inner, gated = inner_channels(search)
     assert inner > 0 and gated / inner >= 0.9, (gated, inner)
-    _gates(search, seed=0)
+    set_random_gates(search, 0.5, seed=0)
     search.eval()
     pruned = hwnas.materialize(search).eval()
     with torch.no_grad():

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["FAMILIES", "build", "family", "import_torchvision", "inputs", "names"]
+__all__ = ["FAMILIES", "build", "family", "import_torchvision", "inner_channels", "inputs",
+           "names", "set_random_gates"]
 
 #: The families :func:`names` lists by default.
 FAMILIES = ("classification", "segmentation", "detection")
@@ -110,3 +111,30 @@ def randomize_(model: nn.Module, seed: int) -> nn.Module:
                 m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
     return model
+
+
+def inner_channels(search: Any) -> tuple[int, int]:
+    """(inner channels, of them gated) of a ``hwnas.SearchModel``: output channels of conv,
+    linear and attention layers whose group is neither a model input nor a model output."""
+    inner = gated = 0
+    for info in search.layer_infos:
+        if info.kind not in ("conv", "linear", "attention") or info.out_slots is None:
+            continue
+        for g in info.out_slots[0]:
+            frozen = search.groups[int(g)].frozen
+            if frozen in ("model input", "model output"):
+                continue
+            inner += 1
+            gated += frozen is None
+    return inner, gated
+
+
+def set_random_gates(search: Any, fraction: float, seed: int) -> None:
+    """Seeded deterministic gates: ``fraction`` of each free group's gates closed, the
+    others in [0.3, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    for group in search.free_groups:
+        gate = search.gate(group)
+        v = 0.3 + 0.7 * torch.rand(gate.n, generator=g)
+        v[torch.randperm(gate.n, generator=g)[: int(round(fraction * gate.n))]] = 0.0
+        gate.set_deterministic_(v)
