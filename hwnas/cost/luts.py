@@ -90,6 +90,11 @@ def _calibration(target: Target, what: str) -> LutCalibration:
 # --------------------------------------------------------------------------- truth tables
 
 
+def _cube(table: int, x: int) -> np.ndarray:
+    """The table as a ``(2,) * x`` array; axis ``i`` is address bit ``x - 1 - i``."""
+    return np.array([(table >> a) & 1 for a in range(2**x)], dtype=np.uint8).reshape((2,) * x)
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def bdd_nodes(table: int, x: int) -> int:
     """Nodes of the reduced ordered BDD of an ``x``-input table, top variable = MSB.
@@ -103,7 +108,7 @@ def bdd_nodes(table: int, x: int) -> int:
         >>> bdd_nodes(0b0110, 2), bdd_nodes(0b1000, 2), bdd_nodes(0b1010, 2)  # xor, and, a0
         (3, 2, 1)
     """
-    bits = np.array([(table >> a) & 1 for a in range(2**x)], dtype=np.uint8)
+    bits = _cube(table, x).reshape(-1)
     total = 0
     for j in range(x):
         blocks = bits.reshape(2**j, 2 ** (x - j))
@@ -142,8 +147,7 @@ def min_bdd_nodes(table: int, x: int) -> int:
     """
     if x > 10:
         raise InvalidValueError(f"`x` must be <= 10 for an exact BDD minimum, but got {x}")
-    bits = np.array([(table >> a) & 1 for a in range(2**x)], dtype=np.uint8)
-    cube = bits.reshape((2,) * x)  # axis i is address bit x - 1 - i
+    cube = _cube(table, x)
     full = (1 << x) - 1
     unset = np.iinfo(np.int64).max
     best = np.full(1 << x, unset, dtype=np.int64)
@@ -168,11 +172,6 @@ def _beyond(values: tuple[float, ...], over: int, grow: float) -> float:
     if over <= len(values):
         return values[over - 1]
     return values[-1] * grow ** (over - len(values))
-
-
-def _cube(table: int, x: int) -> np.ndarray:
-    """The table as a ``(2,) * x`` array; axis ``i`` is address bit ``x - 1 - i``."""
-    return np.array([(table >> a) & 1 for a in range(2**x)], dtype=np.uint8).reshape((2,) * x)
 
 
 def _table(cube: np.ndarray) -> int:
