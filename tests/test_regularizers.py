@@ -197,6 +197,28 @@ def test_duccio_accepts_tensor_task_loss():
     assert reg.strengths == {"params": pytest.approx(0.004)}
 
 
+def test_duccio_sees_a_changed_strength_or_target_on_a_real_model():
+    """The strength and target tensors are reused between steps, but never stale."""
+    from zoo import build
+
+    import hwnas
+
+    model, x = build("digits_cnn")
+    search = hwnas.wrap(model, x)
+    params = search.cost("params").item()  # the expected cost DUCCIO reads
+    reg = DUCCIO({"params": params / 2}, final_strengths={"params": 1.0})
+
+    def expected(epoch: int) -> float:
+        gap = params - reg.targets["params"]
+        return reg.current_strengths(epoch, 20)["params"] * gap
+
+    for epoch in (0, 5, 5, 19):
+        assert reg(search, epoch, 20).item() == pytest.approx(expected(epoch))
+    reg.targets["params"] = params / 4
+    assert reg(search, 19, 20).item() == pytest.approx(expected(19))
+    assert expected(19) == pytest.approx(0.75 * params)
+
+
 def test_duccio_requires_both_or_neither():
     with pytest.raises(
         ValueError,

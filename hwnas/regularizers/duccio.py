@@ -201,11 +201,11 @@ class DUCCIO:
                    costs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The strengths and targets as tensors, made again only when a value changes (the
         strengths change once per epoch; building them every step costs two host copies)."""
-        key = (tuple(current[n] for n in names), names, costs.dtype, costs.device)
+        values = (tuple(current[n] for n in names), tuple(self.targets[n] for n in names))
+        key = (values, names, costs.dtype, costs.device)  # `targets` is a public, mutable dict
         if self._cached is None or self._cached[0] != key:
-            strengths = torch.tensor(key[0], dtype=costs.dtype, device=costs.device)
-            targets = torch.tensor([self.targets[n] for n in names], dtype=costs.dtype,
-                                   device=costs.device)
+            strengths, targets = (torch.tensor(v, dtype=costs.dtype, device=costs.device)
+                                  for v in values)
             self._cached = (key, strengths, targets)
         return self._cached[1], self._cached[2]
 
