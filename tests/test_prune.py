@@ -30,7 +30,7 @@ from torch import nn
 from zoo import names
 
 import hwnas
-from hwnas.search import materialize
+from hwnas.search import GatedBatchNorm, materialize
 
 LIGHT = names()
 FRACTIONS = (0.0, 0.5, 0.9)
@@ -148,7 +148,9 @@ def test_batchnorm_running_stats_are_kept() -> None:
     group = int(info.out_slots[0, 0])
     keep = search.keep_masks()[group][torch.as_tensor(info.out_slots[1])]
     assert int(keep.sum()) == int((values[group] > 0).sum()) == 16
-    original = search.gm.get_submodule("features.1")
+    gated = search.gm.get_submodule("features.1")  # the gates fold into this BatchNorm
+    assert isinstance(gated, GatedBatchNorm)
+    original = gated.layer
     pruned = materialize(search.eval()).get_submodule("features.1")
     assert pruned.num_features == 16
     assert torch.equal(pruned.running_mean, original.running_mean[keep])

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import hwnas
-from hwnas.search import ChannelMask, SearchModel, WeightMasked
+from hwnas.search import ChannelMask, GatedBatchNorm, SearchModel, WeightMasked, masks
 
 try:  # tests/ as a plain directory on sys.path (pytest rootdir "prepend" import mode)
     from zoo import build, names
@@ -129,7 +129,8 @@ def test_fresh_search_model_equals_the_model_in_eval(name: str) -> None:
 def _mask_values(search: SearchModel, x: torch.Tensor) -> list[torch.Size]:
     """Shapes of the per-channel mask values each mask reads from the gate input."""
     shapes: list[torch.Size] = []
-    masks = [m for m in search.modules() if isinstance(m, (ChannelMask, WeightMasked))]
+    masks = [m for m in search.modules()
+             if isinstance(m, (ChannelMask, WeightMasked, GatedBatchNorm))]
     handles = [m.register_forward_hook(
         lambda mod, inp, out: shapes.append(inp[1].index_select(-1, mod.index).shape))
         for m in masks]
@@ -519,3 +520,118 @@ def test_training_steps_with_sampled_gates(name: str) -> None:
     grad = search.gates.log_alpha.grad
     assert grad is not None and bool(torch.isfinite(grad).all()) and bool((grad != 0).any())
     assert all(bool(torch.isfinite(p).all()) for p in search.weight_parameters())
+
+
+# ------------------------------------------------------------------------ folded gates
+
+
+def _masks_only(monkeypatch, name: str) -> SearchModel:
+    """The zoo model wrapped with the plain masks everywhere (no gate folded into a norm)."""
+    with monkeypatch.context() as m:
+        m.setattr(masks._Surgery, "_fold_into_norm", lambda self, node, info: False)
+        return _wrap(name)[0]
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "resnet", "densenet", "grouped", "tcn",
+                                  "flatten_linear", "mixed_1d_linear", "shufflenet_v1"])
+def test_gates_folded_into_batchnorm_give_the_masked_function(monkeypatch, name: str) -> None:
+    folded = _wrap(name)[0]
+    reference = _masks_only(monkeypatch, name)
+    n_folded = sum(isinstance(m, GatedBatchNorm) for m in folded.modules())
+    assert n_folded >= 1
+    assert sum(isinstance(m, GatedBatchNorm) for m in reference.modules()) == 0
+    # every folded norm replaced a mask the reference has
+    n_masks = sum(isinstance(m, (ChannelMask, WeightMasked)) for m in reference.modules())
+    assert sum(isinstance(m, (ChannelMask, WeightMasked)) for m in folded.modules()) \
+        == n_masks - n_folded
+    _, x = build(name)
+    xb = torch.cat([x, torch.randn(5, *x.shape[1:], generator=torch.Generator().manual_seed(1))])
+    # gate values as the hard-concrete sampler makes them: clamped into [0, 1], so a closed
+    # gate (clamped at 0) passes no gradient, and at 1 neither
+    g = torch.Generator().manual_seed(0)
+    stretched = torch.rand(folded.index.n_gates, generator=g) * 1.6 - 0.3
+    for model in (folded, reference):
+        model.train()
+    outs, grads = [], []
+    for model in (folded, reference):
+        s = stretched.clone().requires_grad_(True)
+        z = torch.nn.functional.pad(s.clamp(0.0, 1.0), (0, 1), value=1.0)
+        torch.manual_seed(0)  # the same dropout draws
+        y = model.gm(xb, z)
+        (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+        outs.append(y.detach())
+        grads.append([s.grad] + [p.grad for p in model.gm.parameters()])
+    assert torch.allclose(outs[0], outs[1], atol=1e-5, rtol=1e-4)
+    for a, b in zip(grads[0], grads[1], strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, atol=1e-4, rtol=1e-3)
+    # the running statistics saw the same batch
+    norms = [[m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+             for model in (folded, reference)]
+    for a, b in zip(*norms, strict=True):
+        assert torch.allclose(a.running_mean, b.running_mean, atol=1e-6, rtol=1e-4)
+        assert torch.allclose(a.running_var, b.running_var, atol=1e-6, rtol=1e-4)
+        assert torch.equal(a.num_batches_tracked, b.num_batches_tracked)
+    # in eval mode (running statistics, deterministic gates) too, and stripped back
+    for model in (folded, reference):
+        model.eval()
+    with torch.no_grad():
+        assert torch.allclose(folded(xb), reference(xb), atol=1e-5, rtol=1e-4)
+    assert not any(isinstance(m, GatedBatchNorm) for m in hwnas.materialize(folded).modules())
+
+
+def test_gates_fold_only_through_homogeneous_single_reader_paths() -> None:
+    # BN -> ReLU6 (not homogeneous), BN -> add (read twice), BN -> sigmoid: masks stay
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.b1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.c2, self.b2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.c3, self.b3 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.c4, self.b4 = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+            self.fc = nn.Linear(8 * 16, 4)
+
+        def forward(self, x):
+            x = F.relu6(self.b1(self.c1(x)))
+            y = self.b2(self.c2(x))
+            y = torch.sigmoid(self.b3(self.c3(y + x)))
+            y = F.max_pool2d(F.relu(self.b4(self.c4(y))), 2)
+            return self.fc(torch.flatten(y, 1))
+
+    search = hwnas.wrap(Net(), torch.randn(1, 3, 8, 8))
+    gated = [n for n, m in search.gm.named_modules() if isinstance(m, GatedBatchNorm)]
+    assert gated == ["b4"]  # through ReLU, max-pool and flatten into the linear
+    assert isinstance(search.gm.c2, WeightMasked) and isinstance(search.gm.c4, WeightMasked)
+
+
+def test_gated_batchnorm_is_the_batchnorm_at_gate_one() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, 5)
+    for kwargs in ({}, {"momentum": None}, {"affine": False},
+                   {"track_running_stats": False}):
+        bn = nn.BatchNorm1d(4, **kwargs)
+        ref = copy.deepcopy(bn)
+        gated = GatedBatchNorm(bn, torch.tensor([0, 1, 2, 4]))
+        z = torch.tensor([1.0, 1.0, 1.0, 0.5, 1.0])
+        for training in (True, True, False):
+            gated.train(training)
+            ref.train(training)
+            assert torch.allclose(gated(x, z), ref(x), atol=1e-6), kwargs
+            assert torch.equal(gated(x, None), ref(x)), kwargs
+        for a, b in zip(bn.buffers(), ref.buffers(), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_gated_batchnorm_keeps_a_replaced_norms_own_forward() -> None:
+    # e.g. nn.SyncBatchNorm.convert_sync_batchnorm(search) after wrap: its forward must run
+    class Shifted(nn.BatchNorm2d):
+        def forward(self, x):
+            return super().forward(x) + 1.0
+
+    bn = Shifted(3).eval()
+    gated = GatedBatchNorm(bn, torch.tensor([0, 1, 2])).eval()
+    x = torch.randn(2, 3, 4, 4)
+    z = torch.tensor([1.0, 0.0, 0.5, 1.0])
+    expected = bn(x) * torch.tensor([1.0, 0.0, 0.5]).reshape(1, 3, 1, 1)
+    assert torch.allclose(gated(x, z), expected)

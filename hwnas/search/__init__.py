@@ -9,7 +9,8 @@
 """
 
 from hwnas.search.alive import AliveIndex
-from hwnas.search.masks import ChannelMask, WeightMasked
+from hwnas.search.masks import ChannelMask, GatedBatchNorm, WeightMasked
 from hwnas.search.model import SearchModel, materialize, wrap
 
-__all__ = ["AliveIndex", "ChannelMask", "SearchModel", "WeightMasked", "materialize", "wrap"]
+__all__ = ["AliveIndex", "ChannelMask", "GatedBatchNorm", "SearchModel", "WeightMasked",
+           "materialize", "wrap"]

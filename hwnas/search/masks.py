@@ -24,6 +24,14 @@ the search model in eval mode. The readers are:
 - normalisations over the channel dim (LayerNorm, GroupNorm): :class:`MaskedNorm` computes
   the statistics over the kept channels only. It reads a second input, ``hwnas_keep``
   (1 for a kept channel, 0 for a pruned one), since a kept channel can have gate value 0.
+
+One shortcut, for speed: where a conv or linear reads its input from a BatchNorm through
+ReLU, pooling, dropout or flatten only, and nothing else reads that BatchNorm or the steps in
+between, the gates scale the BatchNorm's affine instead (:class:`GatedBatchNorm`). These
+steps are positively homogeneous (``relu(g * x) == g * relu(x)`` for ``g >= 0``, gates lie in
+[0, 1]), so the reader sees the same masked input and every gradient is the same; the mask
+costs a product over the channels instead of two passes over the weight (the ratio is in
+``reports/overhead.md``). Per-example gates keep the masks.
 """
 
 from __future__ import annotations
@@ -41,8 +49,8 @@ from torch import nn
 from hwnas.errors import InvalidValueError
 from hwnas.ir import LAYER_KEY, PARAMS_KEY, LayerInfo, ParamSlots
 
-__all__ = ["GATES_INPUT", "KEEP_INPUT", "ChannelMask", "MaskedAttention", "MaskedNorm",
-           "ParamMask", "WeightMasked", "insert_masks", "strip_masks"]
+__all__ = ["GATES_INPUT", "KEEP_INPUT", "ChannelMask", "GatedBatchNorm", "MaskedAttention",
+           "MaskedNorm", "ParamMask", "WeightMasked", "insert_masks", "strip_masks"]
 
 #: Name of the graph input that carries the gate values.
 GATES_INPUT = "hwnas_gates"
@@ -108,6 +116,46 @@ class WeightMasked(nn.Module):
         if isinstance(layer, nn.Linear):
             return nn.functional.linear(x, weight, layer.bias)
         return layer._conv_forward(x, weight, layer.bias)  # type: ignore[operator]
+
+
+class GatedBatchNorm(nn.Module):
+    """A BatchNorm whose output channels are scaled by their gates through its affine.
+
+    ``gated(x, z) == z[index] * bn(x)`` along the channel dim, computed as one
+    ``F.batch_norm`` with weight ``gamma * z[index]`` and bias ``beta * z[index]`` (``z[index]``
+    alone where the norm has no affine). The running statistics are those of ``bn(x)``:
+    they see the input, not the gates. ``layer`` is the user's BatchNorm, unchanged;
+    :func:`strip_masks` puts it back.
+    """
+
+    index: torch.Tensor
+
+    def __init__(self, layer: nn.modules.batchnorm._BatchNorm, index: torch.Tensor) -> None:
+        super().__init__()
+        self.layer = layer
+        self.register_buffer("index", index.clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        bn = self.layer
+        if z is None:
+            return bn(x)
+        g = _gather(z, self.index, x.dtype)
+        if type(bn) not in _BATCH_NORMS:  # replaced since (e.g. by a SyncBatchNorm): its own
+            return bn(x) * g.reshape([1, -1] + [1] * (x.dim() - 2))  # forward, then the gates
+        weight = g if bn.weight is None else bn.weight * g
+        bias = None if bn.bias is None else bn.bias * g
+        bn._check_input_dim(x)
+        # what _BatchNorm.forward does with its own affine, here with the gated one
+        momentum = 0.0 if bn.momentum is None else bn.momentum
+        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            if bn.momentum is None:  # a cumulative moving average
+                momentum = 1.0 / float(bn.num_batches_tracked)
+        batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+        keep_stats = not bn.training or bn.track_running_stats
+        return F.batch_norm(x, bn.running_mean if keep_stats else None,
+                            bn.running_var if keep_stats else None, weight, bias,
+                            batch_stats, momentum, bn.eps)
 
 
 class ParamMask(nn.Module):
@@ -374,12 +422,41 @@ class _Surgery:
     def _module(self, node: fx.Node, info: LayerInfo, index: torch.Tensor) -> None:
         if info.depthwise:
             return
+        if not self.per_example and self._fold_into_norm(node, info):
+            return
         module = self.gm.get_submodule(str(node.target))
         if not self.per_example and self.uses[str(node.target)] == 1:
             self.gm.set_submodule(str(node.target), WeightMasked(module, index))  # type: ignore[arg-type]
             node.args = (*node.args, self.gates)
             return
         self._activation(node, (0, 1 if info.kind == "conv" else -1), index)
+
+    def _fold_into_norm(self, node: fx.Node, info: LayerInfo) -> bool:
+        """Gate the BatchNorm that ``node`` reads through homogeneous steps only (see the
+        module docstring); False (nothing changed) where the pattern does not hold."""
+        x = node.args[0] if node.args else None
+        flattened = False
+        while isinstance(x, fx.Node) and len(x.users) == 1 and _homogeneous(self.gm, x):
+            flattened = flattened or _is_flatten(self.gm, x)
+            x = x.args[0] if x.args else None
+        if not isinstance(x, fx.Node) or len(x.users) != 1 or x.op != "call_module" \
+                or x.kwargs or len(x.args) != 1 or self.uses[str(x.target)] != 1:
+            return False
+        bn = self.gm.get_submodule(str(x.target))
+        bn_info: LayerInfo | None = x.meta.get(LAYER_KEY)
+        if type(bn) not in _BATCH_NORMS or bn_info is None or bn_info.out_slots is None \
+                or info.in_slots is None:
+            return False
+        slots = bn_info.out_slots
+        if flattened and info.in_slots.shape[1] % slots.shape[1] == 0:
+            # flatten from the channel dim: each channel's positions are consecutive
+            slots = np.repeat(slots, info.in_slots.shape[1] // slots.shape[1], axis=1)
+        if slots.shape != info.in_slots.shape or not np.array_equal(slots, info.in_slots):
+            return False
+        self.gm.set_submodule(str(x.target),
+                              GatedBatchNorm(bn, self.slot_index(bn_info.out_slots)))  # type: ignore[arg-type]
+        x.args = (x.args[0], self.gates)
+        return True
 
     def _activation(self, node: fx.Node, reads: tuple[int, int], index: torch.Tensor) -> None:
         name = self._name("mask")
@@ -390,6 +467,55 @@ class _Surgery:
         args = list(node.args)
         args[reads[0]] = masked
         node.args = tuple(args)
+
+
+#: The BatchNorms a gate folds into (their subclasses, e.g. SyncBatchNorm, keep the masks).
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+#: Modules that commute with a per-channel gate >= 0 and keep the channels on dim 1.
+_HOMOGENEOUS_MODULES = (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Dropout, nn.Dropout1d,
+                        nn.Dropout2d, nn.Dropout3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+                        nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+                        nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
+                        nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Flatten)
+_HOMOGENEOUS_FUNCTIONS = (F.relu, torch.relu, F.leaky_relu, F.dropout, F.avg_pool1d,
+                          F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
+                          F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.max_pool1d,
+                          F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
+                          F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.flatten)
+_HOMOGENEOUS_METHODS = ("relu", "flatten")
+
+
+def _flatten_start(gm: fx.GraphModule, node: fx.Node) -> int | None:
+    """The first flattened dim of a flatten node (None for another node)."""
+    if node.op == "call_module":
+        module = gm.get_submodule(str(node.target))
+        return module.start_dim if isinstance(module, nn.Flatten) else None
+    if node.target is torch.flatten or (node.op == "call_method" and node.target == "flatten"):
+        return int(_arg(list(node.args), dict(node.kwargs), "start_dim", 1, 0))
+    return None
+
+
+def _is_flatten(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return _flatten_start(gm, node) is not None
+
+
+def _homogeneous(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` is a ReLU, pooling, dropout, zero padding or flatten (from dim >= 1),
+    so scaling a channel of its input by ``g >= 0`` scales the same channel of its output.
+    (A pooling that also returns indices is read through a getitem, which ends the chain.)"""
+    if node.op == "call_module":
+        if not isinstance(gm.get_submodule(str(node.target)), _HOMOGENEOUS_MODULES):
+            return False
+    elif node.op == "call_function" and node.target is F.pad:
+        # zero padding (of dims after the channels: the slots of the reader say so)
+        args, kwargs = list(node.args), dict(node.kwargs)
+        return _arg(args, kwargs, "mode", 2, "constant") == "constant" \
+            and _arg(args, kwargs, "value", 3, None) in (None, 0, 0.0)
+    elif not ((node.op == "call_function" and node.target in _HOMOGENEOUS_FUNCTIONS)
+              or (node.op == "call_method" and node.target in _HOMOGENEOUS_METHODS)):
+        return False
+    start = _flatten_start(gm, node)
+    return start is None or start >= 1
 
 
 def _arg(args: list[Any], kwargs: dict[str, Any], name: str, pos: int, default: Any = None) -> Any:
@@ -404,7 +530,7 @@ def strip_masks(gm: fx.GraphModule) -> None:
     """
     graph = gm.graph
     for name, module in list(gm.named_modules()):
-        if isinstance(module, (WeightMasked, MaskedAttention)) or (
+        if isinstance(module, (WeightMasked, MaskedAttention, GatedBatchNorm)) or (
                 isinstance(module, MaskedNorm) and module.layer is not None):
             gm.set_submodule(name, module.layer)  # type: ignore[arg-type]
     for node in list(graph.nodes):
