@@ -50,6 +50,21 @@ def test_random_pipelined_network_without_head_matches(tmp_path):
     assert torch.equal(result.outputs, model(x).long())
 
 
+def test_wide_nodes_written_with_muxf_primitives_match(tmp_path):
+    # 7- and 8-input nodes as LUT6 subtables + MUXF7 / MUXF8 (the export for xc7), simulated
+    # with hwnas's models of the two primitives, registered and with a head
+    torch.manual_seed(5)
+    model = nn.Sequential(LUTLayer(24, 12, k=8, seed=5), LUTLayer(12, 6, k=7, seed=6),
+                          GroupSum(2)).eval()
+    v = export_verilog(model, tmp_path / "wide.v", target="xc7-lut6", pipeline=True)
+    assert v.primitives == ("MUXF7", "MUXF8")
+    x = torch.rand(300, 24)
+    result = verify_verilog(model, v, x)
+    assert result.vectors == 300
+    assert torch.equal(result.outputs, binary_inference_module(model, divide_by_tau=False)(
+        v.model_inputs(v.input_codes(x))).long())
+
+
 def test_a_differing_vector_is_named(tmp_path):
     model = nn.Sequential(LUTLayer(6, 4, k=2, seed=0), GroupSum(2)).eval()
     with torch.no_grad():

@@ -54,14 +54,25 @@ def test_targets_without_synthesis_or_pnr_say_so(tmp_path):
     (7, {"LUT6": 12}, {"MUXF7": 6}),
     (8, {"LUT6": 24}, {"MUXF7": 12, "MUXF8": 6}),
 ])
-def test_wide_nodes_on_xc7_are_lut6_plus_muxf(tmp_path, k, luts, muxes):
-    """k = 7 / 8 nodes: 2 / 4 LUT6 joined by MUXF7 (and MUXF8), as the estimate counts."""
+@pytest.mark.parametrize("target", [None, "xc7-lut6"])
+def test_wide_nodes_on_xc7_are_lut6_plus_muxf(tmp_path, k, luts, muxes, target):
+    """k = 7 / 8 nodes: 2 / 4 LUT6 joined by MUXF7 (and MUXF8), as the estimate counts,
+    from one table per node (random tables) or from the export for xc7 (any table)."""
     torch.manual_seed(k)
     model = nn.Sequential(LUTLayer(64, 6, k=k, seed=k)).eval()
-    v = export_verilog(model, tmp_path / "wide.v")
+    v = export_verilog(model, tmp_path / "wide.v", target=target)
     result = synthesize(v, "xc7-lut6")
     assert (result.luts_by_type, result.muxes_by_type) == (luts, muxes)
     assert float(lut_estimate(model, "xc7-lut6", v)["luts"].sum()) == result.luts
+
+
+def test_an_export_with_muxf_is_refused_for_a_part_without_them(tmp_path):
+    model = nn.Sequential(LUTLayer(16, 2, k=8, seed=0)).eval()
+    v = export_verilog(model, tmp_path / "wide.v", target="xc7-lut6")
+    with pytest.raises(InvalidValueError, match=r"wide.v instantiates \['MUXF7', 'MUXF8'\] "
+                                                r"\(exported for a 7-series target\), which "
+                                                r"'ice40-lut4' does not have"):
+        synthesize(v, "ice40-lut4")
 
 
 @slow

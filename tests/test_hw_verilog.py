@@ -139,3 +139,35 @@ def test_pack_unpack_round_trip(tmp_path):
     assert packed[0] == sum(int(b) << i for i, b in enumerate(codes[0].tolist()))
     values = [0b10_01_11, 0]
     assert v.unpack(values).tolist() == [[3, 1, 2], [0, 0, 0]]
+
+
+def _muxf_value(text: str, node: str, bits: list[int]) -> int:
+    """Evaluate one node of an export for xc7 from its subtables and muxes (bits[i] = the
+    value of the node's source i)."""
+    low = sum(b << i for i, b in enumerate(bits[:6]))
+    q = bits[6] | (bits[7] << 1 if len(bits) == 8 else 0)
+    table = int(re.search(rf"T{node}_{q} = 64'h([0-9a-f]+);", text).group(1), 16)
+    return (table >> low) & 1
+
+
+@pytest.mark.parametrize("k", [7, 8])
+def test_wide_nodes_for_xc7_are_subtables_joined_by_muxf(tmp_path, k):
+    layer = LUTLayer(20, 5, k=k, seed=k).eval()
+    model = nn.Sequential(layer)
+    v = export_verilog(model, tmp_path / "w.v", target="xc7-lut6")
+    text = v.path.read_text()
+    assert v.primitives == (("MUXF7",) if k == 7 else ("MUXF7", "MUXF8"))
+    assert VerilogModule.from_file(v.path).primitives == v.primitives
+    assert len(re.findall(r"^  MUXF7 ", text, re.M)) == 5 * (1 if k == 7 else 2)
+    assert len(re.findall(r"^  MUXF8 ", text, re.M)) == (0 if k == 7 else 5)
+    # every entry of every subtable is the node's table entry at that address
+    net, _ = simplify(lut_network(model))
+    for j in net[0].live():
+        node = net[0].nodes[j]
+        for address in range(2 ** k):
+            bits = [(address >> i) & 1 for i in range(k)]
+            assert _muxf_value(text, f"0_{j}", bits) == (node.table >> address) & 1
+    # portable Verilog, or a target without MUXF: one table per node, nothing instantiated
+    for target in (None, "ice40-lut4"):
+        plain = export_verilog(model, tmp_path / "p.v", target=target)
+        assert plain.primitives == () and "MUXF" not in plain.path.read_text()

@@ -142,7 +142,8 @@ def cmd_demo_lut(args: argparse.Namespace) -> int:
     print(f"binary test accuracy {accuracy:.4f}")
     out.mkdir(parents=True, exist_ok=True)
     # the digits tensors are pixels / 16: 5-bit codes with step 1/16 hold them exactly
-    v = export_verilog(model, out / "digits_lut.v", quantizer=InputQuantizer(5, 0.0, 1.0 / 16))
+    v = export_verilog(model, out / "digits_lut.v", quantizer=InputQuantizer(5, 0.0, 1.0 / 16),
+                       target=target)
     sim = verify_verilog(model, v, x_test)
     print(f"Verilog {v.path}: {sim.vectors} test vectors equal to PyTorch in {sim.simulator}")
     estimate = float(lut_estimate(model, target, v)["luts"].sum())

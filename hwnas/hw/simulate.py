@@ -76,8 +76,30 @@ def _testbench(vm: VerilogModule, n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run(sim: Tool, work: Path, design: Path, timeout: float | None) -> None:
-    sources = [f"{_TB}.v", str(design)]
+#: Simulation models of the device primitives an export may instantiate (the 7-series
+#: wide-function muxes: ``O = S ? I1 : I0``).
+_PRIMITIVE_MODELS = {
+    name: f"module {name} (output wire O, input wire I0, input wire I1, input wire S);\n"
+          "  assign O = S ? I1 : I0;\nendmodule\n"
+    for name in ("MUXF7", "MUXF8")
+}
+
+
+def _primitive_models(vm: VerilogModule, work: Path) -> list[str]:
+    """Write the models of the primitives ``vm`` instantiates; their file names."""
+    unknown = sorted(set(vm.primitives) - set(_PRIMITIVE_MODELS))
+    if unknown:
+        raise ExportError(f"{vm.path.name} instantiates {unknown}, which hwnas has no "
+                          f"simulation model of (known: {sorted(_PRIMITIVE_MODELS)})")
+    if not vm.primitives:
+        return []
+    (work / "hwnas_primitives.v").write_text("".join(_PRIMITIVE_MODELS[p] for p in vm.primitives))
+    return ["hwnas_primitives.v"]
+
+
+def _run(sim: Tool, work: Path, design: Path, timeout: float | None,
+         extra: list[str]) -> None:
+    sources = [f"{_TB}.v", str(design), *extra]
     if sim.name == "iverilog":
         run_tool(sim, ["-g2005", "-o", "sim.vvp", "-s", _TB, *sources], work, timeout)
         vvp = Tool("vvp", (sim.env["HWNAS_VVP"],), sim.source)
@@ -161,7 +183,7 @@ def verify_verilog(
         (work / "inputs.hex").write_text(
             "".join(f"{v:0{width}x}\n" for v in vm.pack(codes)))
         (work / f"{_TB}.v").write_text(_testbench(vm, len(codes)))
-        _run(sim, work, vm.path.resolve(), timeout)
+        _run(sim, work, vm.path.resolve(), timeout, _primitive_models(vm, work))
         got = vm.unpack(_read_outputs(work / "outputs.hex", len(codes)))
     seconds = time.perf_counter() - start
     bad = (got != expected).any(1).nonzero().flatten()

@@ -27,7 +27,7 @@ from torch import nn
 from hwnas.cost.targets import Target, load_target
 from hwnas.errors import InvalidTypeError, InvalidValueError, MissingFileError, ToolError
 from hwnas.hw.tools import Tool, find_nextpnr_ice40, find_yosys, run_tool
-from hwnas.hw.verilog import VerilogModule, export_verilog
+from hwnas.hw.verilog import VerilogModule, export_verilog, muxf_target
 
 __all__ = ["PlaceRouteResult", "SynthResult", "count_cells", "synthesize"]
 
@@ -129,7 +129,7 @@ def _design(design: Any, work: Path, target: Target, top: str | None,
         from hwnas.difflut.layers import ENCODERS, LUTLayer
 
         if any(isinstance(m, (LUTLayer, *ENCODERS)) for m in design.modules()):
-            vm = export_verilog(design, work / "design.v", **export_options)
+            vm = export_verilog(design, work / "design.v", target=target, **export_options)
             return vm.path, vm.top, vm
         from hwnas.hw.macs import layer_verilog
 
@@ -156,6 +156,11 @@ def _design(design: Any, work: Path, target: Target, top: str | None,
         raise InvalidTypeError(
             "`design` must be an nn.Module, a VerilogModule or a path to a Verilog file, but "
             f"got {type(design).__name__}")
+    if module is not None and module.primitives and not muxf_target(target):
+        raise InvalidValueError(
+            f"{src.name} instantiates {list(module.primitives)} (exported for a 7-series "
+            f"target), which {target.name!r} does not have; export it again with "
+            f"target={target.name!r} (or without a target)")
     dest = work / "design.v"
     shutil.copyfile(src, dest)
     return dest, top or "", module
@@ -212,7 +217,10 @@ def synthesize(
         work = Path(workdir) if workdir is not None else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         path, top, vm = _design(design, work, target, top, export_options)
-        top_cmd = f"hierarchy -check -top {top}" if top else "hierarchy -check -auto-top"
+        # the device primitives a design instantiates come with the synthesis script's own
+        # cell library, read after this check
+        check = "" if vm is not None and vm.primitives else "-check "
+        top_cmd = f"hierarchy {check}-top {top}" if top else f"hierarchy {check}-auto-top"
         script = [f"read_verilog -sv {path.name}", top_cmd,
                   f"{spec.script}" + (f" -top {top}" if top else ""),
                   "tee -q -o stat.json stat -json"]

@@ -19,6 +19,15 @@ Port convention (held by ``tests/test_hw_verilog.py``):
   with one, the per-class popcounts, class ``c`` at bits ``[(c+1)*w-1 : c*w]``,
   ``w = ceil(log2(m+1))``, ``m`` the features per class (the model's scores times ``tau``).
 
+With ``target`` a LUT6 part whose tables are costed as LUT6 + MUXF7/MUXF8 (``xc7-lut6``),
+a node of 7 or 8 inputs is written as its 6-input subtables (one per value of the node's
+last one or two inputs) joined by instances of the 7-series primitives ``MUXF7`` / ``MUXF8``
+(``O = S ? I1 : I0``; yosys's ``synth_xilinx`` and Vivado know them, and
+:func:`~hwnas.hw.verify_verilog` simulates them from a model of its own). This is the
+structure the slice offers and the estimate counts; written as one 8-input table instead,
+yosys's ABC maps some trained tables to 6 to 9 LUTs where 4 do (``reports/hardware.md``).
+Without ``target`` the Verilog is portable and instantiates nothing.
+
 What is written is the network after :func:`hwnas.difflut.simplify`: inputs a table ignores
 are not wired, constant inputs are folded into the tables, constant nodes become constants
 (in the popcounts too), and nodes and comparators nothing reads are not written. The port
@@ -155,6 +164,8 @@ class VerilogModule:
         comparators: Encoder comparators that are built.
         constant_nodes: Per LUT layer, nodes that are constants.
         unread_inputs: Input bits no built logic reads (they stay in the port).
+        primitives: Device primitives the module instantiates (``MUXF7``, ``MUXF8``), which
+            only the target's synthesis flow knows; empty for portable Verilog.
     """
 
     path: Path
@@ -170,6 +181,7 @@ class VerilogModule:
     comparators: int
     constant_nodes: tuple[int, ...]
     unread_inputs: tuple[int, ...] = field(default=())
+    primitives: tuple[str, ...] = field(default=())
 
     @property
     def input_width(self) -> int:
@@ -195,6 +207,7 @@ class VerilogModule:
             "comparators": self.comparators,
             "constant_nodes": list(self.constant_nodes),
             "unread_inputs": list(self.unread_inputs),
+            "primitives": list(self.primitives),
         }
         return _HEADER + json.dumps(doc, separators=(",", ":"))
 
@@ -228,6 +241,7 @@ class VerilogModule:
             comparators=doc["comparators"],
             constant_nodes=tuple(doc["constant_nodes"]),
             unread_inputs=tuple(doc["unread_inputs"]),
+            primitives=tuple(doc.get("primitives", ())),
         )
 
     @property
@@ -327,18 +341,55 @@ def _constant_encoder_bits(net: LUTNetwork, quantizer: InputQuantizer) -> dict[i
     return {i: c < 0 for i, c in enumerate(codes) if c < 0 or c >= top}
 
 
-def _layer(index: int, layer: SimpleLayer, inputs: dict[int, str], w: _Writer) -> dict[int, str]:
+def _layer(index: int, layer: SimpleLayer, inputs: dict[int, str], w: _Writer,
+           muxf: bool) -> dict[int, str]:
     names: dict[int, str] = {}
     for j in layer.live():
         node = layer.nodes[j]
         wire = f"l{index}_{j}"
-        address = ", ".join(inputs[s] for s in reversed(node.sources))
         w.decls.append(f"  wire {wire};")
-        w.decls.append(f"  localparam [{2 ** len(node.sources) - 1}:0] T{index}_{j} = "
-                       f"{_hex_table(node.table, len(node.sources))};")
-        w.body.append(f"  assign {wire} = T{index}_{j}[{{{address}}}];")
+        k = len(node.sources)
+        if muxf and k in (7, 8):
+            _muxf_node(f"{index}_{j}", wire, node.table, [inputs[s] for s in node.sources], w)
+        else:
+            address = ", ".join(inputs[s] for s in reversed(node.sources))
+            w.decls.append(f"  localparam [{2 ** k - 1}:0] T{index}_{j} = "
+                           f"{_hex_table(node.table, k)};")
+            w.body.append(f"  assign {wire} = T{index}_{j}[{{{address}}}];")
         names[j] = w.stage_output(wire)
     return names
+
+
+def _muxf_node(name: str, wire: str, table: int, sources: list[str], w: _Writer) -> None:
+    """A 7- or 8-input table as 6-input subtables (LUT6s) joined by MUXF7 / MUXF8: subtable
+    ``q`` holds the entries whose address bits 6 (and 7) spell ``q``."""
+    address = ", ".join(reversed(sources[:6]))
+    subs = []
+    for q in range(2 ** (len(sources) - 6)):
+        sub = f"s{name}_{q}"
+        w.decls.append(f"  wire {sub};")
+        w.decls.append(f"  localparam [63:0] T{name}_{q} = "
+                       f"{_hex_table((table >> (64 * q)) & (2**64 - 1), 6)};")
+        w.body.append(f"  assign {sub} = T{name}_{q}[{{{address}}}];")
+        subs.append(sub)
+    if len(subs) == 2:
+        w.body.append(f"  MUXF7 m{name} (.O({wire}), .I0({subs[0]}), .I1({subs[1]}), "
+                      f".S({sources[6]}));")
+        return
+    w.decls.append(f"  wire m{name}_0, m{name}_1;")
+    for h in range(2):
+        w.body.append(f"  MUXF7 m{name}_{h}i (.O(m{name}_{h}), .I0({subs[2 * h]}), "
+                      f".I1({subs[2 * h + 1]}), .S({sources[6]}));")
+    w.body.append(f"  MUXF8 m{name} (.O({wire}), .I0(m{name}_0), .I1(m{name}_1), "
+                  f".S({sources[7]}));")
+
+
+def muxf_target(target: Target | str | None) -> bool:
+    """Whether an export for ``target`` writes 7- and 8-input tables with MUXF7 / MUXF8."""
+    if target is None:
+        return False
+    t = load_target(target)
+    return t.luts is not None and t.luts.table == "muxf" and t.lut_inputs == 6
 
 
 def _output_bits(layer: SimpleLayer, names: dict[int, str]) -> list[str]:
@@ -355,6 +406,7 @@ def export_verilog(
     quantizer: InputQuantizer | None = None,
     pipeline: bool = False,
     top: str = "hwnas_lut_net",
+    target: Target | str | None = None,
 ) -> VerilogModule:
     """Write ``model``'s binary LUT network as one synthesizable Verilog-2001 module.
 
@@ -372,6 +424,9 @@ def export_verilog(
             integer pixels 0..16, which loses nothing).
         pipeline: Register every stage (adds ``clk``; see :attr:`VerilogModule.latency`).
         top: Module name (a Verilog identifier).
+        target: The FPGA the Verilog is for. With a LUT6 target whose tables are costed
+            with MUXF7 / MUXF8 (``"xc7-lut6"``), 7- and 8-input nodes instantiate those
+            primitives (see the module docstring); ``None`` writes portable Verilog.
 
     Returns:
         A :class:`VerilogModule` naming the module, its ports and what was built.
@@ -390,6 +445,7 @@ def export_verilog(
         raise InvalidValueError(f"`top` must be a Verilog identifier, but got {top!r}")
     if not isinstance(pipeline, bool):
         raise InvalidTypeError(f"`pipeline` must be True or False, but got {pipeline!r}")
+    muxf = muxf_target(target)
     net = lut_network(model)
     if net.thresholds is not None:
         if quantizer is None:
@@ -410,7 +466,7 @@ def export_verilog(
         inputs = {i: f"x[{i}]" for i, r in enumerate(read) if r}
         comparators = 0
     for i, layer in enumerate(layers):
-        inputs = _layer(i, layer, inputs, w)
+        inputs = _layer(i, layer, inputs, w, muxf)
     outs = _output_bits(layers[-1], inputs)
     if net.k_classes is None:
         width, count_width = len(outs), 1
@@ -460,6 +516,8 @@ def export_verilog(
         comparators=comparators,
         constant_nodes=tuple(sum(n.is_constant for n in layer.nodes) for layer in layers),
         unread_inputs=unread,
+        primitives=tuple(sorted({m for line in w.body if line.startswith("  MUXF")
+                                 for m in [line.split()[0]]})),
     )
     text = _module_text(module, w, net)
     ensure_writable_dir(path.parent)
