@@ -173,7 +173,11 @@ def place_and_route(models: dict[str, nn.Module], yosys: str, log,
             r = synthesize(model, "ice40-lut4", place_and_route=True, yosys=yosys,
                            quantizer=digits_difflut.EXACT)
         except ToolError as e:
-            rows.append(f"| {name} | - | not placed: {str(e)[-160:]} | - | - |")
+            # nextpnr's own ERROR line (ToolError joins the tool's last lines with ' | '),
+            # kept whole; a '|' in it would split the table
+            lines = str(e).split(" | ")
+            error = next((ln.strip() for ln in lines if ln.startswith("ERROR")), str(e))
+            rows.append(f"| {name} | - | not placed: {error.replace('|', '/')} | - | - |")
             log(rows[-1])
             continue
         assert r.pnr is not None
