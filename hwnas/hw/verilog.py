@@ -303,6 +303,8 @@ class _Writer:
         self.decls: list[str] = []
         self.body: list[str] = []
         self.regs: list[str] = []
+        #: The device primitives the body instantiates.
+        self.primitives: set[str] = set()
 
     def stage_output(self, wire: str) -> str:
         """Name later stages read: the wire, or its register in a pipeline."""
@@ -372,10 +374,12 @@ def _muxf_node(name: str, wire: str, table: int, sources: list[str], w: _Writer)
                        f"{_hex_table((table >> (64 * q)) & (2**64 - 1), 6)};")
         w.body.append(f"  assign {sub} = T{name}_{q}[{{{address}}}];")
         subs.append(sub)
+    w.primitives.add("MUXF7")
     if len(subs) == 2:
         w.body.append(f"  MUXF7 m{name} (.O({wire}), .I0({subs[0]}), .I1({subs[1]}), "
                       f".S({sources[6]}));")
         return
+    w.primitives.add("MUXF8")
     w.decls.append(f"  wire m{name}_0, m{name}_1;")
     for h in range(2):
         w.body.append(f"  MUXF7 m{name}_{h}i (.O(m{name}_{h}), .I0({subs[2 * h]}), "
@@ -516,8 +520,7 @@ def export_verilog(
         comparators=comparators,
         constant_nodes=tuple(sum(n.is_constant for n in layer.nodes) for layer in layers),
         unread_inputs=unread,
-        primitives=tuple(sorted({m for line in w.body if line.startswith("  MUXF")
-                                 for m in [line.split()[0]]})),
+        primitives=tuple(sorted(w.primitives)),
     )
     text = _module_text(module, w, net)
     ensure_writable_dir(path.parent)

@@ -437,7 +437,7 @@ class _Surgery:
         x = node.args[0] if node.args else None
         flattened = False
         while isinstance(x, fx.Node) and len(x.users) == 1 and _homogeneous(self.gm, x):
-            flattened = flattened or _is_flatten(self.gm, x)
+            flattened = flattened or _flatten_start(self.gm, x) is not None
             x = x.args[0] if x.args else None
         if not isinstance(x, fx.Node) or len(x.users) != 1 or x.op != "call_module" \
                 or x.kwargs or len(x.args) != 1 or self.uses[str(x.target)] != 1:
@@ -493,10 +493,6 @@ def _flatten_start(gm: fx.GraphModule, node: fx.Node) -> int | None:
     if node.target is torch.flatten or (node.op == "call_method" and node.target == "flatten"):
         return int(_arg(list(node.args), dict(node.kwargs), "start_dim", 1, 0))
     return None
-
-
-def _is_flatten(gm: fx.GraphModule, node: fx.Node) -> bool:
-    return _flatten_start(gm, node) is not None
 
 
 def _homogeneous(gm: fx.GraphModule, node: fx.Node) -> bool:
