@@ -247,7 +247,7 @@ def rng_state() -> dict[str, Any]:
     """The states of torch's, numpy's and Python's global generators (and CUDA's)."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
              "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available():  # also before CUDA's first use: a run may start there
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
@@ -258,7 +258,9 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # a checkpoint of a machine with more GPUs restores the ones this machine has
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def loader_generator_state(data: Any) -> torch.Tensor | None:

@@ -77,9 +77,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         from hwnas.hw.commands import cmd_demo_lut
 
         return cmd_demo_lut(args)
-    from hwnas.runner import demo_config, run_search
+    from hwnas.runner import demo_config, run_search, with_overrides
 
-    config = demo_config(out=args.out, quick=args.quick)
+    config = with_overrides(demo_config(out=args.out, quick=args.quick), args.device,
+                            args.precision)
     print("hwnas demo: digits CNN, DUCCIO search to 50% params and 50% MACs, "
           f"target {config.search.target}")
     summary = run_search(config, progress=not args.no_progress, resume=False)
@@ -92,9 +93,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     from hwnas.config import load_config
     from hwnas.errors import InvalidValueError
-    from hwnas.runner import run_search
+    from hwnas.runner import run_search, with_overrides
 
-    config = load_config(args.config)
+    config = with_overrides(load_config(args.config), args.device, args.precision)
     if args.nproc < 1:
         raise InvalidValueError(f"--nproc must be >= 1, but got {args.nproc}")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -103,6 +104,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
         for flag in ("no_progress", "fresh", "allow_unmet", "debug"):
             if getattr(args, flag, False):
                 command.append("--" + flag.replace("_", "-"))
+        for option in ("device", "precision"):
+            if getattr(args, option) is not None:
+                command += ["--" + option, getattr(args, option)]
         return subprocess.run(command).returncode
     try:
         summary = run_search(config, progress=not args.no_progress, resume=not args.fresh)
@@ -145,6 +149,15 @@ def _cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_device_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None,
+                   help="auto (CUDA when available; the default), cpu, cuda or cuda:N; "
+                        "overrides [search] device")
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16", "fp16"),
+                   help="mixed precision of the training steps (torch.autocast); overrides "
+                        "[search] precision")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser: one ``sub.add_parser(...)`` block per command."""
     parser = argparse.ArgumentParser(
@@ -171,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the DiffLUT variant: train a LUT network on digits, export Verilog, "
                         "simulate it, synthesize it with yosys (report folder reports/demo-lut)")
     p.add_argument("--target", default=None, help="with --lut: target (default xc7-lut6)")
+    _add_device_arguments(p)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("search", help="search your own model from a TOML config",
@@ -185,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--allow-unmet", action="store_true",
                    help="exit 0 even when a cost target is not met")
+    _add_device_arguments(p)
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("profile", help="per-layer params / MACs / LUTs of a model",

@@ -25,6 +25,10 @@ Schema (every key optional unless marked required)::
                                            # droprate_init, channel_multiple
     patience = 3                           # early stopping on the validation split in
                                            # warm-up and fine-tune (0, the default: off)
+    device = "auto"                        # "auto" (CUDA when available), "cpu", "cuda",
+                                           # "cuda:N"; under torchrun each rank takes
+                                           # cuda:LOCAL_RANK
+    precision = "fp32"                     # "fp32", "bf16" or "fp16" (torch.autocast)
 
     [output]
     folder = "runs/search"                 # relative to the config file's folder
@@ -80,7 +84,7 @@ _WRAP: dict[str, Any] = {k: p.default for k, p in inspect.signature(wrap).parame
 #: FitConfig fields a config file may set ([search] has them under the same names).
 FIT_KEYS = ("warmup_epochs", "search_epochs", "finetune_epochs", "lr", "arch_lr",
             "weight_decay", "cost_mode", "enforce_targets", "recalibrate_bn",
-            "divergence_factor", "seed")
+            "divergence_factor", "seed", "precision")
 
 
 def _resolve(path: str | Path, base_dir: Path | None) -> Path:
@@ -211,6 +215,10 @@ class SearchSection:
     patience: int = 0 if _FIT["early_stopping"] is None else _FIT["early_stopping"].patience
     droprate_init: float = _WRAP["droprate_init"]
     channel_multiple: int = _WRAP["channel_multiple"]
+    precision: str = _FIT["precision"]
+    #: Where ``hwnas search`` trains; ``FitConfig.device`` (None: the model's device) is for
+    #: the Python API, the command line picks the fastest device there is.
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.targets, dict) or not self.targets:
@@ -236,7 +244,7 @@ class SearchSection:
                 or self.channel_multiple < 1:
             raise ConfigError(f"[search] `channel_multiple` must be an integer >= 1, but got "
                               f"{self.channel_multiple!r}")
-        self.fit_config()  # FitConfig checks its own keys
+        self.fit_config(device=self.device)  # FitConfig checks its own keys
 
     def fit_config(self, **runtime: Any) -> FitConfig:
         """The FitConfig of these settings; ``runtime`` adds ``progress``, ``device``, ...

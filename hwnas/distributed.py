@@ -94,8 +94,17 @@ def init_from_env() -> bool:
     return is_rank0()
 
 
-def device_for_rank() -> str | None:
-    """``cuda:LOCAL_RANK`` when a GPU is there, else None (the model's device: CPU)."""
-    if torch.cuda.is_available():
+def device_for_rank(setting: str = "auto") -> str:
+    """The device setting of this process: under torchrun a CUDA setting (``"auto"`` on a
+    machine with a GPU, ``"cuda"``, ``"cuda:N"``) becomes ``cuda:LOCAL_RANK``, so each rank
+    trains on its own GPU; otherwise ``setting`` as it is.
+
+    Example:
+        >>> device_for_rank("cpu")
+        'cpu'
+    """
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    wants_cuda = setting.startswith("cuda") or (setting == "auto" and torch.cuda.is_available())
+    if distributed and wants_cuda:
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return None
+    return setting

@@ -14,24 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwnas._internal.devices import device_of, to_device
 from hwnas.errors import InvalidTypeError, InvalidValueError
 
 __all__ = ["device_of", "evaluate", "metrics", "recalibrate_batchnorm_", "split_batch",
            "to_device"]
-
-
-def device_of(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU without parameters)."""
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(b, device) for b in batch)
-    return batch
 
 
 def split_batch(batch: Any) -> tuple[tuple[torch.Tensor, ...], Any]:

@@ -9,6 +9,7 @@ tuples, lists and dicts of tensors, nested; they are compared leaf by leaf in th
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -31,7 +32,7 @@ from hwnas.errors import (
 )
 from hwnas.files import atomic_write
 
-__all__ = ["ExportResult", "export_onnx"]
+__all__ = ["ExportResult", "export_onnx", "float32_cpu_copy"]
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,32 @@ def _inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
     return tuple(example_inputs)
 
 
+def float32_cpu_copy(model: nn.Module, inputs: tuple[torch.Tensor, ...]
+                     ) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """The model and inputs as exported and verified: float32 on the CPU.
+
+    A model with any parameter or buffer off the CPU or in another floating dtype (CUDA,
+    float64, bf16, fp16) is deep-copied and converted; the user's model is not touched.
+    Floating inputs become float32 CPU tensors, integer inputs CPU tensors.
+
+    Example:
+        >>> from torch import nn
+        >>> m, (x,) = float32_cpu_copy(nn.Linear(2, 2).double(), (torch.ones(1, 2).double(),))
+        >>> m.weight.dtype, x.dtype
+        (torch.float32, torch.float32)
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.device.type != "cpu" or (t.is_floating_point() and t.dtype != torch.float32)
+           for t in tensors):
+        if any(t.device.type == "meta" for t in tensors):
+            raise ExportError("the model lives on the 'meta' device (it has no values); "
+                              "move it to a real device with .to_empty() and load weights")
+        model = copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
+    inputs = tuple(x.detach().to("cpu", torch.float32) if x.is_floating_point()
+                   else x.detach().cpu() for x in inputs)
+    return model, inputs
+
+
 def _export_program(model: nn.Module, inputs: tuple[torch.Tensor, ...], dynamic_batch: bool,
                     opset: int | None, tmp: str) -> None:
     trace_inputs = inputs
@@ -183,7 +210,10 @@ def _verify(model: nn.Module, tmp: str, input_names: tuple[str, ...],
         raise ExportError(f"onnx.checker rejected the exported model: {e}") from e
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(tmp, options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(tmp, options, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise ExportError(f"onnxruntime cannot load the exported model: {e}") from e
     max_abs = max_rel = 0.0
     for inputs in checks:
         batch = inputs[0].shape[0]
@@ -191,7 +221,11 @@ def _verify(model: nn.Module, tmp: str, input_names: tuple[str, ...],
             expected = _tensor_leaves(model(*inputs), "the PyTorch output")
         feeds = {name: x.detach().cpu().numpy() for name, x in
                  zip(input_names, inputs, strict=True)}
-        got = session.run(None, feeds)
+        try:
+            got = session.run(None, feeds)
+        except Exception as e:
+            raise ExportError(f"onnxruntime failed to run the exported model at batch "
+                              f"{batch}: {e}") from e
         if len(got) != len(expected):
             raise ExportError(f"the ONNX graph has {len(got)} outputs, the PyTorch model "
                               f"{len(expected)} tensors")
@@ -213,6 +247,10 @@ def export_onnx(
     rtol: float = 1e-4,
 ) -> ExportResult:
     """Export ``model`` (a SearchModel is materialised first) to a verified ONNX file.
+
+    The exported and verified model is float32 on the CPU: a model on another device or
+    in another dtype (CUDA, float64, bf16) is exported from a float32 CPU copy
+    (:func:`float32_cpu_copy`), so the ONNX file always has float32 inputs and weights.
 
     Uses ``torch.onnx.export`` (the dynamo exporter, one self-contained file), then
     ``onnx.checker.check_model(full_check=True)``, then runs onnxruntime on the example
@@ -254,6 +292,7 @@ def export_onnx(
             f"`model` must be an nn.Module or SearchModel, but got {type(model).__name__}"
         )
     inputs = _inputs(example_inputs)
+    model, inputs = float32_cpu_copy(model, inputs)
     atol, rtol = _check_tolerance("atol", atol), _check_tolerance("rtol", rtol)
     path = Path(path)
     if path.suffix != ".onnx":

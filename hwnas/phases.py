@@ -23,6 +23,7 @@ import torch
 import torch.utils.data.distributed
 from torch import nn
 
+from hwnas._internal.devices import autocast, grad_scaler
 from hwnas.checkpoint import (
     check_model_state,
     loader_generator_state,
@@ -187,6 +188,8 @@ class FitRun:
         self.optimizer_phase: str | None = None
         self.ddp: nn.Module | None = None
         self.ddp_phase: str | None = None
+        #: Scales the loss under fp16 autocast (a no-op otherwise).
+        self.scaler = grad_scaler(device, config.precision)
 
     # -- phases --------------------------------------------------------------------------
     def current_model(self, phase: str) -> nn.Module:
@@ -219,6 +222,7 @@ class FitRun:
         from torch.nn.parallel import DistributedDataParallel
 
         model = self.current_model(phase)
+        # resolve_device gave a CUDA device its index: each rank its own cuda:LOCAL_RANK
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
 
@@ -235,8 +239,9 @@ class FitRun:
         was_training = self.search.training
         self.search.eval()
         try:
-            loss = metrics(partial(self.search, gates="sample"), self.train_data,
-                           self.loss_fn, self.device, what="train_data")["loss"]
+            with autocast(self.device, self.config.precision):
+                loss = metrics(partial(self.search, gates="sample"), self.train_data,
+                               self.loss_fn, self.device, what="train_data")["loss"]
         finally:
             self.search.train(was_training)
         if not math.isfinite(loss):
@@ -341,11 +346,12 @@ class FitRun:
         for step, batch in enumerate(bar):
             inputs, target = split_batch(to_device(batch, self.device))
             try:
-                output = forward(*inputs)
-                task = self.loss_fn(output, target)
+                with autocast(self.device, self.config.precision):
+                    output = forward(*inputs)
+                    task = self.loss_fn(output, target)
                 loss, reg = task, None
                 if search_phase and self.regularizer is not None:
-                    reg = self.regularizer(self.search, e, n)
+                    reg = self.regularizer(self.search, e, n)  # float32, outside autocast
                     loss = task + reg
             except HwnasError:
                 raise
@@ -357,15 +363,19 @@ class FitRun:
             problem = self.guard.check_loss(value, phase)
             if problem is None:
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
                 norm = self.guard.grad_norm(params)
-                if not math.isfinite(norm):
+                # under fp16 an overflow is the scaler's business: it skips the step and
+                # lowers the scale
+                if not math.isfinite(norm) and not self.scaler.is_enabled():
                     problem = f"the gradient norm is {norm} (the loss was {value:.4g})"
             if problem is not None:
                 hint = ("check the training data for NaN or infinite values"
                         if self.guard.first is None and self.epoch == 0 else "")
                 raise self.failure(problem, phase, self.epoch, step, hint)
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             size = inputs[0].shape[0]
             seen += size
             sums["loss"] += value * size
@@ -417,6 +427,7 @@ class FitRun:
             "history": self.history,
             "start_loss": self.start_loss,
             "phase_done": self.phase_done,
+            "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
             "loader_rng": loader_generator_state(self.train_data),
         }
@@ -443,6 +454,8 @@ class FitRun:
             self.optimizer = self.new_optimizer(phase)
             self.optimizer.load_state_dict(state["optimizer"])
             self.optimizer_phase = phase
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         if stopper is not None and state.get("stopper") is not None:
             stopper.load_state_dict(state["stopper"])
         set_rng_state(state["rng"])

@@ -101,8 +101,22 @@ def _param(t: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(t.detach().clone().contiguous())
 
 
+def _first_tensor(module: nn.Module) -> torch.Tensor:
+    """The module's first floating parameter or buffer (a float32 CPU scalar without)."""
+    for t in (*module.parameters(), *module.buffers()):
+        if t.is_floating_point():
+            return t
+    return torch.ones(())
+
+
+def _like(t: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``t`` on the device and in the dtype of ``other`` (the weight it is folded into)."""
+    return t.to(device=other.device, dtype=other.dtype)
+
+
 def _conv_out(m: nn.modules.conv._ConvNd, keep: torch.Tensor) -> None:
     depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+    keep = keep.to(m.weight.device)
     m.weight = _param(m.weight[keep])
     if m.bias is not None:
         m.bias = _param(m.bias[keep])
@@ -116,14 +130,15 @@ def _conv_in(m: nn.modules.conv._ConvNd, keep: torch.Tensor, scale: torch.Tensor
         return  # depthwise: inputs follow the outputs
     # a grouped conv's weight holds one group's inputs; every group keeps the same ones
     per_group = m.weight.shape[1]
-    local = keep[keep < per_group]
+    local = keep[keep < per_group].to(m.weight.device)
     shape = [1, -1] + [1] * (m.weight.dim() - 2)
-    factor = scale[:per_group].reshape(shape).to(m.weight.dtype)
+    factor = _like(scale[:per_group], m.weight).reshape(shape)
     m.weight = _param((m.weight * factor)[:, local])
     m.in_channels = len(keep)
 
 
 def _linear_out(m: nn.Linear, keep: torch.Tensor) -> None:
+    keep = keep.to(m.weight.device)
     m.weight = _param(m.weight[keep])
     if m.bias is not None:
         m.bias = _param(m.bias[keep])
@@ -131,11 +146,13 @@ def _linear_out(m: nn.Linear, keep: torch.Tensor) -> None:
 
 
 def _linear_in(m: nn.Linear, keep: torch.Tensor, scale: torch.Tensor) -> None:
-    m.weight = _param((m.weight * scale.reshape(1, -1).to(m.weight.dtype))[:, keep])
+    keep = keep.to(m.weight.device)
+    m.weight = _param((m.weight * _like(scale, m.weight).reshape(1, -1))[:, keep])
     m.in_features = len(keep)
 
 
 def _norm_out(m: Any, keep: torch.Tensor) -> None:
+    keep = keep.to(_first_tensor(m).device)
     if getattr(m, "weight", None) is not None:
         m.weight = _param(m.weight[keep])
     if getattr(m, "bias", None) is not None:
@@ -161,7 +178,8 @@ def _norm_in(m: Any, keep: torch.Tensor, scale: torch.Tensor) -> None:
 def _mha_in(m: nn.MultiheadAttention, keep: torch.Tensor, scale: torch.Tensor) -> None:
     # the input channels are read by the in-projection's columns, and (they are also the
     # q/k/v channels) by the scores through q and by the output projection through v
-    s = scale.to(m.in_proj_weight.dtype)
+    keep = keep.to(m.in_proj_weight.device)
+    s = _like(scale, m.in_proj_weight)
     rows = torch.cat([s, s.new_ones(2 * len(s))])
     m.in_proj_weight = _param((m.in_proj_weight * s[None, :] * rows[:, None])[:, keep])
     if m.in_proj_bias is not None:
@@ -171,10 +189,11 @@ def _mha_in(m: nn.MultiheadAttention, keep: torch.Tensor, scale: torch.Tensor) -
 
 def _mha_out(m: nn.MultiheadAttention, keep: torch.Tensor) -> None:
     e, heads = m.embed_dim, m.num_heads
+    keep = keep.to(m.in_proj_weight.device)
     rows = torch.cat([keep, keep + e, keep + 2 * e])
     # the scores are scaled by 1/sqrt(head dim): fold the change of head dim into q
     ratio = math.sqrt((len(keep) // heads) / (e // heads))
-    factor = torch.ones(len(rows), dtype=m.in_proj_weight.dtype)
+    factor = m.in_proj_weight.new_ones(len(rows))
     factor[: len(keep)] = ratio
     m.in_proj_weight = _param(m.in_proj_weight[rows] * factor[:, None])
     if m.in_proj_bias is not None:
@@ -281,11 +300,13 @@ def _rewrite_attention_scale(node: fx.Node, keep: Mapping[int, np.ndarray]) -> N
 
 
 def _slot_scale(slots: np.ndarray, scale: Mapping[int, torch.Tensor]) -> torch.Tensor:
-    out = torch.ones(slots.shape[1])
+    """The folded gate value of each slot (1 where the group has no scale), float64 on the
+    CPU: callers move it to the tensor it is folded into (:func:`_like`)."""
+    out = torch.ones(slots.shape[1], dtype=torch.float64)
     for g, z in scale.items():
         sel = slots[0] == g
         if sel.any():
-            out[torch.as_tensor(sel)] = z[torch.as_tensor(slots[1][sel])].float()
+            out[torch.as_tensor(sel)] = z.detach().cpu()[torch.as_tensor(slots[1][sel])].double()
     return out
 
 
@@ -334,16 +355,21 @@ def prune_graph(
                 continue
             module = gm.get_submodule(str(node.target))
             out_fn, in_fn = SLICERS.get(type(module))
+            # slicers get their indices and factors on the module's device, the factors in
+            # its dtype (what every new tensor of the pruned layer is made like)
+            like = _first_tensor(module)
             if info.in_slots is not None and not info.depthwise:
                 slots = info.in_slots
-                kept = torch.as_tensor(np.flatnonzero(kept_slots(slots, keep)), dtype=torch.long)
+                kept = torch.as_tensor(np.flatnonzero(kept_slots(slots, keep)),
+                                       dtype=torch.long, device=like.device)
                 factor = _slot_scale(slots, scale)
                 if len(kept) < slots.shape[1] or bool((factor != 1).any()):
-                    in_fn(module, kept, factor)
+                    in_fn(module, kept, _like(factor, like))
             if info.out_slots is not None:
                 kept_out = np.flatnonzero(kept_slots(info.out_slots, keep))
                 if len(kept_out) < info.out_slots.shape[1]:
-                    out_fn(module, torch.as_tensor(kept_out, dtype=torch.long))
+                    out_fn(module, torch.as_tensor(kept_out, dtype=torch.long,
+                                                   device=like.device))
         _slice_params(gm, keep, scale)
         _scale_activations(gm, keep, scale)
         _fix_window_attention(gm, keep)
@@ -370,11 +396,13 @@ def _slice_params(gm: fx.GraphModule, keep: Mapping[int, np.ndarray],
         value = getattr(owner, attr)
         t = value.detach()
         for dim, slots, scaled in zip(ps.dims, ps.slots, ps.scaled, strict=True):
-            factor = _slot_scale(slots, scale).to(t.dtype)
+            factor = _slot_scale(slots, scale)
             factor[torch.as_tensor(~scaled)] = 1.0
+            factor = _like(factor, t)
             shape = [1] * t.dim()
             shape[dim] = -1
-            kept = torch.as_tensor(np.flatnonzero(kept_slots(slots, dict(keep))), dtype=torch.long)
+            kept = torch.as_tensor(np.flatnonzero(kept_slots(slots, dict(keep))),
+                                   dtype=torch.long, device=t.device)
             t = (t * factor.reshape(shape)).index_select(dim, kept)
         if isinstance(value, nn.Parameter):
             setattr(owner, attr, _param(t))
@@ -390,6 +418,9 @@ def _scale_activations(gm: fx.GraphModule, keep: Mapping[int, np.ndarray],
     where they are not all 1, multiply the operand it reads them through by a constant."""
     graph = gm.graph
     k = 0
+    # the constant is made like the model's weights (a float32 constant would promote a
+    # bf16 activation to float32), on their device
+    like = _first_tensor(gm)
     for node in list(graph.nodes):
         info: LayerInfo | None = node.meta.get(LAYER_KEY)
         if (node.op not in ("call_function", "call_method") or info is None
@@ -408,7 +439,7 @@ def _scale_activations(gm: fx.GraphModule, keep: Mapping[int, np.ndarray],
         while hasattr(gm, f"gate_scale_{k}"):
             k += 1
         name = f"gate_scale_{k}"
-        gm.register_buffer(name, factor.reshape(shape).contiguous())
+        gm.register_buffer(name, _like(factor, like).reshape(shape).contiguous())
         with graph.inserting_before(node):
             const = graph.get_attr(name)
             scaled = graph.call_function(operator.mul, (x, const))

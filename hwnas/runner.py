@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from hwnas._internal.devices import describe_device, resolve_device
 from hwnas.config import DEMO_CONFIG, SearchConfig, load_factory, parse_config
 from hwnas.cost.profile import profile
 from hwnas.distributed import device_for_rank, init_from_env, is_distributed
@@ -42,7 +43,7 @@ from hwnas.train import TargetsNotMetWarning, fit, relative_targets, shard_loade
 
 __all__ = ["Loaders", "RunSummary", "build_data", "build_model", "build_search",
            "check_output_file", "demo_config", "export_search_result", "profile_factory",
-           "run_search", "write_outputs"]
+           "run_search", "with_overrides", "write_outputs"]
 
 #: Files a search writes into its output folder (besides the report's figures and CSVs).
 OUTPUTS = ("checkpoint.pt", "search.pt", "model.onnx", "report.md", "report.html",
@@ -168,7 +169,11 @@ def run_search(config: SearchConfig, progress: bool = True, resume: bool = True)
     loaders = build_data(config)
     search, example = build_search(config, model)
     targets = relative_targets(search, config.search.targets)
-    fit_config = config.search.fit_config(progress=progress, device=device_for_rank())
+    fit_config = config.search.fit_config(progress=progress,
+                                          device=device_for_rank(config.search.device))
+    if rank0:
+        print(f"training on {describe_device(resolve_device(fit_config.device))}, precision "
+              f"{fit_config.precision}", flush=True)
     checkpoint = out / "checkpoint.pt"
     if not resume and rank0 and checkpoint.exists():
         checkpoint.unlink()
@@ -251,6 +256,25 @@ def demo_config(out: str | None = None, quick: bool = False) -> SearchConfig:
         config = replace(config, search=replace(config.search, warmup_epochs=2,
                                                 search_epochs=3, finetune_epochs=1))
     return config
+
+
+def with_overrides(config: SearchConfig, device: str | None = None,
+                   precision: str | None = None) -> SearchConfig:
+    """``config`` with the command line's ``--device`` / ``--precision`` (None: keep).
+
+    Example:
+        >>> with_overrides(demo_config(), precision="bf16").search.precision
+        'bf16'
+    """
+    changes: dict[str, Any] = {k: v for k, v in (("device", device), ("precision", precision))
+                               if v is not None}
+    if not changes:
+        return config
+    try:
+        return replace(config, search=replace(config.search, **changes))
+    except ConfigError as e:
+        flags = ", ".join(f"--{k}" for k in changes)
+        raise ConfigError(f"{flags}: {str(e).removeprefix('[search] ')}") from e
 
 
 def check_output_file(path: str | Path, what: str) -> Path:

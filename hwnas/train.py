@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwnas._internal.devices import check_device, check_precision, resolve_device
 from hwnas.checkpoint import Checkpoint
 from hwnas.checkpoint import resume_key as make_resume_key
 from hwnas.distributed import is_rank0, rank, shard_loader, world_size
@@ -48,7 +49,7 @@ from hwnas.errors import (
     InvalidValueError,
     UnknownNameError,
 )
-from hwnas.evaluation import device_of, evaluate, recalibrate_batchnorm_
+from hwnas.evaluation import evaluate, recalibrate_batchnorm_
 from hwnas.phases import FitRun, PhaseSchedule
 from hwnas.search import SearchModel
 
@@ -190,7 +191,15 @@ class FitConfig:
             start (of the run, or of its phase when that is higher) stops the fit as
             diverged; ``None`` turns the check off (non-finite losses still stop it).
         seed: Seeds torch, numpy and random at the start (``None``: leave them).
-        device: ``"cpu"``, ``"cuda"``, ... (``None``: where the model is).
+        device: Where to train: ``"auto"`` (CUDA when available, else the CPU), ``"cpu"``,
+            ``"cuda"``, ``"cuda:N"`` or any torch device string; ``None`` (default): where
+            the model is. The search model is moved there; a device this machine does not
+            have is an error, never a silent fallback.
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the forward pass and the
+            loss of every training step run under ``torch.autocast`` in that dtype (on
+            CUDA and on the CPU); fp16 scales the loss with a gradient scaler. Weights,
+            gate logits, costs and the regularizer stay float32; validation and the
+            exported model run in the model's own dtype.
         progress: Show tqdm progress bars and one line per epoch.
         stop_after: Stop this call after this many epochs in total (the checkpoint then
             resumes the run); ``None`` runs to the end.
@@ -219,6 +228,7 @@ class FitConfig:
     divergence_factor: float | None = 1e3
     seed: int | None = 0
     device: str | None = None
+    precision: str = "fp32"
     progress: bool = True
     stop_after: int | None = None
     on_epoch_end: Callable[[dict[str, Any], SearchModel], None] | None = None
@@ -244,9 +254,8 @@ class FitConfig:
         if self.seed is not None and (not isinstance(self.seed, int)
                                       or isinstance(self.seed, bool)):
             raise InvalidTypeError(f"`seed` must be an integer or None, but got {self.seed!r}")
-        if self.device is not None and not isinstance(self.device, str):
-            raise InvalidTypeError(f"`device` must be a string like 'cuda:0' or None, but "
-                                   f"got {self.device!r}")
+        check_device(self.device)
+        check_precision(self.precision)
         if self.stop_after is not None:
             _check_int("stop_after", self.stop_after, 1)
         if self.on_epoch_end is not None and not callable(self.on_epoch_end):
@@ -457,7 +466,10 @@ def _fit(search: SearchModel, train_data: Iterable, val_data: Iterable | None,
          loss_fn: Callable, targets: dict[str, float], config: FitConfig,
          regularizer: Callable[..., torch.Tensor] | None, checkpoint: Any,
          extra_key: dict[str, Any]) -> FitResult:
-    device = torch.device(config.device) if config.device else device_of(search)
+    device = resolve_device(config.device, search)
+    if device.type == "cpu" and config.precision == "fp16":
+        warnings.warn("precision 'fp16' on the CPU has no fast kernels (tens of times slower "
+                      "than fp32 here); use 'bf16' on the CPU", stacklevel=3)
     search.to(device)
     search.cost_mode = config.cost_mode
     key = make_resume_key(settings=config.fingerprint(), targets=targets, search=search,

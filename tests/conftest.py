@@ -25,3 +25,17 @@ def clean_registry():
     yield cost
     cost._REGISTRY.clear()
     cost._REGISTRY.update(saved)
+
+
+def _devices() -> list:
+    """``cpu`` always, ``cuda`` when there is one (skipped with a reason otherwise), the way
+    PyTorch's own suite instantiates device tests."""
+    cuda = pytest.param("cuda", marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="no CUDA device on this machine"))
+    return ["cpu", cuda]
+
+
+@pytest.fixture(params=_devices())
+def device(request) -> str:
+    """The device a test runs on: ``cpu``, and ``cuda`` where present."""
+    return request.param

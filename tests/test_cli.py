@@ -525,3 +525,56 @@ def test_python_dash_m_error_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr == (f"hwnas search: error: config file {str(tmp_path / 'none.toml')!r} "
                            "does not exist\n")
+
+
+# ------------------------------------------------------------------------- device, precision
+def test_search_says_which_device_and_precision(searched: dict[str, Any]) -> None:
+    expected = "cuda:0" if torch.cuda.is_available() else "cpu"  # [search] device = "auto"
+    assert f"training on {expected}" in searched["stdout"]
+    assert "precision fp32" in searched["stdout"]
+
+
+def test_search_device_and_precision_from_toml_and_flags(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(TINY_CONFIG.replace("patience = 1", 'patience = 1\ndevice = "cpu"\n'
+                                          'precision = "bf16"').replace(
+        "search_epochs = 1", "search_epochs = 1\nenforce_targets = true"))
+    (tmp_path / "out").mkdir()
+    rc, out, err = _run_main(["search", str(config), "--no-progress"])
+    assert rc == 0, err
+    assert "training on cpu, precision bf16" in out
+    rows = {m[0]: m[1:] for m in ROW.findall(out)}
+    assert rows["params"][3] == "yes"
+    rc, out, err = _run_main(["search", str(config), "--no-progress", "--fresh",
+                              "--precision", "fp32"])
+    assert rc == 0, err
+    assert "training on cpu, precision fp32" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_search_on_a_missing_gpu_is_one_line(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(TINY_CONFIG)
+    (tmp_path / "out").mkdir()
+    rc, _, err = _run_main(["search", str(config), "--device", "cuda"])
+    assert rc == 2
+    assert _one_line_error(err, "search") == (
+        "hwnas search: error: `device` 'cuda' is not available: this machine has no CUDA "
+        "device (torch.cuda.is_available() is False); use 'cpu' or 'auto'")
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
+def test_bad_device_in_toml_or_flag_names_it(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(TINY_CONFIG.replace("patience = 1", 'patience = 1\ndevice = "gpu"'))
+    rc, _, err = _run_main(["search", str(config)])
+    assert rc == 2
+    assert "[search] `device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', but got 'gpu'" in err
+    config.write_text(TINY_CONFIG)
+    rc, _, err = _run_main(["search", str(config), "--device", "tpu:x"])
+    assert rc == 2
+    assert _one_line_error(err, "search").endswith(
+        "--device: `device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', but got 'tpu:x'")
+    with pytest.raises(SystemExit):
+        _run_main(["search", str(config), "--precision", "fp8"])

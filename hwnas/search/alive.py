@@ -18,6 +18,7 @@ It is a value object: built once from the traced graph, never changed afterwards
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -98,6 +99,7 @@ class AliveIndex:
             [g for g in self.free_groups for _ in range(self.gates_per_group[g])],
             dtype=torch.long)
         self._sets = self._keep_sets(gm)
+        self._sets_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor, int]] = {}
         self._counts: dict[torch.device, _Counts] = {}
         self._plans: dict[tuple[tuple[str, ...], Target, int, torch.device], _Plan] = {}
 
@@ -184,22 +186,40 @@ class AliveIndex:
 
     # ------------------------------------------------------------------ keep
     def keep(self, log_alpha: torch.Tensor) -> torch.Tensor:
-        """Per-gate keep mask (bool, CPU) of the deterministic architecture.
+        """Per-gate keep mask (bool, on ``log_alpha``'s device) of the deterministic
+        architecture, computed without reading a value back to the host.
 
-        A gate is kept when its deterministic value is > 0. Where a keep set (a layer's
-        inputs or outputs, a group, a split piece) would keep nothing, its gate with the
-        largest ``log_alpha`` is kept (its value stays 0, so it contributes nothing).
+        A gate is kept when its deterministic value is > 0. Every keep set (a layer's
+        inputs or outputs, a group, a split piece) that would keep nothing keeps its gate
+        with the largest ``log_alpha`` (the first one on a tie); its value stays 0, so it
+        contributes nothing. All sets are fixed at once, from the same gates.
         """
-        la = log_alpha.detach().cpu()
+        la = log_alpha.detach()
         keep = hard_concrete_deterministic(la) > 0
-        set_index, set_id, n_sets = self._sets
-        if n_sets:
-            counts = torch.zeros(n_sets).index_add_(0, set_id, keep[set_index].float())
-            for k in torch.nonzero(counts == 0).flatten().tolist():
-                idx = set_index[set_id == k]
-                if not bool(keep[idx].any()):  # an earlier fix may have filled it
-                    keep[idx[int(la[idx].argmax())]] = True
-        return keep
+        set_index, set_id, n_sets = self._sets_on(la.device)
+        if not n_sets:
+            return keep
+        kept = la.new_zeros(n_sets, dtype=torch.float32).index_add_(
+            0, set_id, keep[set_index].float())
+        values = la[set_index].float()
+        best = values.new_full((n_sets,), -math.inf).scatter_reduce(
+            0, set_id, values, "amax", include_self=True)
+        position = torch.arange(len(set_index), device=la.device)
+        candidate = torch.where(values == best[set_id], position, len(set_index))
+        first = torch.full((n_sets,), len(set_index), device=la.device).scatter_reduce(
+            0, set_id, candidate, "amin", include_self=True)
+        chosen = (position == first[set_id]) & (kept[set_id] == 0)
+        fixes = keep.new_zeros(keep.shape, dtype=torch.float32).index_add_(
+            0, set_index, chosen.float())
+        return keep | (fixes > 0)
+
+    def _sets_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+        found = self._sets_cache.get(device)
+        if found is None:
+            set_index, set_id, n_sets = self._sets
+            found = (set_index.to(device), set_id.to(device), n_sets)
+            self._sets_cache[device] = found
+        return found
 
     # ------------------------------------------------------------------ costs
     def layer_alive(self, alive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -242,15 +242,23 @@ class MaskedNorm(nn.Module):
             weight, bias, keep = rest
         if keep is None:
             return self._plain(x, weight, bias)
+        # statistics in float32 at least, whatever the activations' dtype (bf16 sums of
+        # many channels lose the variance), the result in the activations' dtype
+        dtype = x.dtype
+        x = x.to(torch.promote_types(dtype, torch.float32))
         m = _gather(keep, self.index, x.dtype)
         if self.start is None:
-            return self._group(x, m, weight, bias)
+            return self._group(x, m, weight, bias).to(dtype)
+        return self._layer(x, m, self.start, weight, bias).to(dtype)
+
+    def _layer(self, x: torch.Tensor, m: torch.Tensor, start: int, weight: Any,
+               bias: Any) -> torch.Tensor:
         shape = [1] * x.dim()
         shape[self.dim] = m.shape[-1]
         if m.dim() == 2:
             shape[0] = m.shape[0]
         m = m.reshape(shape)
-        dims = tuple(range(self.start, x.dim()))
+        dims = tuple(range(start, x.dim()))
         per = math.prod(x.shape[d] for d in dims if d != self.dim)
         count = (m.sum(dims, keepdim=True) * per).clamp(min=1.0)
         mean = (x * m).sum(dims, keepdim=True) / count

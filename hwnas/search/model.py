@@ -12,7 +12,7 @@ import copy
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,7 @@ import torch.fx as fx
 from torch import nn
 
 from hwnas import cost as cost_registry
+from hwnas._internal.devices import device_of, to_device
 from hwnas.cost.profile import metrics_for
 from hwnas.cost.targets import Target, load_target
 from hwnas.errors import InvalidTypeError, InvalidValueError, UnknownNameError
@@ -82,6 +83,21 @@ class SearchModel(nn.Module):
         self.needs_keep = insert_masks(gm, self.index.slot_index, self.index.n_gates,
                                        per_example)
         self._cost_mode = "expected"
+        self._gated_inputs = self._find_gated_inputs()
+        self.to(device_of(gm))  # the model's device decides (gates, masks' index buffers)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SearchModel:
+        """``.to()``, ``.cuda()``, ``.half()``, ...: everything moves, but the gate logits
+        stay float32 whatever the model's dtype (a bf16 logit cannot hold a gate that is
+        nearly closed or open apart from one that is closed or open)."""
+        super()._apply(fn, recurse)
+        self._gated_inputs = [(m, fn(idx)) for m, idx in self._gated_inputs]
+        la = self.gates.log_alpha
+        if la.dtype != torch.float32:
+            la.data = la.data.float()
+            if la.grad is not None:
+                la.grad = la.grad.float()
+        return self
 
     # ------------------------------------------------------------------ modes
     @property
@@ -175,24 +191,29 @@ class SearchModel(nn.Module):
         """Expected number of open gate entries, differentiable (Louizos' L0)."""
         return prob_nonzero(self._log_alpha()).sum()
 
-    def gated_weights(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """``(weight, P(z != 0))`` pairs for every gated layer input, broadcastable."""
+    def _find_gated_inputs(self) -> list[tuple[nn.Module, torch.Tensor]]:
+        """The conv/linear layers whose input channels are gated (grouped convs read the
+        same gates in every group): ``(module, gate entry of each weight input column)``."""
         n = self.index.n_gates
-        alive = torch.cat([prob_nonzero(self._log_alpha()),
-                           self.gates.log_alpha.new_ones(1)])
+        found = []
         for info, (idx_in, _) in zip(self.layer_infos, self.index.layer_index, strict=True):
             if info.kind not in ("conv", "linear") or info.depthwise or info.module is None:
                 continue
-            if not bool((idx_in < n).any()):
-                continue
             weight = info.module.weight
-            assert isinstance(weight, torch.Tensor)
-            if weight.shape[1] * info.groups != len(idx_in):
+            if not isinstance(weight, torch.Tensor) or not bool((idx_in < n).any()) \
+                    or weight.shape[1] * info.groups != len(idx_in):
                 continue
+            found.append((info.module, idx_in[: weight.shape[1]].clone()))
+        return found
+
+    def gated_weights(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(weight, P(z != 0))`` pairs for every gated layer input, broadcastable."""
+        la = self._log_alpha()
+        alive = torch.cat([prob_nonzero(la), la.new_ones(1)])
+        for module, idx in self._gated_inputs:
+            weight = cast(torch.Tensor, module.weight)
             shape = [1] * weight.dim()
             shape[1] = weight.shape[1]
-            # a grouped conv's groups read the same gates (the index within a group is tied)
-            idx = idx_in[: weight.shape[1]].to(alive.device)
             yield weight, alive[idx].reshape(shape)
 
     # ------------------------------------------------------------------ costs
@@ -207,17 +228,21 @@ class SearchModel(nn.Module):
         network): where the gates close all of them, the gate with the largest
         ``log_alpha`` is kept. Its gate value stays 0, so it contributes nothing.
         """
-        keep = self._keep().to(self.gates.log_alpha.device)
+        keep = self._keep()
         return {g: self.index.to_channels(g, keep[self.index.group_gates(g)])
                 for g in self.free_groups}
 
     def alive_vector(self, mode: str) -> torch.Tensor:
-        """Per-gate alive values for ``mode`` (see :meth:`cost`), float64."""
+        """Per-gate alive values for ``mode`` (see :meth:`cost`), float64.
+
+        The deterministic values (the exported architecture: 0/1, no gradient) are on the
+        CPU, so exact costs are counted in float64 there on any device; the others on the
+        gates' device."""
         if mode not in COST_MODES:
             raise InvalidValueError(f"`mode` must be one of {COST_MODES}, but got {mode!r}")
         la = self._log_alpha()
         if mode == "deterministic":
-            return self._keep().to(device=la.device, dtype=torch.float64)
+            return self.index.keep(la.detach().cpu()).double()
         p = prob_nonzero(la)
         if mode == "straight_through":
             # exactly the 0/1 keep value, with the gradient of P(z != 0)
@@ -260,8 +285,7 @@ class SearchModel(nn.Module):
         """Costs of the unpruned model (every channel alive)."""
         names = metrics_for(self.target)
         with torch.no_grad():
-            ones = torch.ones(self.index.n_gates, dtype=torch.float64,
-                              device=self.gates.log_alpha.device)
+            ones = torch.ones(self.index.n_gates, dtype=torch.float64)  # exact, on the CPU
             values = self.index.totals(names, ones, self.target)
         return dict(zip(names, (float(v) for v in values), strict=True))
 
@@ -407,8 +431,11 @@ def wrap(
     """Wrap a copy of ``model`` for channel search.
 
     Args:
-        model: The model; it is deep-copied, never modified.
-        example_inputs: Example inputs with batch size 1 (costs are per example).
+        model: The model; it is deep-copied, never modified. Its device decides where the
+            search lives: gates, mask indices and cost plans are put beside its
+            parameters (``search.to(device)`` moves all of it later).
+        example_inputs: Example inputs with batch size 1 (costs are per example); moved
+            to the model's device for tracing.
         costs: Metrics the search is expected to use (validated against the registry).
         target: Hardware target name, TOML path or :class:`~hwnas.cost.Target`.
         exclude: Module names (as in ``model.named_modules()``) whose output channels
@@ -452,6 +479,7 @@ def wrap(
             f"`exclude` names no layer: {unknown}; layers are e.g. {sorted(module_names)[:10]}")
     was_training = copied.training
     copied.eval()
+    example_inputs = to_device(example_inputs, device_of(copied))
     gm = trace(copied, example_inputs, leaf_modules=leaf_modules, is_leaf=cost_registry.is_costed)
     gm.train(was_training)
     groups = list(channel_groups(gm))
