@@ -14,12 +14,13 @@ Bit order everywhere: input ``j`` of a node is bit ``j`` of the table address,
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
+from hwnas.difflut import kernels
+from hwnas.difflut._checks import check_int as _check_int
+from hwnas.difflut.encoders import ENCODERS, GaussianThermometerEncoder, ThermometerEncoder
 from hwnas.errors import InvalidTypeError, InvalidValueError, ShapeError
 
 __all__ = [
@@ -36,19 +37,10 @@ _CONNECTIONS = ("random", "learnable")
 _MAX_K = 12
 # Elements of the largest interpolation intermediate before LUTLayer splits nodes into chunks.
 _DEFAULT_MAX_ELEMENTS = 2**23
+_CPU = torch.device("cpu")
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        where = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise InvalidValueError(f"`{name}` must be an integer {where}, but got {value!r}")
-    return value
 
 
 def _bit_weights(k: int, device: torch.device | None = None) -> Tensor:
@@ -59,39 +51,6 @@ def _bit_weights(k: int, device: torch.device | None = None) -> Tensor:
 def _pack_bits(bits: Tensor) -> Tensor:
     """Address of each bit vector on the last dim (LSB first), int64, one dim fewer."""
     return (bits.to(torch.int64) * _bit_weights(bits.shape[-1], bits.device)).sum(-1)
-
-
-def _fold(table: Tensor, x: Tensor) -> Tensor:
-    """Multilinear interpolation of ``table`` (N, 2^k) at ``x`` (B, N, k): (B, N).
-
-    Folds one input at a time, most significant first: the table's two halves along the
-    top address bit are blended with ``lerp`` by that input, halving the last dim each step.
-    ``torch.lerp`` returns its end points exactly at weights 0 and 1, so binary inputs read
-    the table exactly.
-    """
-    t = table
-    for i in range(x.shape[-1] - 1, -1, -1):
-        half = t.shape[-1] // 2
-        t = torch.lerp(t[..., :half], t[..., half:], x[..., i : i + 1])
-    return t.squeeze(-1)
-
-
-def _multilinear(table: Tensor, x: Tensor, max_elements: int) -> Tensor:
-    """:func:`_fold` over chunks of nodes so the largest intermediate stays under a bound."""
-    batch, nodes, k = x.shape
-    per_node = batch * 2 ** (k - 1)
-    if per_node * nodes <= max_elements:
-        return _fold(table, x)
-    step = max(1, max_elements // per_node)
-    grad = torch.is_grad_enabled() and (table.requires_grad or x.requires_grad)
-    outs = []
-    for start in range(0, nodes, step):
-        t, xs = table[start : start + step], x[:, start : start + step]
-        if grad:  # recompute the chunk in backward instead of keeping its intermediates
-            outs.append(checkpoint(_fold, t, xs, use_reentrant=False))
-        else:
-            outs.append(_fold(t, xs))
-    return torch.cat(outs, dim=1)
 
 
 def _covering_connections(in_features: int, nodes: int, k: int, gen: torch.Generator) -> Tensor:
@@ -108,7 +67,7 @@ def _covering_connections(in_features: int, nodes: int, k: int, gen: torch.Gener
         skipped: list[int] = []
         while len(row) < k:
             if not stream:
-                stream.extend(torch.randperm(in_features, generator=gen).tolist())
+                stream.extend(torch.randperm(in_features, generator=gen, device=_CPU).tolist())
             idx = stream.popleft()
             if idx in row and in_features >= k:
                 skipped.append(idx)
@@ -116,7 +75,7 @@ def _covering_connections(in_features: int, nodes: int, k: int, gen: torch.Gener
                 row.append(idx)
         stream.extendleft(reversed(skipped))
         rows.append(row)
-    return torch.tensor(rows, dtype=torch.int64).reshape(nodes, k)
+    return torch.tensor(rows, dtype=torch.int64, device=_CPU).reshape(nodes, k)
 
 
 # --------------------------------------------------------------------------- layers
@@ -308,112 +267,6 @@ class GroupSum(nn.Module):
                 f"k_classes={self.k_classes}, but got {tuple(x.shape)}"
             )
         return x.reshape(x.shape[0], self.k_classes, -1).sum(-1) / self.tau
-
-
-class ThermometerEncoder(nn.Module):
-    """Thermometer code: bit ``j`` of feature ``f`` is ``x_f > thresholds[f, j]``.
-
-    Thresholds are fitted per feature by :meth:`fit`: ``"quantile"`` places them at the
-    data quantiles ``j / (num_bits + 1)``, ``"uniform"`` spaces them evenly between the
-    feature's minimum and maximum (at ``min + j * (max - min) / (num_bits + 1)``). The output
-    is binary in every mode (float 0/1), flattened to (batch, features * num_bits) with the
-    bits of one feature adjacent.
-
-    Args:
-        num_bits: Thresholds (output bits) per feature.
-        method: ``"quantile"`` or ``"uniform"``.
-
-    Example:
-        >>> import torch
-        >>> enc = ThermometerEncoder(3, method="uniform").fit(torch.tensor([[0.0], [4.0]]))
-        >>> enc.thresholds
-        tensor([[1., 2., 3.]])
-        >>> enc(torch.tensor([[2.5]]))
-        tensor([[1., 1., 0.]])
-    """
-
-    methods: tuple[str, ...] = ("quantile", "uniform")
-
-    def __init__(self, num_bits: int, method: str = "quantile") -> None:
-        super().__init__()
-        self.num_bits = _check_int("num_bits", num_bits, 1)
-        if method not in self.methods:
-            raise InvalidValueError(f"`method` must be one of {self.methods}, but got {method!r}")
-        self.method = method
-        self.register_buffer("thresholds", torch.empty(0, num_bits))
-
-    @property
-    def in_features(self) -> int:
-        """Number of encoded features (0 before :meth:`fit`)."""
-        return int(self.thresholds.shape[0])
-
-    @property
-    def out_features(self) -> int:
-        """Output bits: ``in_features * num_bits``."""
-        return self.in_features * self.num_bits
-
-    def extra_repr(self) -> str:
-        return f"num_bits={self.num_bits}, method={self.method!r}, in_features={self.in_features}"
-
-    def _fit_thresholds(self, x: Tensor) -> Tensor:
-        levels = torch.arange(1, self.num_bits + 1, dtype=x.dtype) / (self.num_bits + 1)
-        if self.method == "quantile":
-            return torch.quantile(x, levels, dim=0).t()
-        low, high = x.min(0).values, x.max(0).values
-        return low[:, None] + levels[None, :] * (high - low)[:, None]
-
-    def fit(self, x: Tensor) -> ThermometerEncoder:
-        """Fit the thresholds on data ``x`` (samples, features...) and return ``self``."""
-        x = torch.as_tensor(x).detach().float().flatten(1)
-        if x.shape[0] < 1:
-            raise InvalidValueError(
-                f"`x` must hold at least one sample, but got shape {tuple(x.shape)}"
-            )
-        self.thresholds = self._fit_thresholds(x).contiguous()
-        return self
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.in_features == 0:
-            raise InvalidValueError(f"{type(self).__name__} is not fitted; call .fit(data) first")
-        x = x.flatten(1)
-        if x.shape[1] != self.in_features:
-            raise ShapeError(
-                f"{type(self).__name__} was fitted on {self.in_features} features, "
-                f"but got inputs of shape {tuple(x.shape)}"
-            )
-        bits = x.unsqueeze(-1) > self.thresholds.to(x.dtype)
-        return bits.to(x.dtype).reshape(x.shape[0], -1)
-
-
-class GaussianThermometerEncoder(ThermometerEncoder):
-    """Thermometer code with thresholds at the quantiles of a per-feature Gaussian fit.
-
-    ``thresholds[f, j] = mean_f + std_f * Phi^-1(j / (num_bits + 1))``: dense near the mean,
-    robust to ties in the data (where empirical quantiles coincide). Same output and
-    hardware as :class:`ThermometerEncoder`.
-
-    Example:
-        >>> import torch
-        >>> enc = GaussianThermometerEncoder(3).fit(torch.tensor([[-1.0], [1.0]]))
-        >>> [round(v, 3) for v in enc.thresholds[0].tolist()]
-        [-0.674, 0.0, 0.674]
-    """
-
-    methods = ("gaussian",)
-
-    def __init__(self, num_bits: int) -> None:
-        super().__init__(num_bits, method="gaussian")
-
-    def _fit_thresholds(self, x: Tensor) -> Tensor:
-        levels = torch.arange(1, self.num_bits + 1, dtype=torch.float64) / (self.num_bits + 1)
-        z = torch.special.ndtri(levels).to(x.dtype)
-        mean = x.mean(0)
-        std = x.std(0, unbiased=False) if x.shape[0] > 1 else torch.zeros_like(mean)
-        return mean[:, None] + std[:, None] * z[None, :]
-
-
-#: The encoder types a LUT network may start with.
-ENCODERS = (ThermometerEncoder,)
 
 
 def set_binary_(model: nn.Module, binary: bool | None) -> nn.Module:
