@@ -74,7 +74,10 @@ def binary_inference_module(model: nn.Module, divide_by_tau: bool = True) -> nn.
     The network is read by :func:`lut_network`; inputs are flattened to (batch, features).
     Without an encoder the first LUT layer's inputs are thresholded at 0.5. The result only
     uses comparisons, index_select, sums and reshapes, so it exports to ONNX; it holds
-    copies, not references, of the tables.
+    copies, not references, of the tables, on the device of ``model``'s first LUT layer
+    (a model on CUDA gives a module on CUDA; ``.cpu()`` gives the CPU copy that
+    :func:`export_lut_onnx` and :func:`hwnas.hw.verify_verilog` check). It computes in
+    float32 whatever the model's dtype.
 
     Args:
         model: A LUT network.
@@ -93,7 +96,8 @@ def binary_inference_module(model: nn.Module, divide_by_tau: bool = True) -> nn.
         >>> torch.equal(binary_inference_module(model, divide_by_tau=False)(x), model(x) * 4)
         True
     """
-    return _BinaryLUTNet(lut_network(model), divide_by_tau).eval()
+    device = lut_layers(model)[0].logits.device
+    return _BinaryLUTNet(lut_network(model), divide_by_tau).to(device).eval()
 
 
 def _as_input(example_inputs: Tensor | tuple[Tensor, ...]) -> Tensor:
@@ -116,7 +120,8 @@ def export_lut_onnx(
     The graph (from :func:`binary_inference_module`): thresholds (``Greater``), bit packing
     (``Mul`` by ``2^j``, ``ReduceSum``), ``Gather`` from the flattened {0, 1} tables,
     group sums; output: (batch, classes) scores, or the last layer's bits without a GroupSum.
-    The export is :func:`hwnas.export_onnx` with ``atol=0``: a single file written only
+    The model may live on any device; the file is made from a float32 CPU copy. The export
+    is :func:`hwnas.export_onnx` with ``atol=0``: a single file written only
     when ``onnx.checker`` passes and onnxruntime's outputs equal the PyTorch binary
     module's exactly (at the example batch and at batch 3); a failed export leaves no file.
 
@@ -144,7 +149,7 @@ def export_lut_onnx(
     from hwnas.onnx import export_onnx
 
     path = Path(path)
-    net = binary_inference_module(model)
+    net = binary_inference_module(model).cpu()  # exports check a float32 CPU copy
     ensure_writable_dir(path.parent)
     return export_onnx(net, path, (_as_input(example_inputs),), atol=0.0).path
 

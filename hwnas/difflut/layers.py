@@ -1,4 +1,4 @@
-"""DiffLUT layers: LUT nodes, thermometer encoders and the GroupSum head.
+"""DiffLUT layers: LUT nodes and the GroupSum head (the encoders, from ``encoders``, too).
 
 A LUT node reads ``k`` binary inputs and stores a truth table of ``2^k`` entries. During
 training the table holds logits, the node's value is ``sigmoid`` of the table entry, and
@@ -8,7 +8,8 @@ inputs are thresholded at 0.5 and the node returns the bit ``logit > 0`` (equiva
 ``sigmoid(logit) > 0.5``): the binary network is a pure truth table of bits.
 
 Bit order everywhere: input ``j`` of a node is bit ``j`` of the table address,
-``address = sum_j bit_j * 2^j`` (least significant bit first).
+``address = sum_j bit_j * 2^j`` (least significant bit first). The layer's arithmetic is
+in :mod:`hwnas.difflut.kernels` (PyTorch reference, fused CUDA kernels).
 """
 
 from __future__ import annotations
@@ -89,18 +90,23 @@ class LUTLayer(nn.Module):
 
     Soft forward (training, or ``binary=False``): each node gathers its ``k`` inputs
     ``x`` in ``[0, 1]`` and returns the multilinear interpolation
-    ``sum_a sigmoid(T[a]) * prod_j x_j^{a_j} (1 - x_j)^{1 - a_j}``, computed by folding one
-    input at a time (never a (batch, nodes, 2^k, k) tensor). Peak extra memory of one
-    forward+backward: about ``2 * batch * nodes * 2^(k-1)`` float32 values (the first fold's
-    output plus the halves kept for backward, ``~2 * batch * nodes * 2^k * 4`` bytes); when
-    ``batch * nodes * 2^(k-1)`` exceeds ``max_elements`` the nodes are processed in chunks
-    (recomputed in backward with activation checkpointing), which bounds the peak at about
-    ``4 * max_elements`` floats (128 MiB at the default ``2^23``). At k=8, batch 256 and
-    2000 nodes the unchunked intermediate would be 65.5 M floats (262 MB).
+    ``sum_a sigmoid(T[a]) * prod_j x_j^{a_j} (1 - x_j)^{1 - a_j}``
+    (:mod:`hwnas.difflut.kernels`). On CUDA (with Triton, ``k <= 8``) a fused kernel
+    computes it and its gradients without storing the ``2^k`` corners of a sample: memory
+    ``O(batch * nodes * k)``. Elsewhere the PyTorch path folds one input at a time
+    (``k < 5``; peak extra memory about ``2 * batch * nodes * 2^(k-1)`` values) or contracts
+    two corner-weight vectors of ``2^ceil(k/2)`` values with the table (``k >= 5``); when
+    the largest intermediate would pass ``max_elements`` the nodes are processed in chunks
+    (recomputed in backward with activation checkpointing).
 
     Binary forward (``eval()`` unless ``binary=False`` was set): inputs are thresholded
     (``x >= 0.5``), packed into an address (input ``j`` is bit ``j``) and the output is the
-    table bit, as float 0/1.
+    table bit, as 0/1 in the input's dtype (one fused lookup kernel on CUDA).
+
+    Devices and dtypes: the connections and the table are drawn on the CPU from the seeded
+    generator (the same values on every device) and then put on ``device`` (default: torch's
+    default device) in ``dtype``; inputs may be float32, float64 or bfloat16, and the output
+    has the input's dtype.
 
     Connections:
 
@@ -124,6 +130,8 @@ class LUTLayer(nn.Module):
             ``self.last_inputs`` (bool, (batch, nodes, k), detached) for
             :func:`~hwnas.difflut.sensitivity.functional_sensitivity`'s input mode.
         max_elements: Largest interpolation intermediate before chunking over nodes.
+        device: Where the table and connections live (default: torch's default device).
+        dtype: The table's dtype (default: torch's default dtype).
 
     Example:
         >>> import torch
@@ -147,6 +155,8 @@ class LUTLayer(nn.Module):
         init_std: float = 1.0,
         record_inputs: bool = False,
         max_elements: int = _DEFAULT_MAX_ELEMENTS,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.in_features = _check_int("in_features", in_features, 1)
@@ -164,21 +174,23 @@ class LUTLayer(nn.Module):
         self.binary: bool | None = None
         self.last_inputs: Tensor | None = None
 
-        gen = torch.Generator()
+        gen = torch.Generator(device=_CPU)
         if seed is None:
             gen.seed()
         else:
             gen.manual_seed(int(seed))
+        like = torch.empty(0, device=device, dtype=dtype)  # where the tensors go
         conn = _covering_connections(in_features, out_features, k, gen)
-        self.logits = nn.Parameter(torch.randn(out_features, 2**k, generator=gen) * init_std)
+        logits = torch.randn(out_features, 2**k, generator=gen, device=_CPU) * init_std
+        self.logits = nn.Parameter(logits.to(like))
         if connections == "random":
-            self.register_buffer("connections", conn)
+            self.register_buffer("connections", conn.to(like.device))
             self.connection_logits = None
         else:
             self.connections = None
-            init = torch.randn(out_features, k, in_features, generator=gen) * 0.01
+            init = torch.randn(out_features, k, in_features, generator=gen, device=_CPU) * 0.01
             init.scatter_(2, conn.unsqueeze(-1), 1.0)
-            self.connection_logits = nn.Parameter(init)
+            self.connection_logits = nn.Parameter(init.to(like))
 
     def extra_repr(self) -> str:
         return (
@@ -206,32 +218,39 @@ class LUTLayer(nn.Module):
         """Whether forward runs in binary mode now (``binary``, else ``not training``)."""
         return (not self.training) if self.binary is None else self.binary
 
-    def gather_inputs(self, x: Tensor) -> Tensor:
-        """Each node's ``k`` inputs: (batch, in_features) -> (batch, nodes, k)."""
+    def _check_inputs(self, x: Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ShapeError(
                 f"LUTLayer expects inputs of shape (batch, {self.in_features}), "
                 f"but got {tuple(x.shape)}"
             )
+
+    def gather_inputs(self, x: Tensor) -> Tensor:
+        """Each node's ``k`` inputs: (batch, in_features) -> (batch, nodes, k)."""
+        self._check_inputs(x)
         idx = self.connection_indices()
         hard = x.index_select(1, idx.reshape(-1)).reshape(x.shape[0], self.out_features, self.k)
         if self.connection_logits is not None and not self.is_binary():
             # straight-through: the value is exactly the argmax input (``s - s`` is exactly 0);
             # the connection logits get the softmax mixture's gradient, x the hard one's.
-            soft = torch.softmax(self.connection_logits, dim=-1)
+            soft = torch.softmax(self.connection_logits, dim=-1).to(x.dtype)
             mixed = torch.einsum("bi,nki->bnk", x.detach(), soft)
             return hard + (mixed - mixed.detach())
         return hard
 
     def forward(self, x: Tensor) -> Tensor:
-        sel = self.gather_inputs(x)
+        self._check_inputs(x)
         if self.is_binary():
-            address = _pack_bits(sel >= 0.5)
             bits = self.truth_table().to(x.dtype)
-            return bits.gather(1, address.t()).t()
+            return kernels.lookup(bits, x, self.connection_indices())
         if self.record_inputs and self.training:
-            self.last_inputs = (sel >= 0.5).detach()
-        return _multilinear(self.table().to(x.dtype), sel, self.max_elements)
+            index = self.connection_indices().reshape(-1)
+            sel = x.detach().index_select(1, index).reshape(x.shape[0], self.out_features, -1)
+            self.last_inputs = sel >= 0.5
+        if self.connection_logits is not None:  # gathered with the straight-through gradient
+            return kernels.interpolate(self.table(), self.gather_inputs(x), None,
+                                       self.max_elements)
+        return kernels.interpolate(self.table(), x, self.connections, self.max_elements)
 
 
 class GroupSum(nn.Module):

@@ -234,7 +234,7 @@ def reduce_layer(layer: LUTTable, constant_inputs: dict[int, bool] | None = None
         (Node(sources=(0,), table=2),)
     """
     const = dict(constant_inputs or {})
-    table = layer.table.numpy()
+    table = layer.table.detach().cpu().numpy()
     conn = layer.connections.tolist()
     return tuple(_reduce(table[n], conn[n], const) for n in range(layer.nodes))
 

@@ -78,7 +78,7 @@ def _layer_sensitivity(
         inputs = layer.last_inputs
     if mode is None:
         mode = "input" if inputs is not None else "exact"
-    k, table = layer.k, layer.table()
+    k, table = layer.k, layer.table().float()  # a regularizer term is float32
     if mode == "exact":
         return _exact_sensitivity(table, k, p)
     if mode == "input":

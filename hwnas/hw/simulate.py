@@ -169,7 +169,8 @@ def verify_verilog(
         raise InvalidTypeError("`inputs` must be a tensor of shape (batch, features...)")
     codes = vm.input_codes(inputs)
     with torch.no_grad():
-        reference = binary_inference_module(model, divide_by_tau=False)(vm.model_inputs(codes))
+        reference = binary_inference_module(model, divide_by_tau=False).cpu()(
+            vm.model_inputs(codes))
     expected = reference.round().to(torch.int64)
     if expected.shape[1] != (vm.k_classes or vm.output_width):
         raise ShapeError(f"the model gives {expected.shape[1]} outputs, the Verilog "
