@@ -415,3 +415,55 @@ def test_truth_table_json_round_trip(tmp_path):
         assert torch.equal(rebuilt, expected)
         assert [len(n["inputs"]) for n in doc["nodes"]] == effective_inputs(layer).tolist()
         x = expected
+
+
+# --------------------------------------------------------------------------- unchanged values
+# Captured from git HEAD before the kernels/ and device changes (036f0ec): the encoders, the
+# seeded layers, the soft forward and every sensitivity mode must keep these numbers.
+
+HEAD_THRESHOLDS = {
+    "quantile": [[-0.19630159, 1.07552516, 1.98076570, 3.00369072],
+                 [-0.80445307, -0.18761425, 0.79742527, 1.80651736],
+                 [-0.75314265, 0.31964704, 1.32388425, 2.84714818]],
+    "uniform": [[-3.23501587, -1.17943907, 0.87613773, 2.93171453],
+                [-0.73527241, 1.05577874, 2.84683013, 4.63788128],
+                [-0.84468877, 1.03253555, 2.90976024, 4.78698444]],
+    "gaussian": [[-0.52251506, 0.74439543, 1.83561492, 3.10252547],
+                 [-0.96967709, 0.07898590, 0.98222375, 2.03088665],
+                 [-0.71077847, 0.48686874, 1.51843011, 2.71607733]],
+}
+
+
+def test_encoder_thresholds_keep_their_values():
+    torch.manual_seed(0)
+    x = torch.randn(50, 3, dtype=torch.float64) * 2 + 1
+    encoders = {"quantile": ThermometerEncoder(4), "uniform": ThermometerEncoder(4, "uniform"),
+                "gaussian": GaussianThermometerEncoder(4)}
+    for name, enc in encoders.items():
+        got = enc.fit(x).thresholds
+        torch.testing.assert_close(got, torch.tensor(HEAD_THRESHOLDS[name]), atol=1e-6, rtol=0)
+
+
+def test_seeded_layers_and_sensitivity_keep_their_values():
+    layer = LUTLayer(10, 6, k=4, seed=3, record_inputs=True)
+    assert layer.connections.tolist() == [[6, 0, 3, 7], [8, 5, 1, 9], [2, 4, 9, 8],
+                                          [5, 3, 0, 6], [7, 2, 1, 4], [0, 9, 6, 1]]
+    assert layer.logits.sum().item() == pytest.approx(-2.7618942, abs=1e-6)
+    learnable = LUTLayer(10, 6, k=3, seed=4, connections="learnable")
+    assert learnable.connection_indices().tolist() == [[0, 4, 9], [6, 7, 3], [2, 8, 1],
+                                                       [5, 1, 6], [5, 8, 0], [4, 9, 2]]
+    assert learnable.connection_logits.sum().item() == pytest.approx(17.7827606, abs=1e-5)
+    exact = [functional_sensitivity(layer, p=p, mode="exact").item() for p in (1, 2, 1.5)]
+    assert exact == pytest.approx([0.21197724, 0.07348060, 0.11987654], abs=1e-7)
+    torch.manual_seed(1)
+    x = torch.rand(7, 10)
+    layer.train()(x)
+    assert layer(x)[0].tolist() == pytest.approx(
+        [0.51077974, 0.48839295, 0.51386142, 0.51680017, 0.36482403, 0.54254043], abs=1e-7)
+    by_input = [functional_sensitivity(layer, p=p, mode="input").item() for p in (1, 2)]
+    assert by_input == pytest.approx([0.20343458, 0.07128406], abs=1e-7)
+    torch.manual_seed(2)
+    random = functional_sensitivity(layer, p=2, mode="random", num_samples=16).item()
+    assert random == pytest.approx(0.07718378, abs=1e-7)
+    functional_sensitivity(layer, p=2, mode="input").backward()
+    assert layer.logits.grad.abs().sum().item() == pytest.approx(0.12640150, abs=1e-7)

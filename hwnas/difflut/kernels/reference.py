@@ -61,7 +61,7 @@ def corner_weights(x: Tensor) -> Tensor:
         >>> corner_weights(torch.tensor([0.25, 1.0]))
         tensor([0.0000, 0.0000, 0.7500, 0.2500])
     """
-    w = torch.ones_like(x[..., :1])
+    w = x.new_ones((*x.shape[:-1], 1))
     for j in range(x.shape[-1]):
         xj = x[..., j : j + 1]
         w = torch.cat([w - w * xj, w * xj], -1)

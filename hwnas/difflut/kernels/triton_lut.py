@@ -15,6 +15,9 @@ and summed over the program's samples in registers, then over programs by ``torc
 (deterministic: no atomics). Memory of one pass: inputs, outputs and input gradients
 (``batch * nodes * k``) plus ``ceil(batch / ROWS) * nodes * 2^k`` partial table gradients.
 
+The kernels follow Triton's ``TRITON_INTERPRET``: set to 1 before Triton is first imported,
+they run in Triton's interpreter on CPU tensors (how the tests check them without a GPU).
+
 Element ``(b, n, j)`` of the inputs is read at ``x[b, cols[n * k + j]]``: a layer with
 fixed connections passes its (batch, in_features) input and its connection indices (no
 gathered copy is made), any other caller its (batch, nodes * k) gathered inputs and
