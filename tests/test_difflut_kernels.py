@@ -1,15 +1,19 @@
 """Tests for hwnas/difflut/kernels/: the fused Triton kernels against the PyTorch reference.
 
-Without a GPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set here
-before Triton is first imported) on small CPU tensors; with one, they run compiled on CUDA.
-The PyTorch functions of ``reference.py`` are the specification.
+Without a GPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, which must be
+set before Triton is first imported) on small CPU tensors; with one, they run compiled on
+CUDA. The PyTorch functions of ``reference.py`` are the specification. In the whole suite
+Triton is already imported when this file is collected (torchvision imports it), so there
+:func:`test_kernel_tests_in_the_interpreter` runs this file again in a fresh process.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,15 +28,38 @@ from hwnas.difflut.kernels.memory import peak_bytes  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _triton_lut():
-    pytest.importorskip("triton", reason="triton is not installed")
+def _interpreted() -> bool:
     import triton
 
-    if DEVICE == "cpu" and not triton.knobs.runtime.interpret:
-        pytest.skip("triton was imported before TRITON_INTERPRET=1; run this file alone")
+    return bool(triton.knobs.runtime.interpret)
+
+
+def _triton_lut():
+    pytest.importorskip("triton", reason="triton is not installed")
+    if DEVICE == "cpu" and not _interpreted():
+        pytest.skip("triton was imported before TRITON_INTERPRET=1 could be set: "
+                    "test_kernel_tests_in_the_interpreter runs these in a fresh process")
     from hwnas.difflut.kernels import triton_lut
 
     return triton_lut
+
+
+def test_kernel_tests_in_the_interpreter():
+    """Where this process could not run the kernels' tests, a fresh one with the interpreter
+    runs them all; each must pass (none skipped)."""
+    pytest.importorskip("triton", reason="triton is not installed")
+    if DEVICE == "cuda" or _interpreted():
+        pytest.skip("the kernel tests run in this process")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
+         "-k", "not test_kernel_tests_in_the_interpreter"],
+        capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    summary = out.stdout.strip().splitlines()[-1]
+    assert out.returncode == 0, out.stdout[-3000:]
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed and int(passed.group(1)) >= 25 and "skipped" not in summary, summary
 
 
 def _case(k: int, batch: int = 5, nodes: int = 11, features: int = 13, seed: int = 0):

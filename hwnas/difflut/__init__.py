@@ -8,8 +8,11 @@ bit ``j`` of the table address (least significant bit first).
 
 The package, one concept per module:
 
-- :mod:`~hwnas.difflut.layers`: :class:`LUTLayer`, :class:`GroupSum`,
-  :class:`ThermometerEncoder`, :class:`GaussianThermometerEncoder`, :func:`set_binary_`.
+- :mod:`~hwnas.difflut.layers`: :class:`LUTLayer`, :class:`GroupSum`, :func:`set_binary_`.
+- :mod:`~hwnas.difflut.encoders`: :class:`ThermometerEncoder`,
+  :class:`GaussianThermometerEncoder`.
+- :mod:`~hwnas.difflut.kernels`: the layer's arithmetic: the PyTorch reference (the CPU
+  path) and fused Triton kernels chosen on CUDA (Triton optional).
 - :mod:`~hwnas.difflut.sensitivity`: the functional-sensitivity regularizers, registered as
   ``"functional"``, ``"functional_l1"``, ``"functional_l2"``, ``"functional_input"``,
   ``"functional_exact"``.

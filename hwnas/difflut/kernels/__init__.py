@@ -60,7 +60,7 @@ def uses_fused(table: Tensor, x: Tensor) -> bool:
     """
     k = (table.shape[-1]).bit_length() - 1
     return (x.device.type == "cuda" and 1 <= k <= FUSED_MAX_K and x.dtype in _FUSED_DTYPES
-            and table.dtype in _FUSED_DTYPES and triton_available())
+            and table.dtype in _FUSED_DTYPES and x.shape[0] > 0 and triton_available())
 
 
 def _gathered(x: Tensor, index: Tensor | None) -> Tensor:

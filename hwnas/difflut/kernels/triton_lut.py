@@ -148,6 +148,12 @@ class LUTInterpolate(torch.autograd.Function):
     ``apply(x, cols, table)``: x (B, F) read through ``cols`` (nodes * k,), table
     (nodes, 2^k) -> (B, nodes) in ``x``'s dtype, computed in float32. Gradients: to ``x``
     (scattered back through ``cols`` with ``index_add_``) and to ``table``.
+
+    Example (CUDA tensors, or any tensors under ``TRITON_INTERPRET=1``):
+        >>> x = torch.rand(4, 6, device="cuda", requires_grad=True)    # doctest: +SKIP
+        >>> table = torch.rand(3, 4, device="cuda", requires_grad=True)    # doctest: +SKIP
+        >>> LUTInterpolate.apply(x, torch.arange(6, device="cuda"), table).shape  # doctest: +SKIP
+        torch.Size([4, 3])
     """
 
     @staticmethod
@@ -175,20 +181,34 @@ class LUTInterpolate(torch.autograd.Function):
                           batch, nodes, x.stride(0), K=k, BN=bn, ROWS=rows)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.zeros(x.shape, device=x.device, dtype=torch.float32)
-            grad_x = grad_x.index_add_(1, cols.to(torch.int64), grad_cols).to(x.dtype)
+            grad_x = x.new_zeros(x.shape, dtype=torch.float32).index_add_(
+                1, cols.to(torch.int64), grad_cols).to(x.dtype)
         grad_table = parts.sum(0).to(table.dtype) if ctx.needs_input_grad[2] else None
         return grad_x, None, grad_table
 
 
 def interpolate(x: Tensor, cols: Tensor, table: Tensor) -> Tensor:
-    """Soft forward with the fused kernels (differentiable): see :class:`LUTInterpolate`."""
+    """Soft forward with the fused kernels (differentiable): see :class:`LUTInterpolate`.
+
+    Example (CUDA tensors, or any tensors under ``TRITON_INTERPRET=1``):
+        >>> x = torch.rand(4, 6, device="cuda")    # doctest: +SKIP
+        >>> table = torch.rand(3, 4, device="cuda")    # doctest: +SKIP
+        >>> interpolate(x, torch.arange(6, device="cuda"), table).shape    # doctest: +SKIP
+        torch.Size([4, 3])
+    """
     out: Tensor = LUTInterpolate.apply(x, cols, table)
     return out
 
 
 def lookup(x: Tensor, cols: Tensor, bits: Tensor) -> Tensor:
-    """Binary forward ``bits[n, address]`` with one kernel: (B, nodes) in ``bits``' dtype."""
+    """Binary forward ``bits[n, address]`` with one kernel: (B, nodes) in ``bits``' dtype.
+
+    Example (CUDA tensors, or any tensors under ``TRITON_INTERPRET=1``):
+        >>> bits = torch.tensor([[0.0, 1.0, 1.0, 0.0]], device="cuda")    # doctest: +SKIP
+        >>> x = torch.tensor([[0.9, 0.2]], device="cuda")    # doctest: +SKIP
+        >>> lookup(x, torch.tensor([0, 1], device="cuda"), bits)    # doctest: +SKIP
+        tensor([[1.]], device='cuda:0')
+    """
     x, cols, bits, k = _operands(x, cols, bits)
     batch, nodes = x.shape[0], bits.shape[0]
     out = bits.new_empty(batch, nodes)
