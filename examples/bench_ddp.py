@@ -21,11 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG = """
 [model]
-factory = "hwnas.models:digits_cnn"
+factory = "hwnas.zoo.models:digits_cnn"
 input_shape = [1, 1, 8, 8]
 
 [data]
-factory = "hwnas.datasets:digits"
+factory = "hwnas.zoo.datasets:digits"
 kwargs = {{batch_size = 64}}
 
 [search]

@@ -34,7 +34,7 @@ import onnxruntime as ort
 import torch
 
 import hwnas
-from hwnas.onnx import export_onnx
+from hwnas.export.onnx import export_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))

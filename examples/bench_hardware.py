@@ -35,11 +35,11 @@ from torch import nn
 from hwnas.cost import load_target
 from hwnas.cost.luts import weight_luts
 from hwnas.cost.profile import profile
-from hwnas.cost.targets import Target
+from hwnas.cost.target import Target
 from hwnas.difflut import LUTLayer, lut_network, simplify
 from hwnas.difflut.cost import lut_report
 from hwnas.errors import ToolError
-from hwnas.files import atomic_write
+from hwnas._internal.files import atomic_write
 from hwnas.hw import export_verilog, lut_estimate, synthesize, verify_verilog
 from hwnas.hw.tools import find_nextpnr_ice40, find_simulator, find_yosys
 
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Tools: {find_yosys(args.yosys).describe()}; simulator {find_simulator().describe()}; "
         f"{find_nextpnr_ice40().describe()}. Machine: {platform.machine()}, torch "
         f"{torch.__version__}, one thread. The shipped targets are calibrated against "
-        f"{load_target('xc7-lut6').luts.calibration.yosys} (`cost_models/README.md`). "
+        f"{load_target('xc7-lut6').luts.calibration.yosys} (`hwnas/cost/targets/README.md`). "
         "Synthesis: `synth_xilinx -family xc7 -nodsp -abc9` / `synth_ice40 -abc9`; LUTs are "
         "the LUT1..LUT6 + INV (xc7) or SB_LUT4 (iCE40) cells of yosys's `stat`.",
         "",

@@ -33,13 +33,13 @@ import torch
 import torch.nn.functional as F
 
 import hwnas
-from hwnas.datasets import digits
-from hwnas.evaluation import evaluate, metrics
-from hwnas.models import digits_cnn, resnet8
-from hwnas.phases import StepGuard
+from hwnas.zoo.datasets import digits
+from hwnas.training.evaluation import evaluate, metrics
+from hwnas.zoo.models import digits_cnn, resnet8
+from hwnas.training.loop import StepGuard
 from hwnas.regularizers import DUCCIO
 from hwnas.search import masks
-from hwnas.train import FitConfig, TargetsNotMetWarning, fit
+from hwnas.training.fit import FitConfig, TargetsNotMetWarning, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -42,7 +42,7 @@ from hwnas.difflut import (
     functional_sensitivity,
     set_binary_,
 )
-from hwnas.files import atomic_write
+from hwnas._internal.files import atomic_write
 from hwnas.hw import InputQuantizer, export_verilog, lut_estimate, verify_verilog
 
 TARGETS = ("xc7-lut6", "ice40-lut4")
@@ -236,7 +236,7 @@ def markdown(args: argparse.Namespace, results: list[dict], command: str, n_test
         "",
         "LUT estimate per layer of what the Verilog builds (`hwnas.hw.lut_estimate`: constants "
         "propagated, pruned inputs and unused nodes removed, 5-bit comparators; formulas in "
-        "`cost_models/DIFFLUT.md`; `reports/hardware.md` compares them with yosys):",
+        "`hwnas/cost/targets/DIFFLUT.md`; `reports/hardware.md` compares them with yosys):",
     ]
     for r in results:
         for target, report in r["reports"].items():

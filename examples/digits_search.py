@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 import hwnas
-from hwnas.datasets import digits
-from hwnas.models import digits_cnn
-from hwnas.onnx import export_onnx
+from hwnas.zoo.datasets import digits
+from hwnas.zoo.models import digits_cnn
+from hwnas.export.onnx import export_onnx
 from hwnas.search import materialize
-from hwnas.train import EarlyStopping, FitConfig, evaluate, fit, relative_targets
+from hwnas.training.fit import EarlyStopping, FitConfig, evaluate, fit, relative_targets
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,14 +13,14 @@ Wrap a model for search, set cost targets, export the pruned model to ONNX:
     True
 
 ``hwnas.__all__`` holds the verbs a user types. The layers under them stay importable
-from their modules: the IR records from :mod:`hwnas.ir`, tracing from :mod:`hwnas.graph`,
-the cost registry from :mod:`hwnas.cost`, the cutting table from :mod:`hwnas.prune`.
+from their modules: the IR records from :mod:`hwnas.graph.ir`, tracing from :mod:`hwnas.graph`,
+the cost registry from :mod:`hwnas.cost`, the cutting table from :mod:`hwnas.pruning`.
 """
 
 from hwnas import cost, graph, regularizers
 from hwnas.cost import register as register_cost
 from hwnas.cost.profile import profile
-from hwnas.cost.targets import Target, known_targets, load_target
+from hwnas.cost.target import Target, known_targets, load_target
 from hwnas.errors import (
     CheckpointError,
     ExportError,
@@ -29,13 +29,13 @@ from hwnas.errors import (
     TraceError,
     TrainingError,
 )
-from hwnas.gates import L0, HardConcreteGate
+from hwnas.search.gates import L0, HardConcreteGate
 from hwnas.graph import register_channel_rule
-from hwnas.onnx import ExportResult, export_onnx
-from hwnas.prune import register_slicer
+from hwnas.export.onnx import ExportResult, export_onnx
+from hwnas.pruning import register_slicer
 from hwnas.regularizers import DUCCIO, BaseRegularizer
 from hwnas.search import SearchModel, materialize, wrap
-from hwnas.train import (
+from hwnas.training.fit import (
     EarlyStopping,
     FitConfig,
     FitResult,

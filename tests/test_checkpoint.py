@@ -1,4 +1,4 @@
-"""Tests of hwnas/checkpoint.py: validated load, the resume key, atomic writes, modes."""
+"""Tests of hwnas/training/checkpoint.py: validated load, the resume key, atomic writes, modes."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import hwnas
-from hwnas.checkpoint import CHECKPOINT_VERSION, Checkpoint, data_fingerprint, model_fingerprint
+from hwnas.training.checkpoint import CHECKPOINT_VERSION, Checkpoint, data_fingerprint, model_fingerprint
 from hwnas.errors import CheckpointError
-from hwnas.train import FitConfig, fit
+from hwnas.training.fit import FitConfig, fit
 
 
 def _umask() -> int:

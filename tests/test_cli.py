@@ -1,4 +1,4 @@
-"""Tests for hwnas/cli.py (and hwnas/runner.py through it): every command, the one-line
+"""Tests for hwnas/cli/main.py (and hwnas/cli/runs.py through it): every command, the one-line
 errors with exit code 2, unmet targets with exit code 1, resumes, and the console script."""
 
 from __future__ import annotations
@@ -19,20 +19,20 @@ import pandas as pd
 import pytest
 import torch
 
-import hwnas.files
+import hwnas._internal.files
 from hwnas.cli import main
-from hwnas.report import check_png_not_blank
+from hwnas.cli.report import check_png_not_blank
 
 SUBCOMMANDS = ("demo", "search", "profile", "export", "targets")
 DIGITS_PARAMS = 56234
 DIGITS_OPS = 1788554
 TINY_CONFIG = """
 [model]
-factory = "hwnas.models:digits_cnn"
+factory = "hwnas.zoo.models:digits_cnn"
 input_shape = [1, 1, 8, 8]
 
 [data]
-factory = "hwnas.datasets:digits"
+factory = "hwnas.zoo.datasets:digits"
 kwargs = {batch_size = 256}
 
 [search]
@@ -124,7 +124,7 @@ def read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             raise PermissionError(13, "Permission denied")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(hwnas.files.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(hwnas._internal.files.tempfile, "mkstemp", mkstemp)
     yield folder
     folder.chmod(0o755)
 
@@ -146,7 +146,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_profile_prints_a_table_and_writes_csv(tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "profile.csv"
-    rc = main(["profile", "hwnas.models:digits_cnn", "--input-shape", "1,1,8,8",
+    rc = main(["profile", "hwnas.zoo.models:digits_cnn", "--input-shape", "1,1,8,8",
                "--target", "xc7-lut6", "--csv", str(path)])
     assert rc == 0
     lines = capsys.readouterr().out.splitlines()
@@ -170,7 +170,7 @@ def test_profile_prints_a_table_and_writes_csv(tmp_path: Path,
 def test_profile_bad_input_shape_is_an_argparse_error(
         shape: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
-        main(["profile", "hwnas.models:digits_cnn", "--input-shape", shape])
+        main(["profile", "hwnas.zoo.models:digits_cnn", "--input-shape", shape])
     assert info.value.code == 2
     assert "--input-shape" in capsys.readouterr().err
 
@@ -330,9 +330,9 @@ def test_demo_out_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_read_only_output_folder_is_found_before_training(
         tmp_path: Path, read_only: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    import hwnas.runner
+    import hwnas.cli.runs
 
-    monkeypatch.setattr(hwnas.runner, "fit", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(hwnas.cli.runs, "fit", lambda *a, **k: pytest.fail("trained"))
     config = tmp_path / "ro.toml"
     config.write_text(TINY_CONFIG.replace('folder = "out"', f'folder = "{read_only}"'))
     assert main(["search", str(config), "--no-progress"]) == 2
@@ -353,7 +353,7 @@ def test_search_factory_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str
                                section: str, spec: str, message: str) -> None:
     (tmp_path / "models.py").write_text(MODELS)
     config = tmp_path / "f.toml"
-    old = {"model": "hwnas.models:digits_cnn", "data": "hwnas.datasets:digits"}[section]
+    old = {"model": "hwnas.zoo.models:digits_cnn", "data": "hwnas.zoo.datasets:digits"}[section]
     config.write_text(TINY_CONFIG.replace(old, spec))
     assert main(["search", str(config), "--no-progress"]) == 2
     err = _one_line_error(capsys.readouterr().err, "search")
@@ -371,7 +371,7 @@ def test_profile_factory_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_profile_input_shape_mismatch_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["profile", "hwnas.models:digits_cnn", "--input-shape", "1,3,8,8"]) == 2
+    assert main(["profile", "hwnas.zoo.models:digits_cnn", "--input-shape", "1,3,8,8"]) == 2
     err = _one_line_error(capsys.readouterr().err, "profile")
     assert "Check that example_inputs have the shape the model expects" in err
     assert len(err) < 600
@@ -379,7 +379,7 @@ def test_profile_input_shape_mismatch_is_one_line(capsys: pytest.CaptureFixture[
 
 def test_profile_unknown_or_bad_target(tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["profile", "hwnas.models:digits_cnn", "--input-shape", "1,1,8,8", "--target"]
+    args = ["profile", "hwnas.zoo.models:digits_cnn", "--input-shape", "1,1,8,8", "--target"]
     assert main([*args, "no-such-fpga"]) == 2
     err = _one_line_error(capsys.readouterr().err, "profile")
     assert "unknown target 'no-such-fpga'; known: " in err
@@ -397,7 +397,7 @@ def test_profile_unknown_or_bad_target(tmp_path: Path,
 
 def test_profile_csv_into_missing_or_read_only_folder(
         tmp_path: Path, read_only: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["profile", "hwnas.models:digits_cnn", "--input-shape", "1,1,8,8", "--csv"]
+    args = ["profile", "hwnas.zoo.models:digits_cnn", "--input-shape", "1,1,8,8", "--csv"]
     missing = tmp_path / "nope" / "p.csv"
     assert main([*args, str(missing)]) == 2
     err = _one_line_error(capsys.readouterr().err, "profile")
@@ -414,7 +414,7 @@ def test_nan_data_writes_no_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     folder.mkdir()
     (folder / "nan_data.py").write_text(NAN_DATA)
     config = folder / "nan.toml"
-    config.write_text(TINY_CONFIG.replace('"hwnas.datasets:digits"', '"nan_data.py:build"')
+    config.write_text(TINY_CONFIG.replace('"hwnas.zoo.datasets:digits"', '"nan_data.py:build"')
                       .replace("kwargs = {batch_size = 256}\n", ""))
     monkeypatch.chdir(tmp_path)  # factories resolve against the config's folder
     assert main(["search", "exp/nan.toml", "--no-progress"]) == 2
@@ -439,7 +439,7 @@ def test_unmet_targets_exit_1_unless_allowed(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "models.py").write_text(MODELS)
     config = tmp_path / "lin.toml"
-    config.write_text(TINY_CONFIG.replace("hwnas.models:digits_cnn", "models.py:linear")
+    config.write_text(TINY_CONFIG.replace("hwnas.zoo.models:digits_cnn", "models.py:linear")
                       .replace("patience = 1", "patience = 0"))
     assert main(["search", str(config), "--no-progress"]) == 1
     captured = capsys.readouterr()

@@ -1,4 +1,4 @@
-"""Tests for hwnas/config.py: TOML schema validation, loading, factories, output folder."""
+"""Tests for hwnas/cli/schema.py: TOML schema validation, loading, factories, output folder."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hwnas import wrap
-from hwnas.config import (
+from hwnas.cli.schema import (
     DEMO_CONFIG,
     FIT_KEYS,
     SearchConfig,
@@ -18,15 +18,15 @@ from hwnas.config import (
     parse_config,
 )
 from hwnas.errors import ConfigError, HwnasError, MissingFileError
-from hwnas.train import EarlyStopping, FitConfig
+from hwnas.training.fit import EarlyStopping, FitConfig
 
 MINIMAL = """
 [model]
-factory = "hwnas.models:digits_cnn"
+factory = "hwnas.zoo.models:digits_cnn"
 input_shape = [1, 1, 8, 8]
 
 [data]
-factory = "hwnas.datasets:digits"
+factory = "hwnas.zoo.datasets:digits"
 
 [search]
 targets = {params = 0.5}
@@ -36,7 +36,7 @@ targets = {params = 0.5}
 def test_demo_config_parses() -> None:
     cfg = parse_config(DEMO_CONFIG)
     assert isinstance(cfg, SearchConfig)
-    assert cfg.model.factory == "hwnas.models:digits_cnn"
+    assert cfg.model.factory == "hwnas.zoo.models:digits_cnn"
     assert cfg.model.input_shape == (1, 1, 8, 8)
     assert cfg.data.kwargs == {"batch_size": 64, "val_size": 0.1}
     assert cfg.search.target == "xc7-lut6"
@@ -126,7 +126,7 @@ def test_unknown_table() -> None:
 
 
 def test_missing_model_table() -> None:
-    text = MINIMAL.replace('[model]\nfactory = "hwnas.models:digits_cnn"\n'
+    text = MINIMAL.replace('[model]\nfactory = "hwnas.zoo.models:digits_cnn"\n'
                            "input_shape = [1, 1, 8, 8]\n", "")
     assert "[model]" not in text
     with pytest.raises(ValueError, match=r"the config needs a \[model\] table"):
@@ -134,7 +134,7 @@ def test_missing_model_table() -> None:
 
 
 def test_missing_required_key_is_named() -> None:
-    text = MINIMAL.replace('factory = "hwnas.models:digits_cnn"\n', "")
+    text = MINIMAL.replace('factory = "hwnas.zoo.models:digits_cnn"\n', "")
     with pytest.raises(ValueError, match=r"\[model\] is missing required key\(s\) \['factory'\]"):
         parse_config(text)
 
@@ -205,7 +205,7 @@ def test_output_folder_is_relative_to_the_config_file(tmp_path: Path) -> None:
 
 
 def test_load_factory_module() -> None:
-    fn = load_factory("hwnas.models:digits_cnn")
+    fn = load_factory("hwnas.zoo.models:digits_cnn")
     model = fn()
     assert sum(p.numel() for p in model.parameters()) == 56234 + 320
 
@@ -214,7 +214,7 @@ def test_load_factory_module() -> None:
     ("nocolon", r"a factory must be 'module:function', but got 'nocolon'"),
     ("a:b:c", r"a factory must be 'module:function', but got 'a:b:c'"),
     ("hwnas_no_such_module:fn", r"cannot import module 'hwnas_no_such_module' of factory"),
-    ("hwnas.models:no_such_model", r"module 'hwnas.models' has no attribute 'no_such_model'"),
+    ("hwnas.zoo.models:no_such_model", r"module 'hwnas.zoo.models' has no attribute 'no_such_model'"),
 ])
 def test_load_factory_errors(spec: str, message: str) -> None:
     with pytest.raises(HwnasError, match=message):
@@ -250,7 +250,7 @@ def test_factory_files_resolve_against_the_config_folder(tmp_path: Path,
         "from torch import nn\n\ndef build():\n    return nn.Linear(64, 10)\n")
     (folder / "fpga.toml").write_text('name = "mine"\n')
     (folder / "s.toml").write_text(
-        MINIMAL.replace("hwnas.models:digits_cnn", "net.py:build")
+        MINIMAL.replace("hwnas.zoo.models:digits_cnn", "net.py:build")
         + 'target = "fpga.toml"\n')
     monkeypatch.chdir(tmp_path)  # not the config's folder
     cfg = load_config("experiment/s.toml")

@@ -376,7 +376,7 @@ def test_bad_target_files(tmp_path: Path, text: str, message: str) -> None:
 
 
 def test_shipped_targets_from_package_resources() -> None:
-    folder = resources.files("hwnas.cost_models")
+    folder = resources.files("hwnas.cost").joinpath("targets")
     assert cost.known_targets() == ["generic", "ice40-lut4", "xc7-lut6"]
     for name in cost.known_targets():
         assert folder.joinpath(f"{name}.toml").is_file()

@@ -24,7 +24,7 @@ from zoo import build
 
 import hwnas
 from hwnas._internal.devices import autocast, resolve_device
-from hwnas.distributed import device_for_rank
+from hwnas.training.distributed import device_for_rank
 from hwnas.errors import ExportError, InvalidValueError
 
 # models with every kind of mask: weight masks, BatchNorm folds, channel masks on

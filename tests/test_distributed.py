@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from hwnas.train import FitConfig
+from hwnas.training.fit import FitConfig
 
 
 def _run(rank: int, world: int, init: str, out: str) -> None:
@@ -18,9 +18,9 @@ def _run(rank: int, world: int, init: str, out: str) -> None:
     if world > 1:
         dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     import hwnas
-    from hwnas.datasets import digits
-    from hwnas.models import digits_cnn
-    from hwnas.train import fit, relative_targets, shard_loader
+    from hwnas.zoo.datasets import digits
+    from hwnas.zoo.models import digits_cnn
+    from hwnas.training.fit import fit, relative_targets, shard_loader
 
     torch.manual_seed(0)
     data = digits(batch_size=64)

@@ -1,4 +1,4 @@
-"""Tests for hwnas/gates.py: hard-concrete gates and the L0 parametrization wrapper."""
+"""Tests for hwnas/search/gates.py: hard-concrete gates and the L0 parametrization wrapper."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from hwnas.gates import (
+from hwnas.search.gates import (
     L0,
     LIMIT_A,
     LIMIT_B,

@@ -13,7 +13,7 @@ from torch import nn
 
 from hwnas.errors import TraceError
 from hwnas.graph import channel_groups, layers, trace
-from hwnas.ir import ChannelGroup, LayerInfo
+from hwnas.graph.ir import ChannelGroup, LayerInfo
 
 try:  # tests/ as a plain directory on sys.path (pytest rootdir "prepend" import mode)
     from zoo import build, names

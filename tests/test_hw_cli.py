@@ -1,4 +1,4 @@
-"""Tests for hwnas/hw/commands.py through the command line: hwnas synth, calibrate, demo --lut."""
+"""Tests for hwnas/cli/hw.py through the command line: hwnas synth, calibrate, demo --lut."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import torch
 from helpers import small_lut_network
 from torch import nn
 
-from hwnas.datasets import digits
+from hwnas.zoo.datasets import digits
 from hwnas.difflut import GroupSum, LUTLayer, ThermometerEncoder, binary_inference_module
 from hwnas.errors import ExportError, ToolError
 from hwnas.hw import InputQuantizer, export_verilog, verify_verilog
@@ -93,7 +93,7 @@ def test_digits_lut_network_matches_on_all_test_samples(tmp_path):
         loss.backward()
         opt.step()
     model.eval()
-    # hwnas.datasets.digits scales the pixels 0..16 by 1/16: 5-bit codes with step 1/16
+    # hwnas.zoo.datasets.digits scales the pixels 0..16 by 1/16: 5-bit codes with step 1/16
     # represent every one exactly, so the hardware sees the model's own inputs
     quantizer = InputQuantizer(5, 0.0, 1.0 / 16)
     assert torch.equal(quantizer.dequantize(quantizer.quantize(x_test)), x_test)

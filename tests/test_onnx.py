@@ -1,4 +1,4 @@
-"""Tests for hwnas/onnx.py: export_onnx.
+"""Tests for hwnas/export/onnx.py: export_onnx.
 
 Contract 2 (DESIGN.md): the ONNX file passes onnx.checker, runs in onnxruntime with a
 dynamic batch and matches PyTorch; a non-finite output is a mismatch, never a pass.
@@ -19,7 +19,7 @@ from zoo import build, names
 
 import hwnas
 from hwnas.errors import ExportError
-from hwnas.onnx import export_onnx
+from hwnas.export.onnx import export_onnx
 
 LIGHT = names()
 FRACTIONS = (0.0, 0.5, 0.9)

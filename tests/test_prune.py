@@ -1,4 +1,4 @@
-"""Tests for hwnas/prune.py and hwnas.materialize: physical channel removal.
+"""Tests for hwnas/pruning/prune.py and hwnas.materialize: physical channel removal.
 
 Contract 1 (DESIGN.md): for every zoo model and random gate states, ``materialize(search)``
 in eval mode computes what ``search`` computes in eval mode, and its params/MACs equal
@@ -227,7 +227,7 @@ def test_a_layer_without_a_slicer_is_an_error_not_skipped() -> None:
 
 def test_a_registered_slicer_makes_the_layer_prunable() -> None:
     from hwnas.graph.rules import MODULE_RULES
-    from hwnas.prune import SLICERS
+    from hwnas.pruning import SLICERS
 
     def scale_out(m, keep):
         m.weight = nn.Parameter(m.weight.detach()[keep])

@@ -1,4 +1,4 @@
-"""Tests for hwnas/report.py: layer table, cost summary, CSV/Markdown/HTML report, figures."""
+"""Tests for hwnas/cli/report.py: layer table, cost summary, CSV/Markdown/HTML report, figures."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import hwnas
-from hwnas.models import digits_cnn
-from hwnas.report import check_png_not_blank, cost_summary, layer_table, write_report
+from hwnas.zoo.models import digits_cnn
+from hwnas.cli.report import check_png_not_blank, cost_summary, layer_table, write_report
 from hwnas.search import materialize
 
 FIGURES = ("costs.png", "accuracy.png", "channels.png")

@@ -1,4 +1,4 @@
-"""Tests of hwnas/train.py (and hwnas/phases.py): fit phases, early stopping, modes,
+"""Tests of hwnas/training/fit.py (and hwnas/training/loop.py): fit phases, early stopping, modes,
 non-finite and diverging training, unmet targets, empty data, argument checks."""
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from hwnas.errors import (
     TrainingError,
     UnknownNameError,
 )
-from hwnas.evaluation import metrics
-from hwnas.phases import make_optimizer
-from hwnas.train import (
+from hwnas.training.evaluation import metrics
+from hwnas.training.loop import make_optimizer
+from hwnas.training.fit import (
     EarlyStopping,
     FitConfig,
     TargetsNotMetWarning,
@@ -436,7 +436,7 @@ _RESUME_SCRIPT = textwrap.dedent(
     import sys, torch
     sys.path.insert(0, {tests!r})
     from test_train import _search
-    from hwnas.train import FitConfig, fit
+    from hwnas.training.fit import FitConfig, fit
     torch.set_num_threads(1)
     search, train, val = _search()
     stop = None if sys.argv[2] == "all" else int(sys.argv[2])

@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from hwnas.cost.targets import LutModel, Target, known_targets, load_target
+from hwnas.cost.target import LutModel, Target, known_targets, load_target
 from hwnas.errors import InvalidTypeError, InvalidValueError, UnknownNameError
-from hwnas.registry import Registry
+from hwnas._internal.registry import Registry
 
 if TYPE_CHECKING:
-    from hwnas.ir import LayerInfo
+    from hwnas.graph.ir import LayerInfo
 
 __all__ = [
     "CostFn",

@@ -1,6 +1,6 @@
 """Default cost functions for conv, linear, matmul, attention and normalisation layers.
 
-Conventions (PLiNIO's, batch 1, see cost_models/README.md):
+Conventions (PLiNIO's, batch 1, see hwnas/cost/targets/README.md):
 
 - params(conv) = cout * (cin/groups * prod(kernel) + bias); params(linear) = cout * (cin + bias)
 - ops(conv) = params(conv) * prod(out_spatial) (MACs, one per output for the bias)
@@ -20,10 +20,10 @@ from torch import nn
 
 from hwnas.cost import register
 from hwnas.cost.luts import lut_model  # noqa: F401  (hwnas.search.model reads it here)
-from hwnas.cost.targets import Target
+from hwnas.cost.target import Target
 
 if TYPE_CHECKING:
-    from hwnas.ir import LayerInfo
+    from hwnas.graph.ir import LayerInfo
 
 Alive = dict[str, torch.Tensor]
 

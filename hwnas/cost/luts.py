@@ -1,7 +1,7 @@
 """LUT costs on LUT-based FPGAs: truth tables, comparators, popcounts and MAC layers.
 
 Every formula here is documented, with the measurements behind it, in
-``cost_models/README.md`` and ``cost_models/DIFFLUT.md``. The coefficients come from the
+``hwnas/cost/targets/README.md`` and ``hwnas/cost/targets/DIFFLUT.md``. The coefficients come from the
 target file: ``[luts.calibration]`` is written by ``hwnas calibrate TARGET``, which fits
 them to yosys runs of micro-benchmarks (:mod:`hwnas.hw.calibrate`).
 
@@ -28,11 +28,11 @@ import torch
 from torch import Tensor, nn
 
 from hwnas.cost import register
-from hwnas.cost.targets import LutCalibration, LutModel, Target, known_targets, load_target
+from hwnas.cost.target import LutCalibration, LutModel, Target, known_targets, load_target
 from hwnas.errors import InvalidValueError
 
 if TYPE_CHECKING:
-    from hwnas.ir import LayerInfo
+    from hwnas.graph.ir import LayerInfo
 
 __all__ = [
     "MAC_FEATURES",

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from hwnas import cost
-from hwnas.cost.targets import Target, load_target
+from hwnas.cost.target import Target, load_target
 from hwnas.graph import layers, trace
-from hwnas.ir import LayerInfo
+from hwnas.graph.ir import LayerInfo
 
 __all__ = ["profile", "profile_traced", "metrics_for", "full_alive"]
 

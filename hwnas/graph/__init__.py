@@ -2,9 +2,9 @@
 
 - :mod:`~hwnas.graph.trace`: the tracer (with an injected leaf predicate) and :func:`trace`;
 - :mod:`~hwnas.graph.rules`: one channel rule per op family (layers, elementwise ops) and
-  the dispatch; :mod:`~hwnas.graph.rules_shape` (reshapes, permutes, indexing, cat,
-  split) and :mod:`~hwnas.graph.rules_ops` (functional linear/conv, matmul, einsum,
-  attention, functional norms) hold the rest; :mod:`~hwnas.graph.rulebase` the two rule
+  the dispatch; :mod:`~hwnas.graph.rules.shape` (reshapes, permutes, indexing, cat,
+  split) and :mod:`~hwnas.graph.rules.ops` (functional linear/conv, matmul, einsum,
+  attention, functional norms) hold the rest; :mod:`~hwnas.graph.rules.base` the two rule
   tables and :func:`register_channel_rule`;
 - :mod:`~hwnas.graph.channel_prop`: the interpreter that runs the rules and records ids;
 - :mod:`~hwnas.graph.groups`: channel classes to groups, LayerInfo into ``node.meta``.
@@ -24,8 +24,8 @@ What is pruned where the structure constrains it (each choice keeps the export e
 - parameters read in arithmetic (a layer scale, a position embedding, a class token, a
   functional layer's weight) take the channels they meet and are sliced with them.
 
-The records themselves (:class:`~hwnas.ir.LayerInfo`, :class:`~hwnas.ir.ChannelGroup`,
-:class:`~hwnas.ir.ChannelSlots`) live in :mod:`hwnas.ir`.
+The records themselves (:class:`~hwnas.graph.ir.LayerInfo`, :class:`~hwnas.graph.ir.ChannelGroup`,
+:class:`~hwnas.graph.ir.ChannelSlots`) live in :mod:`hwnas.graph.ir`.
 """
 
 from hwnas.graph.channel_prop import Chan, ChannelProp

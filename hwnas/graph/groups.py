@@ -2,10 +2,10 @@
 
 After :class:`~hwnas.graph.channel_prop.ChannelProp` has run, ids joined by rules form
 channel classes (one class is one channel of the pruned model). Classes created by the same
-producer belong to one :class:`~hwnas.ir.ChannelGroup` (a conv's output channels are one
+producer belong to one :class:`~hwnas.graph.ir.ChannelGroup` (a conv's output channels are one
 group; a residual add joins the groups of its operands). Each class becomes one position
-of its group, and every node gets its :class:`~hwnas.ir.LayerInfo` and
-:class:`~hwnas.ir.ChannelSlots` in ``node.meta``.
+of its group, and every node gets its :class:`~hwnas.graph.ir.LayerInfo` and
+:class:`~hwnas.graph.ir.ChannelSlots` in ``node.meta``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import torch.fx as fx
 
 from hwnas.graph.channel_prop import Chan, ChannelProp, UnionFind
-from hwnas.ir import (
+from hwnas.graph.ir import (
     CHANNELS_KEY,
     LAYER_KEY,
     PARAMS_KEY,

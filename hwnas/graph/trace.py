@@ -20,7 +20,7 @@ from hwnas.errors import InvalidTypeError, ShapeError, TraceError
 from hwnas.graph.channel_prop import ChannelProp
 from hwnas.graph.groups import finalize
 from hwnas.graph.rules import rule_for
-from hwnas.ir import GROUPS_KEY, LAYER_KEY, ChannelGroup, LayerInfo
+from hwnas.graph.ir import GROUPS_KEY, LAYER_KEY, ChannelGroup, LayerInfo
 
 __all__ = ["channel_groups", "layers", "trace"]
 
@@ -94,12 +94,12 @@ def trace(
     leaf_modules: tuple[type | str, ...] = (),
     is_leaf: LeafPredicate | None = None,
 ) -> fx.GraphModule:
-    """Trace ``model`` with torch.fx and annotate every node (see :mod:`hwnas.ir`).
+    """Trace ``model`` with torch.fx and annotate every node (see :mod:`hwnas.graph.ir`).
 
     The model is run once on ``example_inputs`` (in its current train/eval mode, without
     gradients) to record shapes. Channel dimensions that must be pruned together (residual
     adds, concats, splits, depthwise convs, flatten->linear) are joined into
-    :class:`~hwnas.ir.ChannelGroup` s, available with :func:`channel_groups`. Groups that
+    :class:`~hwnas.graph.ir.ChannelGroup` s, available with :func:`channel_groups`. Groups that
     cannot be pruned exactly are frozen with a reason.
 
     Args:

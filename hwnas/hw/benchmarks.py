@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from hwnas.cost.targets import Target
+from hwnas.cost.target import Target
 from hwnas.errors import InvalidValueError
 from hwnas.hw.macs import dot_product_verilog
 from hwnas.hw.synth import synthesize

@@ -33,9 +33,9 @@ from hwnas.cost.luts import (
     node_luts,
     popcount_features,
 )
-from hwnas.cost.targets import LutCalibration, Target, load_target
+from hwnas.cost.target import LutCalibration, Target, load_target
 from hwnas.errors import InvalidValueError
-from hwnas.files import atomic_write, ensure_writable_dir
+from hwnas._internal.files import atomic_write, ensure_writable_dir
 from hwnas.hw.benchmarks import Benchmark, measure
 
 __all__ = ["GRIDS", "Calibration", "calibrate", "fit", "grid", "run_benchmarks"]
@@ -292,7 +292,7 @@ def _copy_source(source: Any, target: Target, out: Path) -> None:
     if isinstance(source, (str, Path)) and str(source).endswith(".toml"):
         text = Path(source).read_text()
     else:
-        text = resources.files("hwnas.cost_models").joinpath(f"{target.name}.toml").read_text()
+        text = resources.files("hwnas.cost").joinpath("targets").joinpath(f"{target.name}.toml").read_text()
     ensure_writable_dir(out.parent)
     with atomic_write(out) as tmp:
         tmp.write_text(text)

@@ -25,9 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from hwnas.cost.luts import quantize_weights
-from hwnas.cost.targets import Target, load_target
+from hwnas.cost.target import Target, load_target
 from hwnas.errors import InvalidTypeError, InvalidValueError
-from hwnas.files import atomic_write, ensure_writable_dir
+from hwnas._internal.files import atomic_write, ensure_writable_dir
 
 __all__ = ["dot_product_verilog", "layer_verilog", "quantize_weights"]
 

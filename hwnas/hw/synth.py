@@ -3,7 +3,7 @@
 :func:`synthesize` runs ``read_verilog; hierarchy -top TOP; <target script> -top TOP;
 stat -json`` in a work folder and sorts ``num_cells_by_type`` of the design into LUTs,
 carry cells, wide-function muxes and flip-flops with the target's ``[synth]`` patterns
-(``cost_models/*.toml``). Place and route (iCE40 targets) wraps the design in a small
+(``hwnas/cost/targets/*.toml``). Place and route (iCE40 targets) wraps the design in a small
 shell: the inputs arrive through a shift register (one pin) and the outputs leave as their
 XOR, registered (one pin), so a design with more ports than the package has pins still
 places, and the path from the input flip-flops through the design to the output
@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from hwnas.cost.targets import Target, load_target
+from hwnas.cost.target import Target, load_target
 from hwnas.errors import InvalidTypeError, InvalidValueError, MissingFileError, ToolError
 from hwnas.hw.tools import Tool, find_nextpnr_ice40, find_yosys, run_tool
 from hwnas.hw.verilog import VerilogModule, export_verilog, muxf_target

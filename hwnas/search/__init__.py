@@ -5,7 +5,7 @@
   the fast cost path and the target projection;
 - :mod:`~hwnas.search.model`: :class:`SearchModel`, :func:`wrap` and :func:`materialize`.
 
-``search`` imports :mod:`hwnas.prune` (the cutting table), never the reverse.
+``search`` imports :mod:`hwnas.pruning` (the cutting table), never the reverse.
 """
 
 from hwnas.search.alive import AliveIndex

@@ -27,10 +27,10 @@ import torch
 import torch.fx as fx
 
 from hwnas import cost as cost_registry
-from hwnas.cost.targets import Target
+from hwnas.cost.target import Target
 from hwnas.errors import HwnasError
-from hwnas.gates import hard_concrete_deterministic
-from hwnas.ir import CHANNELS_KEY, ChannelGroup, ChannelSlots, LayerInfo
+from hwnas.search.gates import hard_concrete_deterministic
+from hwnas.graph.ir import CHANNELS_KEY, ChannelGroup, ChannelSlots, LayerInfo
 
 __all__ = ["AliveIndex", "bilinear_coefficients"]
 

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwnas.errors import InvalidValueError
-from hwnas.ir import LAYER_KEY, PARAMS_KEY, LayerInfo, ParamSlots
+from hwnas.graph.ir import LAYER_KEY, PARAMS_KEY, LayerInfo, ParamSlots
 
 __all__ = ["GATES_INPUT", "KEEP_INPUT", "ChannelMask", "GatedBatchNorm", "MaskedAttention",
            "MaskedNorm", "ParamMask", "WeightMasked", "insert_masks", "strip_masks"]

@@ -1,6 +1,6 @@
 """SearchModel: a traced copy of the user's model with L0 gates on its free channel groups.
 
-The model holds one :class:`~hwnas.gates.HardConcreteGate` whose entries are the gates of
+The model holds one :class:`~hwnas.search.gates.HardConcreteGate` whose entries are the gates of
 all free groups, laid out by an :class:`~hwnas.search.alive.AliveIndex`. A forward draws the
 gate values once (the one sampling path, :meth:`SearchModel.gate_values`) and passes them to
 the graph as its last input; the masks of :mod:`hwnas.search.masks` read them there.
@@ -23,12 +23,12 @@ from torch import nn
 from hwnas import cost as cost_registry
 from hwnas._internal.devices import device_of, to_device
 from hwnas.cost.profile import metrics_for
-from hwnas.cost.targets import Target, load_target
+from hwnas.cost.target import Target, load_target
 from hwnas.errors import InvalidTypeError, InvalidValueError, UnknownNameError
-from hwnas.gates import GateSlice, HardConcreteGate, prob_nonzero
+from hwnas.search.gates import GateSlice, HardConcreteGate, prob_nonzero
 from hwnas.graph import channel_groups, layers, trace
-from hwnas.ir import ChannelGroup, LayerInfo
-from hwnas.prune import prune_graph
+from hwnas.graph.ir import ChannelGroup, LayerInfo
+from hwnas.pruning import prune_graph
 from hwnas.search.alive import AliveIndex
 from hwnas.search.masks import insert_masks, strip_masks
 
@@ -366,7 +366,7 @@ def materialize(search: SearchModel) -> fx.GraphModule:
     are folded into the weights of the layers that read the channels, so the result in
     eval mode computes what ``search`` computes in eval mode. Convs (depthwise included),
     linears, BatchNorm (running statistics kept) and GroupNorm are sliced (see
-    :mod:`hwnas.prune`), and Python constants that depend on channel counts (split sizes,
+    :mod:`hwnas.pruning`), and Python constants that depend on channel counts (split sizes,
     view shapes) are rewritten. A group whose gates are all closed keeps one channel (its
     most likely one), so every layer stays valid; its gate value 0 is folded in, so it
     contributes nothing.

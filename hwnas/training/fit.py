@@ -1,9 +1,9 @@
 """The search loop: warm-up, search, fine-tune; early stopping; checkpoints; history.
 
 :func:`fit` is the entry point; :class:`FitConfig` its settings, :class:`FitResult` what it
-returns. The state of one run and one epoch live in :mod:`hwnas.phases`, checkpoints and
-the resume key in :mod:`hwnas.checkpoint`, evaluation in :mod:`hwnas.evaluation` and the
-torch.distributed helpers in :mod:`hwnas.distributed` (``evaluate``,
+returns. The state of one run and one epoch live in :mod:`hwnas.training.loop`, checkpoints and
+the resume key in :mod:`hwnas.training.checkpoint`, evaluation in :mod:`hwnas.training.evaluation` and the
+torch.distributed helpers in :mod:`hwnas.training.distributed` (``evaluate``,
 ``recalibrate_batchnorm_`` and ``shard_loader`` are re-exported here). DESIGN.md puts all
 of these in ``train.py``; they are split by job so that each module stays small (under
 about 600 lines) and ``FitRun``, the state of one run, under about 300.
@@ -40,17 +40,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwnas._internal.devices import check_device, check_precision, resolve_device
-from hwnas.checkpoint import Checkpoint
-from hwnas.checkpoint import resume_key as make_resume_key
-from hwnas.distributed import is_rank0, rank, shard_loader, world_size
+from hwnas.training.checkpoint import Checkpoint
+from hwnas.training.checkpoint import resume_key as make_resume_key
+from hwnas.training.distributed import is_rank0, rank, shard_loader, world_size
 from hwnas.errors import (
     CheckpointError,
     InvalidTypeError,
     InvalidValueError,
     UnknownNameError,
 )
-from hwnas.evaluation import evaluate, recalibrate_batchnorm_
-from hwnas.phases import FitRun, PhaseSchedule
+from hwnas.training.evaluation import evaluate, recalibrate_batchnorm_
+from hwnas.training.loop import FitRun, PhaseSchedule
 from hwnas.search import SearchModel
 
 __all__ = [

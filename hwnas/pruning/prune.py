@@ -39,7 +39,7 @@ import torch.fx as fx
 from torch import nn
 
 from hwnas.errors import InvalidTypeError
-from hwnas.ir import (
+from hwnas.graph.ir import (
     CHANNELS_KEY,
     GROUPS_KEY,
     LAYER_KEY,
@@ -49,7 +49,7 @@ from hwnas.ir import (
     ParamSlots,
     kept_slots,
 )
-from hwnas.registry import Registry
+from hwnas._internal.registry import Registry
 
 __all__ = ["SLICERS", "prune_graph", "register_slicer", "slice_in", "slice_out"]
 

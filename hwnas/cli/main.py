@@ -1,4 +1,4 @@
-"""The ``hwnas`` command line: argparse and dispatch only (the runs are in :mod:`hwnas.runner`).
+"""The ``hwnas`` command line: argparse and dispatch only (the runs are in :mod:`hwnas.cli.runs`).
 
 Exit codes: 0 success; 1 the search finished but the exported model misses a cost target
 (``--allow-unmet`` makes that 0; the outputs are written either way and the report says
@@ -74,10 +74,10 @@ def _print_summary(summary: Any, allow_unmet: bool) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.lut:
-        from hwnas.hw.commands import cmd_demo_lut
+        from hwnas.cli.hw import cmd_demo_lut
 
         return cmd_demo_lut(args)
-    from hwnas.runner import demo_config, run_search, with_overrides
+    from hwnas.cli.runs import demo_config, run_search, with_overrides
 
     config = with_overrides(demo_config(out=args.out, quick=args.quick), args.device,
                             args.precision)
@@ -91,9 +91,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     import os
     import subprocess
 
-    from hwnas.config import load_config
+    from hwnas.cli.schema import load_config
     from hwnas.errors import InvalidValueError
-    from hwnas.runner import run_search, with_overrides
+    from hwnas.cli.runs import run_search, with_overrides
 
     config = with_overrides(load_config(args.config), args.device, args.precision)
     if args.nproc < 1:
@@ -119,8 +119,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from hwnas.files import atomic_write
-    from hwnas.runner import check_output_file, profile_factory
+    from hwnas._internal.files import atomic_write
+    from hwnas.cli.runs import check_output_file, profile_factory
 
     csv = check_output_file(args.csv, "--csv") if args.csv else None
     df = profile_factory(args.factory, args.input_shape, args.target)
@@ -132,7 +132,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from hwnas.runner import export_search_result
+    from hwnas.cli.runs import export_search_result
 
     result = export_search_result(args.checkpoint, args.onnx)
     print(f"wrote {result.path}: opset {result.opset}, params {result.params:,.0f}, "
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="search your own model from a TOML config",
                        description="Run warm-up, search and fine-tune as described by a TOML "
-                                   "config; see hwnas.config for the schema.")
+                                   "config; see hwnas.cli.schema for the schema.")
     p.add_argument("config", help="path to the TOML config")
     p.add_argument("--fresh", action="store_true",
                    help="start over instead of resuming from OUT/checkpoint.pt")

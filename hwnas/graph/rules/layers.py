@@ -10,8 +10,8 @@ ones (``prop.new_ids``), give them to a parameter (``prop.adopt``) and record a 
 An op without a rule freezes what it reads.
 
 This module holds the layer and elementwise rules and the dispatch;
-:mod:`hwnas.graph.rules_shape` the reshapes, indexing, concatenation and splits;
-:mod:`hwnas.graph.rules_ops` the functional layers (linear, conv, matmul, einsum,
+:mod:`hwnas.graph.rules.shape` the reshapes, indexing, concatenation and splits;
+:mod:`hwnas.graph.rules.ops` the functional layers (linear, conv, matmul, einsum,
 attention) and functional normalisations. Add a rule for your own module or function with
 :func:`register_channel_rule`.
 """
@@ -25,9 +25,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from hwnas.graph import rules_ops, rules_shape  # noqa: F401  (they register their rules)
+from hwnas.graph.rules import shape as rules_shape
 from hwnas.graph.channel_prop import Chan, ChannelProp, Rule, flat_chans
-from hwnas.graph.rulebase import (
+from hwnas.graph.rules.base import (
     FUNCTION_RULES,
     MODULE_RULES,
     arg,

@@ -4,7 +4,7 @@ reductions, concatenation and splits.
 Reshapes and permutes are followed exactly: the ids of the input are laid out over every
 dim of the tensor, the op is applied to that array, and the dims along which the ids still
 vary are the output's channel dims. A reshape that splits the channel dim (heads, a channel
-shuffle) ties the index within a group across groups (:func:`~hwnas.graph.rulebase.tie`),
+shuffle) ties the index within a group across groups (:func:`~hwnas.graph.rules.base.tie`),
 so fixed channel permutations stay prunable.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch.fx as fx
 
 from hwnas.graph.channel_prop import Chan, ChannelProp, _permutation_of, compress
-from hwnas.graph.rulebase import arg, args_of, first, name_of, register_channel_rule, shape_of, tie
+from hwnas.graph.rules.base import arg, args_of, first, name_of, register_channel_rule, shape_of, tie
 
 __all__: list[str] = []
 

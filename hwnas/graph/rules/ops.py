@@ -22,7 +22,7 @@ import torch
 import torch.fx as fx
 
 from hwnas.graph.channel_prop import Chan, ChannelProp
-from hwnas.graph.rulebase import arg, name_of, register_channel_rule, shape_of, tie_groups
+from hwnas.graph.rules.base import arg, name_of, register_channel_rule, shape_of, tie_groups
 
 __all__: list[str] = []
 

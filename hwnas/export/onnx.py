@@ -30,7 +30,7 @@ from hwnas.errors import (
     MissingFileError,
     TraceError,
 )
-from hwnas.files import atomic_write
+from hwnas._internal.files import atomic_write
 
 __all__ = ["ExportResult", "export_onnx", "float32_cpu_copy"]
 

@@ -1,8 +1,8 @@
 """What every channel rule module shares: the two rule tables and small argument helpers.
 
 The rules themselves live in :mod:`hwnas.graph.rules` (layers and elementwise ops),
-:mod:`hwnas.graph.rules_shape` (reshapes, permutes, indexing, concatenation, splits) and
-:mod:`hwnas.graph.rules_ops` (functional layers: linear, conv, matmul, einsum, attention,
+:mod:`hwnas.graph.rules.shape` (reshapes, permutes, indexing, concatenation, splits) and
+:mod:`hwnas.graph.rules.ops` (functional layers: linear, conv, matmul, einsum, attention,
 functional normalisations). :func:`register_channel_rule` adds a rule to the tables.
 """
 
@@ -17,7 +17,7 @@ import torch.fx as fx
 
 from hwnas.errors import InvalidTypeError
 from hwnas.graph.channel_prop import Chan, ChannelProp, Rule
-from hwnas.registry import Registry
+from hwnas._internal.registry import Registry
 
 __all__ = ["FUNCTION_RULES", "MODULE_RULES", "register_channel_rule", "tie"]
 

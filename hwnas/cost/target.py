@@ -1,8 +1,8 @@
 """Hardware targets: frozen dataclasses loaded from TOML files.
 
-The default targets ship inside the wheel as ``hwnas.cost_models`` (the top-level
-``cost_models/`` folder of the repository). A user's own target is a TOML file with the
-same schema, loaded by path; ``cost_models/README.md`` documents the schema and formulas.
+The default targets ship inside the package as data, in ``hwnas/cost/targets/*.toml``. A
+user's own target is a TOML file with the same schema, loaded by path;
+``hwnas/cost/targets/README.md`` documents the schema and formulas.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class LutCalibration:
 
 @dataclass(frozen=True)
 class LutModel:
-    """How LUT counts are estimated on a LUT-based FPGA (see cost_models/README.md)."""
+    """How LUT counts are estimated on a LUT-based FPGA (see hwnas/cost/targets/README.md)."""
 
     table: str = "logicnets"
     mac: str = "multiplier_array"
@@ -265,7 +265,7 @@ def _from_dict(data: dict, source: str) -> Target:
 
 def known_targets() -> list[str]:
     """Names of the targets that ship with hwnas."""
-    folder = resources.files("hwnas.cost_models")
+    folder = resources.files("hwnas.cost").joinpath("targets")
     return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
@@ -274,7 +274,7 @@ def load_target(target: str | Path | Target) -> Target:
 
     Args:
         target: ``"generic"``, ``"xc7-lut6"``, ``"ice40-lut4"``, a path to a ``.toml`` file
-            with the schema in ``cost_models/README.md``, or a :class:`Target`.
+            with the schema in ``hwnas/cost/targets/README.md``, or a :class:`Target`.
 
     Raises:
         KeyError: for an unknown target name (the message lists the known ones).
@@ -305,5 +305,5 @@ def load_target(target: str | Path | Target) -> Target:
     if target not in known:
         raise UnknownNameError(
             f"unknown target {target!r}; known: {', '.join(known)} (or a .toml path)")
-    text = resources.files("hwnas.cost_models").joinpath(f"{target}.toml").read_bytes()
+    text = resources.files("hwnas.cost").joinpath("targets").joinpath(f"{target}.toml").read_bytes()
     return _from_dict(tomllib.loads(text.decode()), f"{target}.toml")

@@ -2,10 +2,10 @@
 
 :func:`layer_table` joins the :func:`hwnas.profile` of the original model and of the
 exported one on the layer name (``materialize`` keeps module paths). :func:`write_report`
-writes the tables, the training history and the figures of :mod:`hwnas.figures` (costs
+writes the tables, the training history and the figures of :mod:`hwnas.cli.figures` (costs
 against targets per epoch with the phases shaded, accuracy, channels kept per layer) into
 one folder, with a ``report.md`` that links the figures and a ``report.html`` that embeds
-them. Every file is written with :func:`hwnas.files.atomic_write`.
+them. Every file is written with :func:`hwnas._internal.files.atomic_write`.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ import numpy as np
 import pandas as pd
 
 from hwnas.errors import InvalidTypeError, InvalidValueError
-from hwnas.figures import (
+from hwnas.cli.figures import (
     accuracy_figure,
     channels_figure,
     check_png_not_blank,
     costs_figure,
     history_costs,
 )
-from hwnas.files import atomic_write, ensure_writable_dir
+from hwnas._internal.files import atomic_write, ensure_writable_dir
 
 __all__ = ["check_png_not_blank", "cost_summary", "layer_table", "write_report"]
 

@@ -24,16 +24,16 @@ import torch.utils.data.distributed
 from torch import nn
 
 from hwnas._internal.devices import autocast, grad_scaler
-from hwnas.checkpoint import (
+from hwnas.training.checkpoint import (
     check_model_state,
     loader_generator_state,
     rng_state,
     set_loader_generator_state,
     set_rng_state,
 )
-from hwnas.distributed import broadcast_buffers, is_distributed, is_rank0
+from hwnas.training.distributed import broadcast_buffers, is_distributed, is_rank0
 from hwnas.errors import HwnasError, InvalidValueError, TrainingError
-from hwnas.evaluation import (
+from hwnas.training.evaluation import (
     correct,
     evaluate,
     metrics,
@@ -46,7 +46,7 @@ from hwnas.regularizers.protocol import Scheduled, Stateful
 from hwnas.search import SearchModel
 
 if TYPE_CHECKING:
-    from hwnas.train import EarlyStopping, FitConfig
+    from hwnas.training.fit import EarlyStopping, FitConfig
 
 __all__ = ["PHASES", "FitRun", "PhaseSchedule", "StepGuard", "make_optimizer"]
 

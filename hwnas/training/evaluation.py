@@ -1,7 +1,7 @@
 """Passes over data without gradients: evaluation and BatchNorm recalibration.
 
 A batch is ``(inputs, targets)`` or ``(x1, ..., xn, targets)``. :func:`evaluate` and
-:func:`recalibrate_batchnorm_` are re-exported by :mod:`hwnas.train`.
+:func:`recalibrate_batchnorm_` are re-exported by :mod:`hwnas.training.fit`.
 """
 
 from __future__ import annotations

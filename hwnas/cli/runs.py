@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from hwnas._internal.devices import describe_device, resolve_device
-from hwnas.config import DEMO_CONFIG, SearchConfig, load_factory, parse_config
+from hwnas.cli.schema import DEMO_CONFIG, SearchConfig, load_factory, parse_config
 from hwnas.cost.profile import profile
-from hwnas.distributed import device_for_rank, init_from_env, is_distributed
+from hwnas.training.distributed import device_for_rank, init_from_env, is_distributed
 from hwnas.errors import (
     ConfigError,
     InvalidTypeError,
@@ -34,12 +34,12 @@ from hwnas.errors import (
     MissingFileError,
     OutputError,
 )
-from hwnas.evaluation import evaluate
-from hwnas.files import atomic_write, ensure_writable_dir, remove_stale_parts
-from hwnas.onnx import ExportResult, export_onnx
-from hwnas.report import write_report
+from hwnas.training.evaluation import evaluate
+from hwnas._internal.files import atomic_write, ensure_writable_dir, remove_stale_parts
+from hwnas.export.onnx import ExportResult, export_onnx
+from hwnas.cli.report import write_report
 from hwnas.search import SearchModel, materialize, wrap
-from hwnas.train import TargetsNotMetWarning, fit, relative_targets, shard_loader
+from hwnas.training.fit import TargetsNotMetWarning, fit, relative_targets, shard_loader
 
 __all__ = ["Loaders", "RunSummary", "build_data", "build_model", "build_search",
            "check_output_file", "demo_config", "export_search_result", "profile_factory",
@@ -151,7 +151,7 @@ def build_search(config: SearchConfig, model: nn.Module) -> tuple[SearchModel, t
 
 
 def run_search(config: SearchConfig, progress: bool = True, resume: bool = True) -> RunSummary:
-    """Run a whole search from a :class:`~hwnas.config.SearchConfig`; write its outputs.
+    """Run a whole search from a :class:`~hwnas.cli.schema.SearchConfig`; write its outputs.
 
     Writes to ``config.output_dir`` (checked for writability before any training):
     ``checkpoint.pt`` (resumable fit state), ``search.pt`` (config + weights, read by

@@ -9,7 +9,7 @@ SearchModel's architecture and weights at the start, the data's size and content
 loss and regularizer, and whatever the caller adds, e.g. the CLI's model and data
 factories). A checkpoint with another key is refused with one line that says what differs.
 
-Files are written with :func:`hwnas.files.atomic_write`: a kill during a save leaves the
+Files are written with :func:`hwnas._internal.files.atomic_write`: a kill during a save leaves the
 previous checkpoint whole, and the temporary ``*.part`` files of a killed save are
 removed the next time the checkpoint is opened.
 
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from hwnas.errors import CheckpointError
-from hwnas.files import atomic_write, remove_stale_parts
+from hwnas._internal.files import atomic_write, remove_stale_parts
 
 if TYPE_CHECKING:
     from hwnas.search import SearchModel
