@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hwnas._internal.files import atomic_write
 from hwnas.cost import load_target
 from hwnas.cost.luts import weight_luts
 from hwnas.cost.profile import profile
@@ -39,7 +40,6 @@ from hwnas.cost.target import Target
 from hwnas.difflut import LUTLayer, lut_network, simplify
 from hwnas.difflut.cost import lut_report
 from hwnas.errors import ToolError
-from hwnas._internal.files import atomic_write
 from hwnas.hw import export_verilog, lut_estimate, synthesize, verify_verilog
 from hwnas.hw.tools import find_nextpnr_ice40, find_simulator, find_yosys
 

@@ -33,13 +33,14 @@ import torch
 import torch.nn.functional as F
 
 import hwnas
-from hwnas.zoo.datasets import digits
-from hwnas.training.evaluation import evaluate, metrics
-from hwnas.zoo.models import digits_cnn, resnet8
-from hwnas.training.loop import StepGuard
 from hwnas.regularizers import DUCCIO
 from hwnas.search import masks
-from hwnas.training.fit import FitConfig, TargetsNotMetWarning, fit
+from hwnas.training.config import FitConfig
+from hwnas.training.evaluation import evaluate, metrics
+from hwnas.training.fit import TargetsNotMetWarning, fit
+from hwnas.training.run import StepGuard
+from hwnas.zoo.datasets import digits
+from hwnas.zoo.models import digits_cnn, resnet8
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -207,7 +208,7 @@ def bench_finite_check(steps, seed=0):
             raise RuntimeError("non-finite loss")
         opts[k].zero_grad(set_to_none=True)
         loss.backward()
-        if check and not math.isfinite(guard.grad_norm(params[k])):
+        if check and not math.isfinite(float(guard.norm(params[k]))):
             raise RuntimeError("non-finite gradient")
         opts[k].step()
         return time.perf_counter() - t0

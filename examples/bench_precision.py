@@ -24,9 +24,9 @@ import torch
 
 import hwnas
 from hwnas._internal.devices import describe_device, resolve_device
-from hwnas.datasets import digits
-from hwnas.evaluation import evaluate
-from hwnas.models import digits_cnn
+from hwnas.training.evaluation import evaluate
+from hwnas.zoo.datasets import digits
+from hwnas.zoo.models import digits_cnn
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -33,6 +33,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
+from hwnas._internal.files import atomic_write
 from hwnas.difflut import (
     GroupSum,
     LUTLayer,
@@ -42,7 +43,6 @@ from hwnas.difflut import (
     functional_sensitivity,
     set_binary_,
 )
-from hwnas._internal.files import atomic_write
 from hwnas.hw import InputQuantizer, export_verilog, lut_estimate, verify_verilog
 
 TARGETS = ("xc7-lut6", "ice40-lut4")

@@ -15,11 +15,13 @@ from pathlib import Path
 import torch
 
 import hwnas
-from hwnas.zoo.datasets import digits
-from hwnas.zoo.models import digits_cnn
 from hwnas.export.onnx import export_onnx
 from hwnas.search import materialize
-from hwnas.training.fit import EarlyStopping, FitConfig, evaluate, fit, relative_targets
+from hwnas.training.config import EarlyStopping, FitConfig
+from hwnas.training.evaluation import evaluate
+from hwnas.training.fit import fit, relative_targets
+from hwnas.zoo.datasets import digits
+from hwnas.zoo.models import digits_cnn
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,10 +17,11 @@ from their modules: the IR records from :mod:`hwnas.graph.ir`, tracing from :mod
 the cost registry from :mod:`hwnas.cost`, the cutting table from :mod:`hwnas.pruning`.
 """
 
-from hwnas import cost, graph, regularizers
-from hwnas.cost import register as register_cost
-from hwnas.cost.profile import profile
-from hwnas.cost.target import Target, known_targets, load_target
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from hwnas.errors import (
     CheckpointError,
     ExportError,
@@ -29,27 +30,42 @@ from hwnas.errors import (
     TraceError,
     TrainingError,
 )
-from hwnas.search.gates import L0, HardConcreteGate
-from hwnas.graph import register_channel_rule
-from hwnas.export.onnx import ExportResult, export_onnx
-from hwnas.pruning import register_slicer
-from hwnas.regularizers import DUCCIO, BaseRegularizer
-from hwnas.search import SearchModel, materialize, wrap
-from hwnas.training.fit import (
-    EarlyStopping,
-    FitConfig,
-    FitResult,
-    TargetsNotMetWarning,
-    fit,
-    relative_targets,
-)
 
 __version__ = "0.2.0"
 
+#: Public name -> (module, attribute) it is loaded from on first use.
+_EXPORTS: dict[str, tuple[str, str]] = {
+    "BaseRegularizer": ("hwnas.regularizers.base", "BaseRegularizer"),
+    "DUCCIO": ("hwnas.regularizers.duccio", "DUCCIO"),
+    "EarlyStopping": ("hwnas.training.config", "EarlyStopping"),
+    "ExportResult": ("hwnas.export.onnx", "ExportResult"),
+    "FitConfig": ("hwnas.training.config", "FitConfig"),
+    "FitResult": ("hwnas.training.fit", "FitResult"),
+    "HardConcreteGate": ("hwnas.search.gates", "HardConcreteGate"),
+    "L0": ("hwnas.search.l0", "L0"),
+    "SearchModel": ("hwnas.search.model", "SearchModel"),
+    "Target": ("hwnas.cost.target", "Target"),
+    "TargetsNotMetWarning": ("hwnas.training.fit", "TargetsNotMetWarning"),
+    "export_onnx": ("hwnas.export.onnx", "export_onnx"),
+    "fit": ("hwnas.training.fit", "fit"),
+    "known_targets": ("hwnas.cost.target", "known_targets"),
+    "load_target": ("hwnas.cost.target", "load_target"),
+    "materialize": ("hwnas.search.materialize", "materialize"),
+    "profile": ("hwnas.cost.profile", "profile"),
+    "register_channel_rule": ("hwnas.graph.rules.base", "register_channel_rule"),
+    "register_cost": ("hwnas.cost", "register"),
+    "register_slicer": ("hwnas.pruning.slicers", "register_slicer"),
+    "relative_targets": ("hwnas.training.fit", "relative_targets"),
+    "wrap": ("hwnas.search.wrap", "wrap"),
+}
+#: Subpackages reachable as attributes (``hwnas.cost``, ``hwnas.difflut``, ...).
+_PACKAGES = ("cli", "cost", "difflut", "export", "graph", "hw", "pruning", "regularizers",
+             "search", "training", "zoo")
+
 __all__ = [
-    "DUCCIO",
     "BaseRegularizer",
     "CheckpointError",
+    "DUCCIO",
     "EarlyStopping",
     "ExportError",
     "ExportResult",
@@ -80,3 +96,38 @@ __all__ = [
     "relative_targets",
     "wrap",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module, attr = _EXPORTS[name]
+        value = getattr(importlib.import_module(module), attr)
+    elif name in _PACKAGES:
+        value = importlib.import_module(f"hwnas.{name}")
+    else:
+        raise AttributeError(f"module 'hwnas' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS, *_PACKAGES})
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads these
+    from hwnas import cost, graph, regularizers
+    from hwnas.cost import register as register_cost
+    from hwnas.cost.profile import profile
+    from hwnas.cost.target import Target, known_targets, load_target
+    from hwnas.export.onnx import ExportResult, export_onnx
+    from hwnas.graph.rules.base import register_channel_rule
+    from hwnas.pruning.slicers import register_slicer
+    from hwnas.regularizers.base import BaseRegularizer
+    from hwnas.regularizers.duccio import DUCCIO
+    from hwnas.search.gates import HardConcreteGate
+    from hwnas.search.l0 import L0
+    from hwnas.search.materialize import materialize
+    from hwnas.search.model import SearchModel
+    from hwnas.search.wrap import wrap
+    from hwnas.training.config import EarlyStopping, FitConfig
+    from hwnas.training.fit import FitResult, TargetsNotMetWarning, fit, relative_targets

@@ -23,6 +23,7 @@ __all__ = [
     "InvalidTypeError",
     "InvalidValueError",
     "MissingFileError",
+    "NotReadyError",
     "OutputError",
     "ShapeError",
     "ToolError",
@@ -82,6 +83,11 @@ class CheckpointError(HwnasError, ValueError):
 
 class TrainingError(HwnasError, RuntimeError):
     """Training produced a non-finite loss or gradient, or diverged."""
+
+
+class NotReadyError(HwnasError, RuntimeError):
+    """An object was asked for something it does not have yet (e.g. DUCCIO's strengths
+    before its first call); the message says what to do first."""
 
 
 class ToolError(HwnasError, RuntimeError):

@@ -12,9 +12,15 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import hwnas
-from hwnas.training.checkpoint import CHECKPOINT_VERSION, Checkpoint, data_fingerprint, model_fingerprint
 from hwnas.errors import CheckpointError
-from hwnas.training.fit import FitConfig, fit
+from hwnas.training.checkpoint import (
+    CHECKPOINT_VERSION,
+    Checkpoint,
+    data_fingerprint,
+    model_fingerprint,
+)
+from hwnas.training.config import FitConfig
+from hwnas.training.fit import fit
 
 
 def _umask() -> int:
@@ -146,3 +152,23 @@ def test_fingerprints_follow_weights_and_data():
     assert fp is not None and (fp["batches"], fp["examples"]) == (4, 64)
     assert fp["content"].startswith("sha256:")
     assert data_fingerprint([(1, 2)]) == {"batches": 1}
+
+
+def test_the_same_search_continues_its_stopped_run(tmp_path):
+    """fit(..., stop_after=2) and then the same call on the same (now trained) search object
+    resumes the run (the docstring's promise), equal to an uninterrupted run."""
+    search, train, val = _search()
+    full = fit(search, train, val, targets={"params": 300.0}, config=_cfg())
+    search, train, val = _search()
+    ckpt = tmp_path / "ckpt.pt"
+    first = fit(search, train, val, targets={"params": 300.0}, config=_cfg(stop_after=2),
+                checkpoint=ckpt)
+    assert not first.finished
+    second = fit(search, train, val, targets={"params": 300.0}, config=_cfg(), checkpoint=ckpt)
+    assert second.resumed_from == 2 and second.finished
+    assert second.history["loss"].tolist() == full.history["loss"].tolist()
+    # a new run on that trained object with a fresh file starts from its weights now
+    other = tmp_path / "other.pt"
+    fit(search, train, val, targets={"params": 300.0}, config=_cfg(stop_after=1),
+        checkpoint=other)
+    assert search.run_origins[str(other.resolve())] != search.run_origins[str(ckpt.resolve())]

@@ -18,7 +18,7 @@ from hwnas.cli.schema import (
     parse_config,
 )
 from hwnas.errors import ConfigError, HwnasError, MissingFileError
-from hwnas.training.fit import EarlyStopping, FitConfig
+from hwnas.training.config import EarlyStopping, FitConfig
 
 MINIMAL = """
 [model]
@@ -166,7 +166,8 @@ def test_bad_toml_syntax() -> None:
 
 
 @pytest.mark.parametrize(("line", "message"), [
-    ("leaf_modules = 3", r"\[model\] `leaf_modules` must be a list of class names, but got 3"),
+    ("leaf_modules = 3",
+     r"\[model\] `leaf_modules` must be a list of class names or module paths, but got 3"),
     ("kwargs = 3", r"\[model\] `kwargs` must be a table, but got 3"),
 ])
 def test_bad_model_values_are_named(line: str, message: str) -> None:
@@ -214,7 +215,8 @@ def test_load_factory_module() -> None:
     ("nocolon", r"a factory must be 'module:function', but got 'nocolon'"),
     ("a:b:c", r"a factory must be 'module:function', but got 'a:b:c'"),
     ("hwnas_no_such_module:fn", r"cannot import module 'hwnas_no_such_module' of factory"),
-    ("hwnas.zoo.models:no_such_model", r"module 'hwnas.zoo.models' has no attribute 'no_such_model'"),
+    ("hwnas.zoo.models:no_such_model",
+     r"module 'hwnas.zoo.models' has no attribute 'no_such_model'"),
 ])
 def test_load_factory_errors(spec: str, message: str) -> None:
     with pytest.raises(HwnasError, match=message):
@@ -274,3 +276,48 @@ def test_to_dict_round_trip(tmp_path: Path) -> None:
     again = SearchConfig.from_dict(cfg.to_dict())
     assert again == SearchConfig(cfg.model, cfg.data, cfg.search, cfg.output, tmp_path.resolve())
     assert again.resume_key() == cfg.resume_key()
+
+
+LEAF_MODELS = """
+from torch import nn
+
+class Block(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x).relu()
+
+def net():
+    return nn.Sequential(Block(1, 8), Block(8, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 10))
+"""
+
+
+def test_leaf_modules_take_class_names_and_module_paths(tmp_path: Path) -> None:
+    """`[model] leaf_modules` is documented as class names: a class name keeps every module
+    of that class opaque (it was silently ignored when read as a module path); module paths
+    work too."""
+    from hwnas.cli.runs import build_model, build_search
+
+    (tmp_path / "models.py").write_text(LEAF_MODELS)
+    text = MINIMAL.replace('"hwnas.zoo.models:digits_cnn"', '"models.py:net"')
+
+    def leaves(entries: str) -> set[str]:
+        config = parse_config(text.replace("input_shape = [1, 1, 8, 8]",
+                                           f"input_shape = [1, 1, 8, 8]\nleaf_modules = {entries}"),
+                              base_dir=tmp_path)
+        search, _ = build_search(config, build_model(config))
+        return {str(n.target) for n in search.gm.graph.nodes if n.op == "call_module"}
+
+    assert {"0", "1"} <= leaves('["Block"]')
+    assert "0" not in leaves("[]") and "0.conv" in leaves("[]")
+    assert "1" in leaves('["1"]') and "0" not in leaves('["1"]')
+    config = parse_config(text.replace("input_shape = [1, 1, 8, 8]",
+                                       'input_shape = [1, 1, 8, 8]\nleaf_modules = ["block"]'),
+                          base_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"\[model\] leaf_modules: 'block' is neither the "
+                                          r"class of a module of the model nor a module path; "
+                                          r"classes: .*Block"):
+        build_search(config, build_model(config))

@@ -24,8 +24,8 @@ from zoo import build
 
 import hwnas
 from hwnas._internal.devices import autocast, resolve_device
-from hwnas.training.distributed import device_for_rank
 from hwnas.errors import ExportError, InvalidValueError
+from hwnas.training.distributed import device_for_rank
 
 # models with every kind of mask: weight masks, BatchNorm folds, channel masks on
 # activations, parameter masks, masked LayerNorm / GroupNorm, attention

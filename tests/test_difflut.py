@@ -33,7 +33,7 @@ from hwnas.difflut import (
     table_luts,
     used_nodes,
 )
-from hwnas.ir import LayerInfo
+from hwnas.graph.ir import LayerInfo
 from hwnas.regularizers import registry
 
 

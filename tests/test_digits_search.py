@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 
 import hwnas
+from hwnas.training.config import FitConfig
+from hwnas.training.evaluation import evaluate
+from hwnas.training.fit import fit, relative_targets
 from hwnas.zoo.datasets import digits
 from hwnas.zoo.models import digits_cnn
-from hwnas.training.fit import FitConfig, evaluate, fit, relative_targets
 
 
 def test_digits_duccio_search_meets_targets_and_keeps_accuracy():

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from hwnas.training.fit import FitConfig
+from hwnas.training.config import FitConfig
 
 
 def _run(rank: int, world: int, init: str, out: str) -> None:
@@ -18,9 +18,10 @@ def _run(rank: int, world: int, init: str, out: str) -> None:
     if world > 1:
         dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     import hwnas
+    from hwnas.training.distributed import shard_loader
+    from hwnas.training.fit import fit, relative_targets
     from hwnas.zoo.datasets import digits
     from hwnas.zoo.models import digits_cnn
-    from hwnas.training.fit import fit, relative_targets, shard_loader
 
     torch.manual_seed(0)
     data = digits(batch_size=64)

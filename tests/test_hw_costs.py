@@ -40,6 +40,7 @@ from hwnas.hw.calibrate import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+TARGETS = ROOT / "hwnas" / "cost" / "targets"
 
 
 def _bdd_brute(bits: list[int], top: int) -> set:
@@ -179,7 +180,7 @@ def test_shipped_coefficients_are_the_fit_of_the_shipped_measurements():
     """`hwnas calibrate` wrote them; refitting the committed yosys runs gives them back."""
     for name in ("xc7-lut6", "ice40-lut4"):
         target = load_target(name)
-        records = json.loads((ROOT / "cost_models" / "calibration" / f"{name}.json").read_text())
+        records = json.loads((TARGETS / "calibration" / f"{name}.json").read_text())
         cal = fit(records, target)
         shipped = target.luts.calibration
         for key in ("mac", "table", "table_random", "comparator", "popcount"):
@@ -199,9 +200,9 @@ def test_held_out_shapes_share_nothing_with_the_fitted_grid():
 
 def test_calibration_block_round_trip(tmp_path):
     path = tmp_path / "mine.toml"
-    shutil.copyfile(ROOT / "cost_models" / "xc7-lut6.toml", path)
+    shutil.copyfile(TARGETS / "xc7-lut6.toml", path)
     target = load_target(path)
-    records = json.loads((ROOT / "cost_models" / "calibration" / "xc7-lut6.json").read_text())
+    records = json.loads((TARGETS / "calibration" / "xc7-lut6.json").read_text())
     cal = fit(records, target)
     cal.values["mac"] = [2 * c for c in cal.values["mac"]]
     write_calibration(path, calibration_block(cal, target, "yosys X", "hwnas calibrate mine"))
@@ -220,7 +221,7 @@ def test_calibration_block_round_trip(tmp_path):
     ("colour = 1", r"unknown key\(s\) \['colour'\] in \[luts.calibration\]"),
 ])
 def test_bad_calibration_tables(tmp_path, edit, message):
-    text = (ROOT / "cost_models" / "xc7-lut6.toml").read_text()
+    text = (TARGETS / "xc7-lut6.toml").read_text()
     key = edit.split(" = ")[0]
     lines = [line for line in text.splitlines() if not line.startswith(f"{key} = ")]
     at = lines.index("[luts.calibration]") + 1

@@ -12,11 +12,11 @@ import torch
 from helpers import small_lut_network
 from torch import nn
 
-from hwnas.zoo.datasets import digits
 from hwnas.difflut import GroupSum, LUTLayer, ThermometerEncoder, binary_inference_module
 from hwnas.errors import ExportError, ToolError
 from hwnas.hw import InputQuantizer, export_verilog, verify_verilog
 from hwnas.hw.tools import find_simulator
+from hwnas.zoo.datasets import digits
 
 pytestmark = pytest.mark.slow
 

@@ -209,7 +209,7 @@ def _scale_net() -> tuple[nn.Module, torch.Tensor]:
 
 
 def test_a_layer_without_a_slicer_is_an_error_not_skipped() -> None:
-    from hwnas.graph.rules import MODULE_RULES
+    from hwnas.graph.rules.base import MODULE_RULES
 
     saved = MODULE_RULES.copy()
     try:
@@ -226,7 +226,7 @@ def test_a_layer_without_a_slicer_is_an_error_not_skipped() -> None:
 
 
 def test_a_registered_slicer_makes_the_layer_prunable() -> None:
-    from hwnas.graph.rules import MODULE_RULES
+    from hwnas.graph.rules.base import MODULE_RULES
     from hwnas.pruning import SLICERS
 
     def scale_out(m, keep):

@@ -51,6 +51,26 @@ def test_registry_names_and_lookup():
     assert regularizers.get("l0") is regularizers.l0_penalty
 
 
+def test_registry_is_complete_without_importing_difflut():
+    """The built-in names are there whatever was imported before (a fresh interpreter that
+    imports only hwnas.regularizers finds DiffLUT's regularizers)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from hwnas import regularizers; "
+            "print('hwnas.difflut' in sys.modules, regularizers.get('functional').__name__, "
+            "'functional_exact' in regularizers.names())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "functional_sensitivity", "True"]
+
+
+def test_registry_refuses_a_name_taken_by_another():
+    with pytest.raises(ValueError, match="regularizer name 'duccio' is already registered"):
+        regularizers.register("duccio")(lambda model, epoch=None, n_epochs=None: 0.0)
+    assert regularizers.get("duccio") is DUCCIO
+
+
 def test_registry_miss_lists_known_names():
     with pytest.raises(KeyError, match=r"unknown regularizer 'nope'; known: .*duccio"):
         regularizers.get("nope")

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import hwnas
-from hwnas.zoo.models import digits_cnn
 from hwnas.cli.report import check_png_not_blank, cost_summary, layer_table, write_report
 from hwnas.search import materialize
+from hwnas.zoo.models import digits_cnn
 
 FIGURES = ("costs.png", "accuracy.png", "channels.png")
 CHROMIUM = Path("/usr/bin/chromium")

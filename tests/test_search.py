@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import hwnas
-from hwnas.search import ChannelMask, GatedBatchNorm, SearchModel, WeightMasked, masks
+from hwnas.search import ChannelMask, GatedBatchNorm, SearchModel, WeightMasked, surgery
 
 try:  # tests/ as a plain directory on sys.path (pytest rootdir "prepend" import mode)
     from zoo import build, names
@@ -200,7 +200,7 @@ def test_per_batch_masks_are_shared() -> None:
 
 @pytest.mark.parametrize("name", LIGHT)
 def test_costs_at_init_match_profile(name: str) -> None:
-    search, model, x = _wrap(name)
+    search, model, x = _wrap(name, costs=METRICS)
     total = hwnas.profile(model, x).iloc[-1]
     costs = search.costs()
     assert sorted(costs) == METRICS
@@ -264,7 +264,8 @@ def test_summary_by_layer_and_group() -> None:
     assert rows.loc["fc", "frozen"] == "model output"
     assert rows.loc["features.0", "frozen"] == ""
     costs = search.costs()
-    for metric in METRICS:
+    assert sorted(costs) == ["ops", "params"]  # the costs wrap asked for
+    for metric in costs:
         assert layer[metric].sum() == costs[metric]
     group = search.summary(by="group")
     assert list(group.columns) == ["group", "channels", "kept", "producers", "frozen"]
@@ -314,7 +315,7 @@ def test_bad_input_errors() -> None:
             hwnas.wrap(model, x, droprate_init=bad)
     with pytest.raises(ValueError, match="no LUT model; use one of .*ice40-lut4.*xc7-lut6"):
         hwnas.wrap(model, x, costs=("params", "luts"))
-    with pytest.raises(ValueError, match="no LUT model; use one of"):
+    with pytest.raises(KeyError, match="cost 'luts' was not asked for"):
         search.cost("luts")
     with pytest.raises(TypeError, match="`model` must be an nn.Module, but got function"):
         hwnas.wrap(lambda t: t, x)  # type: ignore[arg-type]
@@ -374,7 +375,7 @@ def test_cost_follows_a_changed_target(clean_registry) -> None:
 
     net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     search = hwnas.wrap(net, torch.randn(1, 4), costs=("bit_params",))
-    assert search.cost("bit_params").item() == pytest.approx(
+    assert search.cost("bit_params", "expected").item() == pytest.approx(
         float(search.layer_costs("expected")["bit_params"].sum()))
     assert search.costs()["bit_params"] == (4 * 8 + 8 * 2) * 32
     search.target = replace(search.target, weight_bits=4)
@@ -528,7 +529,7 @@ def test_training_steps_with_sampled_gates(name: str) -> None:
 def _masks_only(monkeypatch, name: str) -> SearchModel:
     """The zoo model wrapped with the plain masks everywhere (no gate folded into a norm)."""
     with monkeypatch.context() as m:
-        m.setattr(masks._Surgery, "_fold_into_norm", lambda self, node, info: False)
+        m.setattr(surgery._Surgery, "_fold_into_norm", lambda self, node, info: False)
         return _wrap(name)[0]
 
 
@@ -635,3 +636,33 @@ def test_gated_batchnorm_keeps_a_replaced_norms_own_forward() -> None:
     z = torch.tensor([1.0, 0.0, 0.5, 1.0])
     expected = bn(x) * torch.tensor([1.0, 0.0, 0.5]).reshape(1, 3, 1, 1)
     assert torch.allclose(gated(x, z), expected)
+
+
+# ------------------------------------------------------------------ the costs wrap asked for
+def test_a_search_answers_only_the_costs_wrap_asked_for() -> None:
+    model, x = build("digits_cnn")
+    search = hwnas.wrap(model, x, costs=("params",), target="xc7-lut6")
+    assert list(search.costs()) == ["params"] and list(search.reference_costs()) == ["params"]
+    message = (r"cost 'ops' was not asked for: this search was wrapped with costs=\('params'\); "
+               r"wrap with costs=\('params', 'ops'\) to use it")
+    with pytest.raises(hwnas.HwnasError, match=message):
+        search.cost("ops")
+    with pytest.raises(KeyError, match=message):
+        hwnas.relative_targets(search, {"ops": 0.5})
+    with pytest.raises(KeyError, match="cost 'luts' was not asked for"):
+        search.costs_of(["params", "luts"])
+    with pytest.raises(KeyError, match="unknown cost 'lut'; known: "):
+        search.cost("lut")
+
+
+def test_defaults_agree_across_the_api() -> None:
+    import inspect
+
+    from hwnas.search.l0 import L0, L0Mask
+
+    model, x = build("digits_cnn")
+    search = hwnas.wrap(model, x)
+    assert search.cost_mode == hwnas.FitConfig().cost_mode == "straight_through"
+    wrap_default = inspect.signature(hwnas.wrap).parameters["droprate_init"].default
+    for cls in (hwnas.HardConcreteGate, L0Mask, L0):
+        assert inspect.signature(cls).parameters["droprate_init"].default == wrap_default

@@ -24,15 +24,10 @@ from hwnas.errors import (
     TrainingError,
     UnknownNameError,
 )
+from hwnas.training.config import EarlyStopping, FitConfig
 from hwnas.training.evaluation import metrics
-from hwnas.training.loop import make_optimizer
-from hwnas.training.fit import (
-    EarlyStopping,
-    FitConfig,
-    TargetsNotMetWarning,
-    fit,
-    relative_targets,
-)
+from hwnas.training.fit import TargetsNotMetWarning, fit, relative_targets
+from hwnas.training.run import make_optimizer
 
 
 def _data(seed: int = 0, nan: bool = False):
@@ -132,16 +127,20 @@ def test_early_stopping_in_finetune_stops_phase():
 def test_early_stopping_on_a_missing_column_is_named():
     search, train, val = _search()
     cfg = _cfg(early_stopping=EarlyStopping(monitor="val_f1"))
-    with pytest.raises(InvalidValueError, match="early stopping monitors 'val_f1', but the "
-                                                "history has no such column"):
+    epochs = []
+    cfg = _cfg(early_stopping=EarlyStopping(monitor="val_f1"),
+               on_epoch_end=lambda row, s: epochs.append(row))
+    with pytest.raises(InvalidValueError, match="early stopping cannot monitor 'val_f1'; it can "
+                                                "monitor 'val_loss', 'val_accuracy'"):
         fit(search, train, val, targets={"params": 300.0}, config=cfg)
+    assert epochs == []  # before any training
 
 
 def test_bad_input():
     search, train, val = _search()
     with pytest.raises(ValueError, match="needs `targets` or a `regularizer`"):
         fit(search, train, config=FitConfig(progress=False))
-    with pytest.raises(KeyError, match="unknown cost 'luts'; known: params, ops"):
+    with pytest.raises(KeyError, match="cost 'luts' was not asked for"):
         fit(search, train, targets={"luts": 10.0})
     with pytest.raises(ValueError, match="target for 'params' must be a finite number > 0, "
                                          "but got 0"):
@@ -166,7 +165,8 @@ def test_bad_input():
     ({"lr": "1e-3"}, InvalidTypeError, "`lr` must be a number, but got '1e-3'"),
     ({"warmup_epochs": 2.0}, InvalidTypeError, "`warmup_epochs` must be an integer >= 0, "
                                                "but got 2.0"),
-    ({"progress": "no"}, InvalidTypeError, "`progress` must be True or False, but got 'no'"),
+    ({"progress": "no"}, InvalidTypeError,
+     "`progress` must be True, False or 'lines', but got 'no'"),
     ({"divergence_factor": 0.5}, InvalidValueError,
      "`divergence_factor` must be a finite number > 1, but got 0.5"),
     ({"early_stopping": 3}, InvalidTypeError, "`early_stopping` must be an EarlyStopping"),
@@ -196,10 +196,10 @@ def test_wrapping_a_search_model_says_so():
 def test_fit_leaves_modes_as_it_found_them(training):
     search, train, val = _search()
     search.train(training)
-    assert search.cost_mode == "expected"
+    search.cost_mode = "deterministic"
     fit(search, train, val, targets={"params": 300.0}, config=_cfg(cost_mode="straight_through"))
     assert search.training is training
-    assert search.cost_mode == "expected"
+    assert search.cost_mode == "deterministic"
     assert all(p.requires_grad for p in search.arch_parameters())
 
 
@@ -219,6 +219,7 @@ def test_warmup_only_fit_leaves_the_gates_on():
 
 def test_modes_are_restored_when_fit_raises():
     search, train, val = _search()
+    search.cost_mode = "expected"
     with pytest.raises(TrainingError):
         fit(search, train, val, targets={"params": 300.0}, config=_cfg(lr=1e6))
     assert search.training and search.cost_mode == "expected"
@@ -473,3 +474,27 @@ def test_resume_in_fresh_process_matches_uninterrupted(tmp_path):
     for key, value in whole["model"].items():
         torch.testing.assert_close(second["model"][key], value, atol=1e-6, rtol=0)
     assert second["history"]["loss"] == pytest.approx(whole["history"]["loss"], abs=1e-6)
+
+
+def test_early_stopping_on_accuracy_with_a_regression_loss_fails_before_training():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1))
+    x = torch.randn(64, 6)
+    data = [(x[i:i + 16], x[i:i + 16, :1] * 2) for i in range(0, 64, 16)]
+    search = hwnas.wrap(net, x[:1])
+    epochs = []
+    cfg = _cfg(early_stopping=EarlyStopping(patience=2),
+               on_epoch_end=lambda row, s: epochs.append(row["epoch"]))
+    with pytest.raises(ValueError, match=r"early stopping monitors 'val_accuracy', but the "
+                                         r"validation targets are not class indices \(targets "
+                                         r"\(16, 1\), outputs \(16, 1\)\): use "
+                                         r"EarlyStopping\(monitor='val_loss'\)"):
+        fit(search, data, data, loss_fn=nn.functional.mse_loss, targets={"params": 100.0},
+            config=cfg)
+    assert epochs == []
+    with pytest.raises(ValueError, match="early stopping cannot monitor 'val_acc'; it can"):
+        fit(search, data, data, targets={"params": 100.0},
+            config=_cfg(early_stopping=EarlyStopping(monitor="val_acc")))
+    out = fit(search, data, data, loss_fn=nn.functional.mse_loss, targets={"params": 100.0},
+              config=_cfg(early_stopping=EarlyStopping(patience=2, monitor="val_loss")))
+    assert out.finished

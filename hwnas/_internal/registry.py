@@ -5,6 +5,11 @@ hierarchy (``__mro__``), so a subclass of ``nn.Conv2d`` finds what is registered
 ``nn.Conv2d``; any other key (a function, a name) is looked up exactly. A miss raises
 :class:`~hwnas.errors.UnknownNameError` naming what is registered and how to add to it.
 
+A registry is complete without import-order effects: ``providers`` names the modules
+that register its built-in entries, and every read imports them first (once), so
+``regularizers.get("functional")`` finds the DiffLUT regularizer whether or not
+:mod:`hwnas.difflut` was imported before.
+
 Example:
     >>> from torch import nn
     >>> reg = Registry("slicer", hint="hwnas.register_slicer")
@@ -20,11 +25,12 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import itertools
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-from hwnas.errors import UnknownNameError
+from hwnas.errors import InvalidValueError, UnknownNameError
 
 __all__ = ["Registry", "key_name"]
 
@@ -49,27 +55,45 @@ class Registry(Generic[V]):
         hint: How a user adds an entry, for messages (e.g. ``"hwnas.register_slicer"``).
     """
 
-    def __init__(self, what: str, hint: str = "") -> None:
+    def __init__(self, what: str, hint: str = "", providers: tuple[str, ...] = (),
+                 unique: bool = False) -> None:
         self.what = what
         self.hint = hint
+        #: Modules that register the built-in entries, imported before the first read.
+        self.providers = providers
+        #: Refuse to register a key again with another value (names must stay unambiguous).
+        self.unique = unique
+        self._loaded = not providers
         self._table: dict[object, V] = {}
         #: Changes on every change (never to an earlier value), so caches of looked-up
         #: values can be keyed on it.
         self.version = next(_CLOCK)
 
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True  # first: a provider's own registrations read the registry
+            for module in self.providers:
+                importlib.import_module(module)
+
     def register(self, key: object, value: V) -> None:
-        """Register ``value`` under ``key`` (replacing an earlier value)."""
+        """Register ``value`` under ``key`` (replacing an earlier value, unless the
+        registry is ``unique``: then another value under a known key is an error)."""
+        if self.unique and key in self._table and self._table[key] is not value:
+            raise InvalidValueError(f"{self.what} name {key_name(key)!r} is already "
+                                    f"registered to {self._table[key]!r}")
         self._table[key] = value
         self.version = next(_CLOCK)
 
     def copy(self) -> Registry[V]:
         """An independent copy (with a new version), e.g. to restore after a test."""
-        other: Registry[V] = Registry(self.what, self.hint)
+        self._load()
+        other: Registry[V] = Registry(self.what, self.hint, unique=self.unique)
         other._table = dict(self._table)
         return other
 
     def lookup(self, key: object) -> V | None:
         """The value for ``key``: along the MRO for a class, exact otherwise; None on a miss."""
+        self._load()
         if isinstance(key, type):
             for cls in key.__mro__:
                 if cls in self._table:
@@ -90,13 +114,16 @@ class Registry(Generic[V]):
 
     def names(self) -> list[str]:
         """Sorted names of the registered keys."""
+        self._load()
         return sorted(key_name(k) for k in self._table)
 
     def __contains__(self, key: object) -> bool:
         return self.lookup(key) is not None
 
     def __iter__(self) -> Iterator[object]:
-        return iter(self._table)
+        self._load()
+        return iter(list(self._table))
 
     def __len__(self) -> int:
+        self._load()
         return len(self._table)

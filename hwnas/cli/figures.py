@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from hwnas._internal.files import atomic_write
+from hwnas.errors import InvalidValueError, MissingFileError
 
 __all__ = ["accuracy_figure", "channels_figure", "check_png_not_blank", "costs_figure",
            "history_costs"]
@@ -175,8 +176,8 @@ def check_png_not_blank(path: str | Path, min_std: float = 1e-3) -> None:
         min_std: Smallest standard deviation of the pixel values accepted.
 
     Raises:
-        FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the image is empty or (almost) a single colour.
+        MissingFileError: If ``path`` does not exist.
+        InvalidValueError: If the image is empty or (almost) a single colour.
 
     Example:
         >>> import tempfile, numpy as np, matplotlib.image
@@ -186,16 +187,16 @@ def check_png_not_blank(path: str | Path, min_std: float = 1e-3) -> None:
         >>> check_png_not_blank(png)
         Traceback (most recent call last):
         ...
-        ValueError: ... is blank: ...
+        hwnas.errors.InvalidValueError: ... is blank: ...
     """
     import matplotlib.image
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no PNG at {path}")
+        raise MissingFileError(f"no PNG at {path}")
     image = np.asarray(matplotlib.image.imread(path), dtype=np.float64)
     if image.size == 0:
-        raise ValueError(f"{path} is blank: the image has no pixels")
+        raise InvalidValueError(f"{path} is blank: the image has no pixels")
     if image.dtype.kind in "ui" or image.max() > 1.0:
         image = image / 255.0
     if image.ndim == 3 and image.shape[-1] == 4:
@@ -203,7 +204,7 @@ def check_png_not_blank(path: str | Path, min_std: float = 1e-3) -> None:
         image = image[..., :3] * alpha + (1.0 - alpha)
     std = float(image.std())
     if std < min_std:
-        raise ValueError(
+        raise InvalidValueError(
             f"{path} is blank: pixel standard deviation {std:.2e} < {min_std:.2e} "
             f"({image.shape[1]}x{image.shape[0]} pixels of about one colour)"
         )

@@ -74,7 +74,7 @@ def _print_summary(summary: Any, allow_unmet: bool) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.lut:
-        from hwnas.cli.hw import cmd_demo_lut
+        from hwnas.cli.lut_demo import cmd_demo_lut
 
         return cmd_demo_lut(args)
     from hwnas.cli.runs import demo_config, run_search, with_overrides
@@ -91,9 +91,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     import os
     import subprocess
 
+    from hwnas.cli.runs import run_search, with_overrides
     from hwnas.cli.schema import load_config
     from hwnas.errors import InvalidValueError
-    from hwnas.cli.runs import run_search, with_overrides
 
     config = with_overrides(load_config(args.config), args.device, args.precision)
     if args.nproc < 1:
@@ -159,7 +159,7 @@ def _add_device_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser: one ``sub.add_parser(...)`` block per command."""
+    """The parser: one small function per command adds its sub-parser."""
     parser = argparse.ArgumentParser(
         prog="hwnas",
         description="Hardware-aware channel search for PyTorch: wrap, set cost targets "
@@ -171,13 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_demo, _add_search, _add_profile, _add_export, _add_targets, _add_hw):
+        add(sub)
+    for command in sub.choices.values():  # `hwnas CMD ... --debug` works for every command
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the full traceback of an error")
+    return parser
 
+
+def _add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the built-in digits search end to end (no download)",
-                       description="Search the digits CNN to 50%% params and 50%% MACs with "
+                       description="Search the digits CNN to 50% params and 50% MACs with "
                                    "DUCCIO, export ONNX and write a report.")
     p.add_argument("--out", default=None, help="report folder (default reports/demo)")
     p.add_argument("--quick", action="store_true", help="a few epochs only (smoke test)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (one line per epoch and per step stays)")
     p.add_argument("--allow-unmet", action="store_true",
                    help="exit 0 even when a cost target is not met")
     p.add_argument("--lut", action="store_true",
@@ -187,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_arguments(p)
     p.set_defaults(func=_cmd_demo)
 
+
+def _add_search(sub: Any) -> None:
     p = sub.add_parser("search", help="search your own model from a TOML config",
                        description="Run warm-up, search and fine-tune as described by a TOML "
                                    "config; see hwnas.cli.schema for the schema.")
@@ -196,12 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1,
                    help="processes on this machine (DistributedDataParallel via torchrun; "
                         "gloo on CPU, NCCL on GPU)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (one line per epoch and per step stays)")
     p.add_argument("--allow-unmet", action="store_true",
                    help="exit 0 even when a cost target is not met")
     _add_device_arguments(p)
     p.set_defaults(func=_cmd_search)
 
+
+def _add_profile(sub: Any) -> None:
     p = sub.add_parser("profile", help="per-layer params / MACs / LUTs of a model",
                        description="Trace a model and print one row per layer with its costs.")
     p.add_argument("factory", help="MODULE:FUNCTION or FILE.py:FUNCTION returning the model")
@@ -210,16 +224,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None, help="also write the table to this CSV file")
     p.set_defaults(func=_cmd_profile)
 
+
+def _add_export(sub: Any) -> None:
     p = sub.add_parser("export", help="export a search result to verified ONNX",
                        description="Rebuild the pruned model from search.pt and export ONNX.")
     p.add_argument("checkpoint", help="search.pt written by `hwnas search` / `hwnas demo`")
     p.add_argument("--onnx", required=True, help="destination .onnx file")
     p.set_defaults(func=_cmd_export)
 
+
+def _add_targets(sub: Any) -> None:
     p = sub.add_parser("targets", help="list the shipped hardware targets")
     p.set_defaults(func=_cmd_targets)
 
-    from hwnas.hw import commands as hw
+
+def _add_hw(sub: Any) -> None:
+    from hwnas.cli import hw
 
     p = sub.add_parser("synth", help="synthesize Verilog or a LUT network with yosys",
                        description="Run yosys with the target's script and print the LUTs, "
@@ -227,17 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and routes on the target's iCE40 part.")
     hw.add_synth_arguments(p)
     p.set_defaults(func=hw.cmd_synth)
-
     p = sub.add_parser("calibrate", help="fit a target's LUT costs to yosys runs",
                        description="Synthesize the micro-benchmarks (one at a time), fit the "
                                    "LUT cost models and write them into a target file.")
     hw.add_calibrate_arguments(p)
     p.set_defaults(func=hw.cmd_calibrate)
-
-    for command in sub.choices.values():  # `hwnas CMD ... --debug` works for every command
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                             help="show the full traceback of an error")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

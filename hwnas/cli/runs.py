@@ -24,9 +24,10 @@ import torch
 from torch import nn
 
 from hwnas._internal.devices import describe_device, resolve_device
+from hwnas._internal.files import atomic_write, ensure_writable_dir, remove_stale_parts
+from hwnas.cli.report import write_report
 from hwnas.cli.schema import DEMO_CONFIG, SearchConfig, load_factory, parse_config
 from hwnas.cost.profile import profile
-from hwnas.training.distributed import device_for_rank, init_from_env, is_distributed
 from hwnas.errors import (
     ConfigError,
     InvalidTypeError,
@@ -34,15 +35,15 @@ from hwnas.errors import (
     MissingFileError,
     OutputError,
 )
-from hwnas.training.evaluation import evaluate
-from hwnas._internal.files import atomic_write, ensure_writable_dir, remove_stale_parts
 from hwnas.export.onnx import ExportResult, export_onnx
-from hwnas.cli.report import write_report
 from hwnas.search import SearchModel, materialize, wrap
-from hwnas.training.fit import TargetsNotMetWarning, fit, relative_targets, shard_loader
+from hwnas.training.distributed import device_for_rank, init_from_env, is_distributed, shard_loader
+from hwnas.training.evaluation import evaluate
+from hwnas.training.fit import TargetsNotMetWarning, fit, relative_targets
 
 __all__ = ["Loaders", "RunSummary", "build_data", "build_model", "build_search",
-           "check_output_file", "demo_config", "export_search_result", "profile_factory",
+           "check_output_file", "demo_config", "export_search_result", "leaf_module_keys",
+           "profile_factory",
            "run_search", "with_overrides", "write_outputs"]
 
 #: Files a search writes into its output folder (besides the report's figures and CSVs).
@@ -146,8 +147,37 @@ def build_search(config: SearchConfig, model: nn.Module) -> tuple[SearchModel, t
     example = torch.randn(config.model.input_shape)
     search = wrap(model, example, costs=tuple(s.targets), target=config.hardware_target,
                   droprate_init=s.droprate_init, channel_multiple=s.channel_multiple,
-                  leaf_modules=tuple(config.model.leaf_modules))
+                  leaf_modules=leaf_module_keys(model, config.model.leaf_modules))
     return search, example
+
+
+def leaf_module_keys(model: nn.Module, names: tuple[str, ...]) -> tuple[type | str, ...]:
+    """The ``[model] leaf_modules`` entries as ``wrap`` takes them: a class name of one of
+    the model's modules becomes that class (every module of it stays opaque), a module path
+    (as in ``model.named_modules()``) stays a path.
+
+    Raises:
+        ConfigError: a name that is neither.
+
+    Example:
+        >>> from torch import nn
+        >>> leaf_module_keys(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), ("ReLU", "0"))
+        (<class 'torch.nn.modules.activation.ReLU'>, '0')
+    """
+    paths = {name for name, _ in model.named_modules() if name}
+    classes = {type(m).__name__: type(m) for m in model.modules()}
+    keys: list[type | str] = []
+    for name in names:
+        if name in classes:
+            keys.append(classes[name])
+        elif name in paths:
+            keys.append(name)
+        else:
+            raise ConfigError(
+                f"[model] leaf_modules: {name!r} is neither the class of a module of the model "
+                f"nor a module path; classes: {', '.join(sorted(classes))}; paths are e.g. "
+                f"{', '.join(sorted(paths)[:5])}")
+    return tuple(keys)
 
 
 def run_search(config: SearchConfig, progress: bool = True, resume: bool = True) -> RunSummary:
@@ -169,7 +199,7 @@ def run_search(config: SearchConfig, progress: bool = True, resume: bool = True)
     loaders = build_data(config)
     search, example = build_search(config, model)
     targets = relative_targets(search, config.search.targets)
-    fit_config = config.search.fit_config(progress=progress,
+    fit_config = config.search.fit_config(progress=True if progress else "lines",
                                           device=device_for_rank(config.search.device))
     if rank0:
         print(f"training on {describe_device(resolve_device(fit_config.device))}, precision "

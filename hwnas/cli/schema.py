@@ -6,7 +6,9 @@ Schema (every key optional unless marked required)::
     factory = "hwnas.zoo.models:digits_cnn"   # required: "module:function" or "file.py:function"
     input_shape = [1, 1, 8, 8]             # required: example input shape, batch 1
     kwargs = {}                            # keyword arguments of the factory
-    leaf_modules = []                      # module class names kept opaque by the tracer
+    leaf_modules = []                      # kept opaque by the tracer (frozen channels):
+                                           # class names ("MyBlock") or module paths
+                                           # ("features.3")
 
     [data]
     factory = "hwnas.zoo.datasets:digits"      # required: returns an object with .train, .val
@@ -53,7 +55,7 @@ from typing import Any
 
 from hwnas.errors import ConfigError, HwnasError, InvalidValueError, MissingFileError
 from hwnas.search import wrap
-from hwnas.training.fit import EarlyStopping, FitConfig
+from hwnas.training.config import EarlyStopping, FitConfig
 
 __all__ = ["DEMO_CONFIG", "SearchConfig", "load_config", "load_factory", "parse_config"]
 
@@ -174,8 +176,8 @@ class ModelSection:
             raise ConfigError(f"[model] `kwargs` must be a table, but got {self.kwargs!r}")
         if isinstance(self.leaf_modules, str) or not isinstance(self.leaf_modules, (list, tuple)) \
                 or not all(isinstance(m, str) for m in self.leaf_modules):
-            raise ConfigError(f"[model] `leaf_modules` must be a list of class names, but got "
-                              f"{self.leaf_modules!r}")
+            raise ConfigError(f"[model] `leaf_modules` must be a list of class names or module "
+                              f"paths, but got {self.leaf_modules!r}")
         object.__setattr__(self, "input_shape", tuple(shape))
         object.__setattr__(self, "leaf_modules", tuple(self.leaf_modules))
 

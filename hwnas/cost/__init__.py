@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from hwnas._internal.registry import Registry
 from hwnas.cost.target import LutModel, Target, known_targets, load_target
 from hwnas.errors import InvalidTypeError, InvalidValueError, UnknownNameError
-from hwnas._internal.registry import Registry
 
 if TYPE_CHECKING:
     from hwnas.graph.ir import LayerInfo

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from hwnas import cost
+from hwnas._internal.modes import eval_mode
 from hwnas.cost.target import Target, load_target
 from hwnas.graph import layers, trace
 from hwnas.graph.ir import LayerInfo
@@ -96,10 +97,6 @@ def profile(
         {'layer': 'total', 'params': 1514, 'ops': 4874}
     """
     target = load_target(target)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         gm = trace(model, example_inputs, leaf_modules=leaf_modules, is_leaf=cost.is_costed)
-    finally:
-        model.train(was_training)
     return profile_traced(gm, target)

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from hwnas.errors import ConfigError, InvalidTypeError, MissingFileError, UnknownNameError
+from hwnas.errors import (
+    ConfigError,
+    InvalidTypeError,
+    InvalidValueError,
+    MissingFileError,
+    UnknownNameError,
+)
 
 __all__ = ["LutCalibration", "LutModel", "SynthSpec", "Target", "known_targets", "load_target"]
 
@@ -39,7 +45,8 @@ def _numbers(name: str, value: object) -> tuple[float, ...]:
     if not isinstance(value, (list, tuple)) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             and v >= 0 for v in value):
-        raise ValueError(f"`{name}` must be a list of finite numbers >= 0, but got {value!r}")
+        raise InvalidValueError(
+            f"`{name}` must be a list of finite numbers >= 0, but got {value!r}")
     return tuple(float(v) for v in value)
 
 
@@ -81,15 +88,16 @@ class LutCalibration:
             object.__setattr__(self, key, tuple(tuple(int(v) for v in _numbers(
                 f"luts.calibration.{key}", row)) for row in value))
         if not all(isinstance(v, str) for v in self.mac_features):
-            raise ValueError(f"`luts.calibration.mac_features` must be names, but got "
+            raise InvalidValueError(f"`luts.calibration.mac_features` must be names, but got "
                              f"{self.mac_features!r}")
         object.__setattr__(self, "mac_features", tuple(self.mac_features))
         if len(self.mac) != len(self.mac_features):
-            raise ValueError(f"`luts.calibration.mac` must have one coefficient per feature "
+            raise InvalidValueError(f"`luts.calibration.mac` must have one coefficient per feature "
                              f"{list(self.mac_features)}, but got {list(self.mac)}")
         errors = dict(self.errors) if isinstance(self.errors, (dict, tuple)) else None
         if errors is None:
-            raise ValueError(f"`luts.calibration.errors` must be a table, but got {self.errors!r}")
+            raise InvalidValueError(
+                f"`luts.calibration.errors` must be a table, but got {self.errors!r}")
         object.__setattr__(self, "errors", tuple(sorted(
             (str(k), _numbers(f"luts.calibration.errors.{k}", v)) for k, v in errors.items())))
 
@@ -113,25 +121,28 @@ class LutModel:
         if isinstance(self.calibration, dict):
             bad = set(self.calibration) - _CALIBRATION_KEYS
             if bad:
-                raise ValueError(f"unknown key(s) {sorted(bad)} in [luts.calibration]; "
+                raise InvalidValueError(f"unknown key(s) {sorted(bad)} in [luts.calibration]; "
                                  f"allowed: {sorted(_CALIBRATION_KEYS)}")
             object.__setattr__(self, "calibration", LutCalibration(**self.calibration))
         if self.table not in _TABLE_MODELS:
-            raise ValueError(f"`luts.table` must be one of {_TABLE_MODELS}, but got {self.table!r}")
+            raise InvalidValueError(
+                f"`luts.table` must be one of {_TABLE_MODELS}, but got {self.table!r}")
         if self.mac not in _MAC_MODELS:
-            raise ValueError(f"`luts.mac` must be one of {_MAC_MODELS}, but got {self.mac!r}")
+            raise InvalidValueError(
+                f"`luts.mac` must be one of {_MAC_MODELS}, but got {self.mac!r}")
         cal = self.calibration
         if self.mac == "fitted" and (cal is None or not cal.mac):
-            raise ValueError("`luts.mac = \"fitted\"` needs [luts.calibration] coefficients; "
+            raise InvalidValueError(
+                "`luts.mac = \"fitted\"` needs [luts.calibration] coefficients; "
                              "run `hwnas calibrate TARGET`")
         if self.table == "bdd" and (cal is None or not cal.table):
-            raise ValueError("`luts.table = \"bdd\"` needs [luts.calibration] table "
+            raise InvalidValueError("`luts.table = \"bdd\"` needs [luts.calibration] table "
                              "coefficients; run `hwnas calibrate TARGET`")
         for key in ("luts_per_pp_bit", "luts_per_adder_bit", "luts_per_comparator_bit"):
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or isinstance(value, bool) \
                     or not math.isfinite(value) or value < 0:
-                raise ValueError(f"`luts.{key}` must be a number >= 0, but got {value!r}")
+                raise InvalidValueError(f"`luts.{key}` must be a number >= 0, but got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -158,19 +169,23 @@ class SynthSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.script, str) or not self.script.strip():
-            raise ValueError(f"`synth.script` must be a yosys command, but got {self.script!r}")
+            raise InvalidValueError(
+                f"`synth.script` must be a yosys command, but got {self.script!r}")
         for key in ("lut_cells", "carry_cells", "mux_cells", "ff_cells"):
             value = getattr(self, key)
             if isinstance(value, list):
                 value = tuple(value)
                 object.__setattr__(self, key, value)
             if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
-                raise ValueError(f"`synth.{key}` must be a list of strings, but got {value!r}")
+                raise InvalidValueError(
+                    f"`synth.{key}` must be a list of strings, but got {value!r}")
         if self.pnr not in _PNR_TOOLS:
-            raise ValueError(f"`synth.pnr` must be one of {_PNR_TOOLS}, but got {self.pnr!r}")
+            raise InvalidValueError(
+                f"`synth.pnr` must be one of {_PNR_TOOLS}, but got {self.pnr!r}")
         for key in ("device", "package"):
             if not isinstance(getattr(self, key), str):
-                raise ValueError(f"`synth.{key}` must be a string, but got {getattr(self, key)!r}")
+                raise InvalidValueError(
+                    f"`synth.{key}` must be a string, but got {getattr(self, key)!r}")
 
 
 @dataclass(frozen=True)
@@ -204,21 +219,21 @@ class Target:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"`name` must be a non-empty string, but got {self.name!r}")
+            raise InvalidValueError(f"`name` must be a non-empty string, but got {self.name!r}")
         if self.family not in _FAMILIES:
-            raise ValueError(f"`family` must be one of {_FAMILIES}, but got {self.family!r}")
+            raise InvalidValueError(f"`family` must be one of {_FAMILIES}, but got {self.family!r}")
         for key in ("weight_bits", "activation_bits"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 64:
-                raise ValueError(f"`{key}` must be an integer in [1, 64], but got {value!r}")
+                raise InvalidValueError(f"`{key}` must be an integer in [1, 64], but got {value!r}")
         if self.family == "lut":
             if self.lut_inputs not in (3, 4, 5, 6, 7, 8):
-                raise ValueError(
+                raise InvalidValueError(
                     f"`lut_inputs` must be an integer in [3, 8] for a 'lut' target, "
                     f"but got {self.lut_inputs!r}"
                 )
             if self.luts is None:
-                raise ValueError("a 'lut' target needs a [luts] table, but none was given")
+                raise InvalidValueError("a 'lut' target needs a [luts] table, but none was given")
 
     @property
     def has_lut_model(self) -> bool:

@@ -18,7 +18,7 @@ The package, one concept per module:
   ``"functional_exact"``.
 - :mod:`~hwnas.difflut.cost`: :func:`input_dependence`, :func:`effective_inputs`,
   :func:`used_nodes`, :func:`table_luts`, :func:`group_sum_luts`, :func:`lut_report` and
-  the registered ``luts`` / ``params`` costs (formulas in ``cost_models/DIFFLUT.md``).
+  the registered ``luts`` / ``params`` costs (formulas in ``hwnas/cost/targets/DIFFLUT.md``).
 - :mod:`~hwnas.difflut.network`: :func:`lut_network` (the binary network as plain data) and
   :func:`simplify` (constant propagation, unused nodes), shared by every export.
 - :mod:`~hwnas.difflut.export`: :func:`binary_inference_module`, :func:`export_lut_onnx`,

@@ -4,7 +4,7 @@
   depends on (pruned inputs cost nothing).
 - :func:`used_nodes`: nodes some later node reads.
 - :func:`group_sum_luts`: a GroupSum's popcounts; the node, comparator and popcount formulas
-  are in :mod:`hwnas.cost.luts` (``cost_models/DIFFLUT.md``).
+  are in :mod:`hwnas.cost.luts` (``hwnas/cost/targets/DIFFLUT.md``).
 - Registered costs: ``luts`` of :class:`LUTLayer` (``pure=False``: it reads the truth
   tables, which change during training), :class:`GroupSum` and encoders, ``params`` of a
   :class:`LUTLayer`.
@@ -28,7 +28,7 @@ from hwnas.cost.luts import (
     table_luts,
     whole,
 )
-from hwnas.cost.targets import Target, load_target
+from hwnas.cost.target import Target, load_target
 from hwnas.difflut.layers import ENCODERS, GroupSum, LUTLayer, ThermometerEncoder, lut_layers
 from hwnas.difflut.network import LUTTable, Node, lut_network, reduce_layer, simplify
 from hwnas.errors import InvalidTypeError, InvalidValueError
@@ -36,7 +36,7 @@ from hwnas.errors import InvalidTypeError, InvalidValueError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from hwnas.ir import LayerInfo
+    from hwnas.graph.ir import LayerInfo
 
 __all__ = [
     "effective_inputs",

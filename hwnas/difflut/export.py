@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hwnas._internal.files import atomic_write, ensure_writable_dir
 from hwnas.difflut.cost import input_dependence, used_nodes
 from hwnas.difflut.layers import ENCODERS, GroupSum, lut_layers
 from hwnas.difflut.network import LUTNetwork, lut_network
 from hwnas.errors import InvalidTypeError, InvalidValueError
-from hwnas.files import atomic_write, ensure_writable_dir
 
 __all__ = [
     "binary_inference_module",
@@ -146,7 +146,7 @@ def export_lut_onnx(
         ...     out.name
         'lut.onnx'
     """
-    from hwnas.onnx import export_onnx
+    from hwnas.export.onnx import export_onnx
 
     path = Path(path)
     net = binary_inference_module(model).cpu()  # exports check a float32 CPU copy

@@ -14,15 +14,18 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils import _pytree
 
+from hwnas._internal.files import atomic_write
+from hwnas._internal.modes import eval_mode
 from hwnas.errors import (
     ExportError,
     InvalidTypeError,
@@ -30,9 +33,18 @@ from hwnas.errors import (
     MissingFileError,
     TraceError,
 )
-from hwnas._internal.files import atomic_write
 
-__all__ = ["ExportResult", "export_onnx", "float32_cpu_copy"]
+__all__ = ["Exportable", "ExportResult", "export_onnx", "float32_cpu_copy"]
+
+
+@runtime_checkable
+class Exportable(Protocol):
+    """A model that is exported as another (a :class:`~hwnas.SearchModel` as its pruned
+    plain model): the exporter knows nothing of the search, only this protocol."""
+
+    def export(self) -> nn.Module: ...
+
+    def arch_parameters(self) -> Iterator[nn.Parameter]: ...
 
 
 @dataclass(frozen=True)
@@ -283,9 +295,7 @@ def export_onnx(
         >>> result.max_abs_diff < 1e-4, result.params
         (True, 58.0)
     """
-    from hwnas.search import SearchModel
-
-    if isinstance(model, SearchModel):
+    if isinstance(model, Exportable):  # a SearchModel: its pruned plain model
         model = model.export()
     if not isinstance(model, nn.Module):
         raise InvalidTypeError(
@@ -299,28 +309,23 @@ def export_onnx(
         raise InvalidValueError(f"`path` must end in .onnx, but got {str(path)!r}")
     if not path.parent.is_dir():
         raise MissingFileError(f"folder {str(path.parent)!r} does not exist")
-    was_training = model.training
-    model.eval()
-    try:
-        with atomic_write(path) as tmp:
-            _export_program(model, inputs, dynamic_batch, opset, str(tmp))
-            import onnx
+    with eval_mode(model), atomic_write(path) as tmp:
+        _export_program(model, inputs, dynamic_batch, opset, str(tmp))
+        import onnx
 
-            proto = onnx.load(str(tmp), load_external_data=False)
-            opset_used = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-            input_names = tuple(i.name for i in proto.graph.input)
-            output_names = tuple(o.name for o in proto.graph.output)
-            max_abs = max_rel = 0.0
-            batches: tuple[int, ...] = ()
-            if check:
-                checks = [inputs]
-                if dynamic_batch:
-                    checks.append(tuple(_batched(x, 3, 1) for x in inputs))
-                max_abs, max_rel = _verify(model, str(tmp), input_names, checks, atol, rtol)
-                batches = tuple(c[0].shape[0] for c in checks)
-            params, ops = _counts(model, inputs)
-    finally:
-        model.train(was_training)
+        proto = onnx.load(str(tmp), load_external_data=False)
+        opset_used = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+        input_names = tuple(i.name for i in proto.graph.input)
+        output_names = tuple(o.name for o in proto.graph.output)
+        max_abs = max_rel = 0.0
+        batches: tuple[int, ...] = ()
+        if check:
+            checks = [inputs]
+            if dynamic_batch:
+                checks.append(tuple(_batched(x, 3, 1) for x in inputs))
+            max_abs, max_rel = _verify(model, str(tmp), input_names, checks, atol, rtol)
+            batches = tuple(c[0].shape[0] for c in checks)
+        params, ops = _counts(model, inputs)
     return ExportResult(
         path=path, opset=int(opset_used), input_names=input_names, output_names=output_names,
         max_abs_diff=max_abs, max_rel_diff=max_rel, batch_sizes=batches, params=params, ops=ops,

@@ -19,8 +19,8 @@ from torch import nn
 from hwnas.errors import InvalidTypeError, ShapeError, TraceError
 from hwnas.graph.channel_prop import ChannelProp
 from hwnas.graph.groups import finalize
-from hwnas.graph.rules import rule_for
 from hwnas.graph.ir import GROUPS_KEY, LAYER_KEY, ChannelGroup, LayerInfo
+from hwnas.graph.rules import rule_for
 
 __all__ = ["channel_groups", "layers", "trace"]
 

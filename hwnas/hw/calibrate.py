@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from hwnas._internal.files import atomic_write, ensure_writable_dir
 from hwnas.cost.luts import (
     MAC_FEATURES,
     lut_model,
@@ -35,7 +36,6 @@ from hwnas.cost.luts import (
 )
 from hwnas.cost.target import LutCalibration, Target, load_target
 from hwnas.errors import InvalidValueError
-from hwnas._internal.files import atomic_write, ensure_writable_dir
 from hwnas.hw.benchmarks import Benchmark, measure
 
 __all__ = ["GRIDS", "Calibration", "calibrate", "fit", "grid", "run_benchmarks"]
@@ -292,7 +292,8 @@ def _copy_source(source: Any, target: Target, out: Path) -> None:
     if isinstance(source, (str, Path)) and str(source).endswith(".toml"):
         text = Path(source).read_text()
     else:
-        text = resources.files("hwnas.cost").joinpath("targets").joinpath(f"{target.name}.toml").read_text()
+        shipped = resources.files("hwnas.cost").joinpath("targets", f"{target.name}.toml")
+        text = shipped.read_text()
     ensure_writable_dir(out.parent)
     with atomic_write(out) as tmp:
         tmp.write_text(text)

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from hwnas._internal.files import atomic_write, ensure_writable_dir
 from hwnas.cost.luts import quantize_weights
 from hwnas.cost.target import Target, load_target
 from hwnas.errors import InvalidTypeError, InvalidValueError
-from hwnas._internal.files import atomic_write, ensure_writable_dir
 
 __all__ = ["dot_product_verilog", "layer_verilog", "quantize_weights"]
 

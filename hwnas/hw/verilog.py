@@ -48,11 +48,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from hwnas._internal.files import atomic_write, ensure_writable_dir
 from hwnas.cost.target import Target, load_target
 from hwnas.difflut.cost import lut_report
 from hwnas.difflut.network import LUTNetwork, SimpleLayer, lut_network, simplify
 from hwnas.errors import InvalidTypeError, InvalidValueError, MissingFileError, ShapeError
-from hwnas._internal.files import atomic_write, ensure_writable_dir
 
 __all__ = ["InputQuantizer", "Port", "VerilogModule", "export_verilog", "lut_estimate"]
 

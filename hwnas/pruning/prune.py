@@ -1,12 +1,12 @@
-"""Physical channel removal on plain data: a slicer table and :func:`prune_graph`.
+"""Physical channel removal on a traced graph: :func:`prune_graph`.
 
 This module knows nothing of the search that chose the channels. It receives a traced
 ``torch.fx.GraphModule`` (nodes annotated by :func:`hwnas.graph.trace`), which channels of
 each group to keep, and the per-channel scale to fold into the layers that read them.
 
-Slicing lives in one table of paired functions per layer type (Torch-Pruning's
-``prune_*_out_channels`` / ``prune_*_in_channels``): ``slice_out(module, keep)`` and
-``slice_in(module, keep, scale)``; add a layer type with :func:`register_slicer`.
+Slicing each layer is the job of the table in :mod:`hwnas.pruning.slicers`; this module
+walks the graph, calls the table, folds gate values into functional layers' parameters and
+activation products, and rewrites the Python constants that depend on channel counts.
 
 DESIGN.md names the entry point ``materialize(graph, keep, scale)``; here it is
 :func:`prune_graph`, so that the name ``hwnas.materialize`` stays the user's verb on a
@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,6 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from hwnas.errors import InvalidTypeError
 from hwnas.graph.ir import (
     CHANNELS_KEY,
     GROUPS_KEY,
@@ -49,177 +48,16 @@ from hwnas.graph.ir import (
     ParamSlots,
     kept_slots,
 )
-from hwnas._internal.registry import Registry
+from hwnas.pruning.slicers import SLICERS, first_tensor, like, param
 
-__all__ = ["SLICERS", "prune_graph", "register_slicer", "slice_in", "slice_out"]
+__all__ = ["prune_graph"]
 
-SliceOut = Callable[[Any, torch.Tensor], None]
-SliceIn = Callable[[Any, torch.Tensor, torch.Tensor], None]
-
-#: Layer type -> (slice_out, slice_in).
-SLICERS: Registry[tuple[SliceOut, SliceIn]] = Registry("slicer", hint="hwnas.register_slicer")
-
-
-def register_slicer(layer_type: type, slice_out: SliceOut, slice_in: SliceIn) -> None:
-    """Register the paired slicing functions of ``layer_type`` (and its subclasses).
-
-    ``slice_out(module, keep)`` keeps output channels ``keep`` (a LongTensor, ascending);
-    ``slice_in(module, keep, scale)`` first multiplies input channel ``c`` by
-    ``scale[c]`` (the folded gate value), then keeps input channels ``keep``. Both change
-    ``module`` in place.
-
-    Example:
-        >>> from torch import nn
-        >>> class Scale(nn.Module):
-        ...     def __init__(self, n):
-        ...         super().__init__()
-        ...         self.weight = nn.Parameter(torch.ones(n))
-        >>> def scale_out(m, keep):
-        ...     m.weight = nn.Parameter(m.weight.detach()[keep])
-        >>> register_slicer(Scale, scale_out, lambda m, keep, scale: None)
-        >>> m = Scale(4); slice_out(m, torch.tensor([0, 2])); m.weight.shape
-        torch.Size([2])
-    """
-    if not isinstance(layer_type, type):
-        raise InvalidTypeError(f"`layer_type` must be a class, but got {layer_type!r}")
-    if not (callable(slice_out) and callable(slice_in)):
-        raise InvalidTypeError("`slice_out` and `slice_in` must be callables")
-    SLICERS.register(layer_type, (slice_out, slice_in))
-
-
-def slice_out(module: nn.Module, keep: torch.Tensor) -> None:
-    """Keep output channels ``keep`` of ``module`` (in place)."""
-    SLICERS.get(type(module))[0](module, keep)
-
-
-def slice_in(module: nn.Module, keep: torch.Tensor, scale: torch.Tensor) -> None:
-    """Fold ``scale`` into input channels of ``module``, then keep ``keep`` (in place)."""
-    SLICERS.get(type(module))[1](module, keep, scale)
-
-
-def _param(t: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(t.detach().clone().contiguous())
-
-
-def _first_tensor(module: nn.Module) -> torch.Tensor:
-    """The module's first floating parameter or buffer (a float32 CPU scalar without)."""
-    for t in (*module.parameters(), *module.buffers()):
-        if t.is_floating_point():
-            return t
-    return torch.ones(())
-
-
-def _like(t: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """``t`` on the device and in the dtype of ``other`` (the weight it is folded into)."""
-    return t.to(device=other.device, dtype=other.dtype)
-
-
-def _conv_out(m: nn.modules.conv._ConvNd, keep: torch.Tensor) -> None:
-    depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
-    keep = keep.to(m.weight.device)
-    m.weight = _param(m.weight[keep])
-    if m.bias is not None:
-        m.bias = _param(m.bias[keep])
-    m.out_channels = len(keep)
-    if depthwise:
-        m.in_channels = m.groups = len(keep)
-
-
-def _conv_in(m: nn.modules.conv._ConvNd, keep: torch.Tensor, scale: torch.Tensor) -> None:
-    if m.groups > 1 and m.groups == m.in_channels:
-        return  # depthwise: inputs follow the outputs
-    # a grouped conv's weight holds one group's inputs; every group keeps the same ones
-    per_group = m.weight.shape[1]
-    local = keep[keep < per_group].to(m.weight.device)
-    shape = [1, -1] + [1] * (m.weight.dim() - 2)
-    factor = _like(scale[:per_group], m.weight).reshape(shape)
-    m.weight = _param((m.weight * factor)[:, local])
-    m.in_channels = len(keep)
-
-
-def _linear_out(m: nn.Linear, keep: torch.Tensor) -> None:
-    keep = keep.to(m.weight.device)
-    m.weight = _param(m.weight[keep])
-    if m.bias is not None:
-        m.bias = _param(m.bias[keep])
-    m.out_features = len(keep)
-
-
-def _linear_in(m: nn.Linear, keep: torch.Tensor, scale: torch.Tensor) -> None:
-    keep = keep.to(m.weight.device)
-    m.weight = _param((m.weight * _like(scale, m.weight).reshape(1, -1))[:, keep])
-    m.in_features = len(keep)
-
-
-def _norm_out(m: Any, keep: torch.Tensor) -> None:
-    keep = keep.to(_first_tensor(m).device)
-    if getattr(m, "weight", None) is not None:
-        m.weight = _param(m.weight[keep])
-    if getattr(m, "bias", None) is not None:
-        m.bias = _param(m.bias[keep])
-    for name in ("running_mean", "running_var"):
-        buf = getattr(m, name, None)
-        if buf is not None:
-            setattr(m, name, buf[keep].clone())
-    if isinstance(m, nn.GroupNorm):
-        if m.num_groups == m.num_channels:
-            m.num_groups = len(keep)
-        m.num_channels = len(keep)  # a group keeps the same channels in every group
-    elif isinstance(m, nn.LayerNorm):
-        m.normalized_shape = (len(keep), *m.normalized_shape[1:])
-    else:
-        m.num_features = len(keep)
-
-
-def _norm_in(m: Any, keep: torch.Tensor, scale: torch.Tensor) -> None:
-    return None  # a normalisation layer's inputs are its outputs
-
-
-def _mha_in(m: nn.MultiheadAttention, keep: torch.Tensor, scale: torch.Tensor) -> None:
-    # the input channels are read by the in-projection's columns, and (they are also the
-    # q/k/v channels) by the scores through q and by the output projection through v
-    keep = keep.to(m.in_proj_weight.device)
-    s = _like(scale, m.in_proj_weight)
-    rows = torch.cat([s, s.new_ones(2 * len(s))])
-    m.in_proj_weight = _param((m.in_proj_weight * s[None, :] * rows[:, None])[:, keep])
-    if m.in_proj_bias is not None:
-        m.in_proj_bias = _param(m.in_proj_bias * rows)
-    m.out_proj.weight = _param((m.out_proj.weight * s[None, :])[:, keep])
-
-
-def _mha_out(m: nn.MultiheadAttention, keep: torch.Tensor) -> None:
-    e, heads = m.embed_dim, m.num_heads
-    keep = keep.to(m.in_proj_weight.device)
-    rows = torch.cat([keep, keep + e, keep + 2 * e])
-    # the scores are scaled by 1/sqrt(head dim): fold the change of head dim into q
-    ratio = math.sqrt((len(keep) // heads) / (e // heads))
-    factor = m.in_proj_weight.new_ones(len(rows))
-    factor[: len(keep)] = ratio
-    m.in_proj_weight = _param(m.in_proj_weight[rows] * factor[:, None])
-    if m.in_proj_bias is not None:
-        m.in_proj_bias = _param(m.in_proj_bias[rows] * factor)
-    m.out_proj.weight = _param(m.out_proj.weight[keep])
-    if m.out_proj.bias is not None:
-        m.out_proj.bias = _param(m.out_proj.bias[keep])
-    m.embed_dim = m.kdim = m.vdim = m.out_proj.in_features = m.out_proj.out_features = len(keep)
-    m.head_dim = len(keep) // heads
-
-
-register_slicer(nn.modules.conv._ConvNd, _conv_out, _conv_in)
-register_slicer(nn.Linear, _linear_out, _linear_in)
-register_slicer(nn.modules.batchnorm._NormBase, _norm_out, _norm_in)
-register_slicer(nn.GroupNorm, _norm_out, _norm_in)
-register_slicer(nn.LayerNorm, _norm_out, _norm_in)
-register_slicer(nn.MultiheadAttention, _mha_out, _mha_in)
-
-
-# ---------------------------------------------------------------------------- graph
 
 
 def _count_kept(chan: ChannelSlots | None, keep: Mapping[int, np.ndarray]) -> int | None:
     if chan is None or not chan.flat:
         return None
-    return int(kept_slots(chan.slots, dict(keep)).sum())
+    return _kept_count(chan.slots, keep)
 
 
 _CHUNK_NAMES = {"chunk", "split"}
@@ -357,19 +195,19 @@ def prune_graph(
             out_fn, in_fn = SLICERS.get(type(module))
             # slicers get their indices and factors on the module's device, the factors in
             # its dtype (what every new tensor of the pruned layer is made like)
-            like = _first_tensor(module)
+            ref = first_tensor(module)
             if info.in_slots is not None and not info.depthwise:
                 slots = info.in_slots
                 kept = torch.as_tensor(np.flatnonzero(kept_slots(slots, keep)),
-                                       dtype=torch.long, device=like.device)
+                                       dtype=torch.long, device=ref.device)
                 factor = _slot_scale(slots, scale)
                 if len(kept) < slots.shape[1] or bool((factor != 1).any()):
-                    in_fn(module, kept, _like(factor, like))
+                    in_fn(module, kept, like(factor, ref))
             if info.out_slots is not None:
                 kept_out = np.flatnonzero(kept_slots(info.out_slots, keep))
                 if len(kept_out) < info.out_slots.shape[1]:
                     out_fn(module, torch.as_tensor(kept_out, dtype=torch.long,
-                                                   device=like.device))
+                                                   device=ref.device))
         _slice_params(gm, keep, scale)
         _scale_activations(gm, keep, scale)
         _fix_window_attention(gm, keep)
@@ -398,14 +236,14 @@ def _slice_params(gm: fx.GraphModule, keep: Mapping[int, np.ndarray],
         for dim, slots, scaled in zip(ps.dims, ps.slots, ps.scaled, strict=True):
             factor = _slot_scale(slots, scale)
             factor[torch.as_tensor(~scaled)] = 1.0
-            factor = _like(factor, t)
+            factor = like(factor, t)
             shape = [1] * t.dim()
             shape[dim] = -1
             kept = torch.as_tensor(np.flatnonzero(kept_slots(slots, dict(keep))),
                                    dtype=torch.long, device=t.device)
             t = (t * factor.reshape(shape)).index_select(dim, kept)
         if isinstance(value, nn.Parameter):
-            setattr(owner, attr, _param(t))
+            setattr(owner, attr, param(t))
         elif attr in owner._buffers:
             owner._buffers[attr] = t.contiguous()
         else:
@@ -420,7 +258,7 @@ def _scale_activations(gm: fx.GraphModule, keep: Mapping[int, np.ndarray],
     k = 0
     # the constant is made like the model's weights (a float32 constant would promote a
     # bf16 activation to float32), on their device
-    like = _first_tensor(gm)
+    ref = first_tensor(gm)
     for node in list(graph.nodes):
         info: LayerInfo | None = node.meta.get(LAYER_KEY)
         if (node.op not in ("call_function", "call_method") or info is None
@@ -439,7 +277,7 @@ def _scale_activations(gm: fx.GraphModule, keep: Mapping[int, np.ndarray],
         while hasattr(gm, f"gate_scale_{k}"):
             k += 1
         name = f"gate_scale_{k}"
-        gm.register_buffer(name, _like(factor, like).reshape(shape).contiguous())
+        gm.register_buffer(name, like(factor, ref).reshape(shape).contiguous())
         with graph.inserting_before(node):
             const = graph.get_attr(name)
             scaled = graph.call_function(operator.mul, (x, const))
@@ -473,7 +311,7 @@ def _fix_window_attention(gm: fx.GraphModule, keep: Mapping[int, np.ndarray]) ->
             owner = gm.get_submodule(owner_name)
             t = getattr(owner, attr).detach().clone()
             t[:c_new] *= ratio
-            setattr(owner, attr, _param(t))
+            setattr(owner, attr, param(t))
 
 
 def _strip_annotations(gm: fx.GraphModule) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from hwnas.errors import InvalidTypeError, InvalidValueError, UnknownNameError
 from hwnas.regularizers.registry import register
 
 __all__ = ["BaseRegularizer", "as_real", "check_cost_names", "check_nonnegative"]
@@ -41,10 +42,10 @@ def as_real(name: str, value: float) -> float:
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a real number, but got {type(value).__name__}")
+        raise InvalidTypeError(f"`{name}` must be a real number, but got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"`{name}` must be finite, but got {value}")
+        raise InvalidValueError(f"`{name}` must be finite, but got {value}")
     return value
 
 
@@ -52,7 +53,7 @@ def check_nonnegative(name: str, value: float) -> float:
     """Return ``value`` as a float; ValueError unless it is a finite number >= 0."""
     value = as_real(name, value)
     if value < 0:
-        raise ValueError(f"`{name}` must be >= 0, but got {value:g}")
+        raise InvalidValueError(f"`{name}` must be >= 0, but got {value:g}")
     return value
 
 
@@ -61,7 +62,7 @@ def check_cost_names(model: Any, wanted: Iterable[str]) -> None:
     known = tuple(model.cost_names)
     for name in wanted:
         if name not in known:
-            raise KeyError(f"unknown cost {name!r}; known: {', '.join(known)}")
+            raise UnknownNameError(f"unknown cost {name!r}; known: {', '.join(known)}")
 
 
 @register("base")
@@ -87,7 +88,7 @@ class BaseRegularizer:
 
     def __init__(self, cost_name: str, strength: float) -> None:
         if not isinstance(cost_name, str) or not cost_name:
-            raise TypeError(f"`cost_name` must be a non-empty str, but got {cost_name!r}")
+            raise InvalidTypeError(f"`cost_name` must be a non-empty str, but got {cost_name!r}")
         self.cost_name = cost_name
         self.strength = check_nonnegative("strength", strength)
 

@@ -29,6 +29,7 @@ from typing import Any, cast
 import torch
 import torch.distributed as dist
 
+from hwnas.errors import InvalidTypeError, InvalidValueError, NotReadyError
 from hwnas.regularizers.base import as_real, check_cost_names, check_nonnegative
 from hwnas.regularizers.protocol import BatchedCostModel
 from hwnas.regularizers.registry import register
@@ -44,14 +45,14 @@ def _check_epochs(epoch: int | None, n_epochs: int | None) -> None:
     if epoch is None and n_epochs is None:
         return
     if epoch is None or n_epochs is None:
-        raise ValueError(
+        raise InvalidValueError(
             f"`epoch` and `n_epochs` must both be given or both be None, "
             f"but got epoch={epoch!r}, n_epochs={n_epochs!r}"
         )
     if n_epochs < 1:
-        raise ValueError(f"`n_epochs` must be >= 1, but got {n_epochs}")
+        raise InvalidValueError(f"`n_epochs` must be >= 1, but got {n_epochs}")
     if epoch < 0:
-        raise ValueError(f"`epoch` must be >= 0, but got {epoch}")
+        raise InvalidValueError(f"`epoch` must be >= 0, but got {epoch}")
 
 
 def _schedule(strength: float, epoch: int | None, n_epochs: int | None) -> float:
@@ -133,19 +134,19 @@ class DUCCIO:
         final_strengths: Mapping[str, float] | None = None,
     ) -> None:
         if not isinstance(targets, Mapping) or not targets:
-            raise ValueError(f"`targets` must be a non-empty mapping, but got {targets!r}")
+            raise InvalidValueError(f"`targets` must be a non-empty mapping, but got {targets!r}")
         self.targets: dict[str, float] = {}
         for name, target in targets.items():
             if not isinstance(name, str):
-                raise TypeError(f"`targets` keys must be cost names (str), but got {name!r}")
+                raise InvalidTypeError(f"`targets` keys must be cost names (str), but got {name!r}")
             value = as_real(f"targets[{name!r}]", target)
             if value <= 0:
-                raise ValueError(f"target for {name!r} must be > 0, but got {value:g}")
+                raise InvalidValueError(f"target for {name!r} must be > 0, but got {value:g}")
             self.targets[name] = value
 
         if (task_loss is None) == (final_strengths is None):
             got = "neither" if task_loss is None else "both"
-            raise ValueError(
+            raise InvalidValueError(
                 f"exactly one of `task_loss` and `final_strengths` must be given, but got {got}"
             )
         self.task_loss = None if task_loss is None else check_nonnegative("task_loss", task_loss)
@@ -158,7 +159,7 @@ class DUCCIO:
     def _check_strengths(self, what: str, strengths: Mapping[str, float]) -> dict[str, float]:
         if not isinstance(strengths, Mapping) or set(strengths) != set(self.targets):
             got = ", ".join(map(str, strengths)) if isinstance(strengths, Mapping) else strengths
-            raise ValueError(
+            raise InvalidValueError(
                 f"`{what}` keys must equal the `targets` keys ({', '.join(self.targets)}), "
                 f"but got {got}"
             )
@@ -218,7 +219,7 @@ class DUCCIO:
             RuntimeError: before the first call, when the strengths are not yet set.
         """
         if self.strengths is None:
-            raise RuntimeError(
+            raise NotReadyError(
                 "DUCCIO strengths are set at the first call; call the regularizer on the "
                 "model (or load_state_dict) first"
             )
@@ -238,7 +239,8 @@ class DUCCIO:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the strengths from :meth:`state_dict`, so a resumed search continues alike."""
         if not isinstance(state, Mapping) or set(state) != {"strengths"}:
-            raise ValueError(f"`state` must be a dict with the key 'strengths', but got {state!r}")
+            raise InvalidValueError(
+                f"`state` must be a dict with the key 'strengths', but got {state!r}")
         strengths = state["strengths"]
         self.strengths = (
             None if strengths is None else self._check_strengths("strengths", strengths)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from hwnas.errors import InvalidTypeError
+from hwnas.errors import InvalidTypeError, InvalidValueError
 from hwnas.regularizers.base import check_nonnegative
 from hwnas.regularizers.protocol import GatedModel
 from hwnas.regularizers.registry import register
@@ -150,21 +150,24 @@ def gradient_penalty(
         tensor(16., grad_fn=<MeanBackward0>)
     """
     if mode not in _MODES:
-        raise ValueError(f"`mode` must be one of {', '.join(map(repr, _MODES))}, but got {mode!r}")
+        raise InvalidValueError(
+            f"`mode` must be one of {', '.join(map(repr, _MODES))}, but got {mode!r}")
     target_norm = check_nonnegative("target_norm", target_norm)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1:
         got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x)
-        raise TypeError(f"`x` must be a floating-point tensor with a batch dim, but got {got}")
+        raise InvalidTypeError(
+            f"`x` must be a floating-point tensor with a batch dim, but got {got}")
 
     if mode == "output":
         if reference is not None:
-            raise ValueError("`reference` is only used with mode='interpolated', but got one")
+            raise InvalidValueError(
+                "`reference` is only used with mode='interpolated', but got one")
         point = x if x.requires_grad else x.detach().requires_grad_(True)
     else:
         if not isinstance(reference, torch.Tensor):
-            raise ValueError("`reference` is required for mode='interpolated', but got None")
+            raise InvalidValueError("`reference` is required for mode='interpolated', but got None")
         if reference.shape != x.shape:
-            raise ValueError(
+            raise InvalidValueError(
                 f"`reference` must have the shape of `x` {tuple(x.shape)}, "
                 f"but got {tuple(reference.shape)}"
             )
@@ -215,7 +218,7 @@ def output_magnitude_penalty(
         tensor(16.)
     """
     if reduction not in _REDUCTIONS:
-        raise ValueError(
+        raise InvalidValueError(
             f"`reduction` must be one of {', '.join(map(repr, _REDUCTIONS))}, but got {reduction!r}"
         )
     target = check_nonnegative("target", target)
@@ -225,7 +228,8 @@ def output_magnitude_penalty(
             if isinstance(output, torch.Tensor)
             else type(output)
         )
-        raise TypeError(f"`output` must be a floating-point tensor with a batch dim, but got {got}")
+        raise InvalidTypeError(
+            f"`output` must be a floating-point tensor with a batch dim, but got {got}")
     excess = torch.relu(_per_example_norm(output) - target).square()
     return excess.mean() if reduction == "mean" else excess.sum()
 
@@ -253,11 +257,11 @@ class Every:
 
     def __init__(self, penalty: Callable[..., torch.Tensor], every: int, weight: float = 1.0):
         if not callable(penalty):
-            raise TypeError(f"`penalty` must be callable, but got {type(penalty).__name__}")
+            raise InvalidTypeError(f"`penalty` must be callable, but got {type(penalty).__name__}")
         if isinstance(every, bool) or not isinstance(every, int):
-            raise TypeError(f"`every` must be an int, but got {type(every).__name__}")
+            raise InvalidTypeError(f"`every` must be an int, but got {type(every).__name__}")
         if every < 1:
-            raise ValueError(f"`every` must be >= 1, but got {every}")
+            raise InvalidValueError(f"`every` must be >= 1, but got {every}")
         self.penalty = penalty
         self.every = every
         self.weight = check_nonnegative("weight", weight)
@@ -279,7 +283,7 @@ class Every:
         """Restore the call counter from :meth:`state_dict`."""
         step = state.get("step") if isinstance(state, Mapping) else None
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"`state` must be {{'step': int >= 0}}, but got {state!r}")
+            raise InvalidValueError(f"`state` must be {{'step': int >= 0}}, but got {state!r}")
         self.step = step
 
     def __repr__(self) -> str:

@@ -1,4 +1,7 @@
-"""Name -> regularizer/penalty registry.
+"""Name -> regularizer/penalty registry (one :class:`~hwnas._internal.registry.Registry`).
+
+The built-in names (``base``, ``duccio``, the penalties, and DiffLUT's ``functional*``
+regularizers) are found whether or not their modules were imported before.
 
 Example:
     >>> from hwnas.regularizers import registry
@@ -7,6 +10,8 @@ Example:
     ...     return 0.0
     >>> registry.get("my_zero") is my_zero
     True
+    >>> "functional_exact" in registry.names()
+    True
 """
 
 from __future__ import annotations
@@ -14,24 +19,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["register", "get", "names"]
+from hwnas._internal.registry import Registry
+from hwnas.errors import InvalidValueError, UnknownNameError
+
+__all__ = ["REGULARIZERS", "get", "names", "register"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-_REGISTRY: dict[str, Callable[..., Any]] = {}
+
+#: Name -> regularizer class or penalty function.
+REGULARIZERS: Registry[Callable[..., Any]] = Registry(
+    "regularizer", hint="hwnas.regularizers.register",
+    providers=("hwnas.regularizers.base", "hwnas.regularizers.duccio",
+               "hwnas.regularizers.penalties", "hwnas.difflut.sensitivity"),
+    unique=True)
 
 
 def register(*names: str) -> Callable[[_F], _F]:
     """Decorator: register a regularizer class or penalty function under one or more names."""
     if not names or not all(isinstance(n, str) and n for n in names):
-        raise ValueError(f"`names` must be non-empty strings, but got {names!r}")
+        raise InvalidValueError(f"`names` must be non-empty strings, but got {names!r}")
 
     def deco(obj: _F) -> _F:
         for name in names:
-            if name in _REGISTRY and _REGISTRY[name] is not obj:
-                raise ValueError(
-                    f"regularizer name {name!r} is already registered to {_REGISTRY[name]!r}"
-                )
-            _REGISTRY[name] = obj
+            REGULARIZERS.register(name, obj)
         return obj
 
     return deco
@@ -39,11 +49,12 @@ def register(*names: str) -> Callable[[_F], _F]:
 
 def names() -> list[str]:
     """All registered names, sorted."""
-    return sorted(_REGISTRY)
+    return REGULARIZERS.names()
 
 
 def get(name: str) -> Callable[..., Any]:
-    """The regularizer or penalty registered as ``name``; KeyError lists the known names."""
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown regularizer {name!r}; known: {', '.join(names())}")
-    return _REGISTRY[name]
+    """The regularizer or penalty registered as ``name``; an error lists the known names."""
+    found = REGULARIZERS.lookup(name)
+    if found is None:
+        raise UnknownNameError(f"unknown regularizer {name!r}; known: {', '.join(names())}")
+    return found

@@ -29,8 +29,8 @@ import torch.fx as fx
 from hwnas import cost as cost_registry
 from hwnas.cost.target import Target
 from hwnas.errors import HwnasError
-from hwnas.search.gates import hard_concrete_deterministic
 from hwnas.graph.ir import CHANNELS_KEY, ChannelGroup, ChannelSlots, LayerInfo
+from hwnas.search.gates import hard_concrete_deterministic
 
 __all__ = ["AliveIndex", "bilinear_coefficients"]
 

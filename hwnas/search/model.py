@@ -8,34 +8,32 @@ the graph as its last input; the masks of :mod:`hwnas.search.masks` read them th
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
-from pathlib import Path
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, cast
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.fx as fx
 from torch import nn
 
 from hwnas import cost as cost_registry
-from hwnas._internal.devices import device_of, to_device
-from hwnas.cost.profile import metrics_for
-from hwnas.cost.target import Target, load_target
-from hwnas.errors import InvalidTypeError, InvalidValueError, UnknownNameError
-from hwnas.search.gates import GateSlice, HardConcreteGate, prob_nonzero
-from hwnas.graph import channel_groups, layers, trace
+from hwnas._internal.devices import device_of
+from hwnas.cost.target import Target
+from hwnas.errors import InvalidValueError, UnknownNameError
+from hwnas.graph import layers
 from hwnas.graph.ir import ChannelGroup, LayerInfo
-from hwnas.pruning import prune_graph
 from hwnas.search.alive import AliveIndex
-from hwnas.search.masks import insert_masks, strip_masks
+from hwnas.search.gates import GateSlice, HardConcreteGate, prob_nonzero
+from hwnas.search.summary import group_table, kept_table, layer_table
+from hwnas.search.surgery import insert_masks
 
-__all__ = ["COST_MODES", "GATE_MODES", "SearchModel", "materialize", "wrap"]
+__all__ = ["COST_MODES", "DEFAULT_COST_MODE", "GATE_MODES", "SearchModel"]
 
 #: How :meth:`SearchModel.cost` reads the gates.
 COST_MODES = ("expected", "straight_through", "deterministic")
+#: The default of :attr:`SearchModel.cost_mode` and of ``FitConfig.cost_mode``: the value
+#: of the exported architecture with the gradient of the expected cost.
+DEFAULT_COST_MODE = "straight_through"
 #: How :meth:`SearchModel.forward` sets the gates.
 GATE_MODES = ("sample", "deterministic", "off")
 
@@ -82,7 +80,10 @@ class SearchModel(nn.Module):
         #: The graph also takes keep flags (a masked LayerNorm / GroupNorm reads them).
         self.needs_keep = insert_masks(gm, self.index.slot_index, self.index.n_gates,
                                        per_example)
-        self._cost_mode = "expected"
+        self._cost_mode = DEFAULT_COST_MODE
+        #: Checkpoint path -> fingerprint of this search when the fit writing that
+        #: checkpoint began (hwnas.training.checkpoint.start_fingerprint).
+        self.run_origins: dict[str, str] = {}
         self._gated_inputs = self._find_gated_inputs()
         self.to(device_of(gm))  # the model's device decides (gates, masks' index buffers)
 
@@ -102,7 +103,8 @@ class SearchModel(nn.Module):
     # ------------------------------------------------------------------ modes
     @property
     def cost_mode(self) -> str:
-        """Default ``mode`` of :meth:`cost` (regularizers call ``cost(name)``)."""
+        """Default ``mode`` of :meth:`cost` (regularizers call ``cost(name)``):
+        :data:`DEFAULT_COST_MODE`, as in ``FitConfig``, unless changed."""
         return self._cost_mode
 
     @cost_mode.setter
@@ -166,7 +168,7 @@ class SearchModel(nn.Module):
 
         Empty when the model has no free channel group (nothing to search).
         """
-        return iter([self.gates.log_alpha] if self.index.n_gates else [])
+        return iter([cast(nn.Parameter, self.gates.log_alpha)] if self.index.n_gates else [])
 
     def weight_parameters(self) -> Iterator[nn.Parameter]:
         """Every parameter of the wrapped model (not the gates)."""
@@ -252,7 +254,7 @@ class SearchModel(nn.Module):
     def costs_of(self, names: Sequence[str], mode: str | None = None) -> torch.Tensor:
         """The costs ``names`` as one float64 vector, evaluated together (see :meth:`cost`)."""
         for name in names:
-            self._check_metric(name)
+            self.check_cost(name)
         alive = self.alive_vector(self._cost_mode if mode is None else mode)
         return self.index.totals(list(names), alive, self.target)
 
@@ -269,42 +271,30 @@ class SearchModel(nn.Module):
         """
         return self.costs_of([name], mode)[0]
 
-    def _check_metric(self, name: str) -> None:
-        cost_registry.check_metric(name)
-        if name == "luts" and not self.target.has_lut_model:
-            cost_registry.formulas.lut_model(self.target)
+    def check_cost(self, name: str) -> None:
+        """The costs a search answers are the ones ``wrap(costs=...)`` asked for."""
+        if name not in self.cost_names:
+            cost_registry.check_metric(name)  # an unknown name: the error lists the known
+            asked = ", ".join(map(repr, self.cost_names))
+            raise UnknownNameError(
+                f"cost {name!r} was not asked for: this search was wrapped with costs=("
+                f"{asked}); wrap with costs=({asked}, {name!r}) to use it")
 
     def costs(self) -> dict[str, float]:
-        """Exact costs of the deterministic architecture (what export will produce)."""
-        names = metrics_for(self.target)
+        """Exact costs of the deterministic architecture (what export will produce), for
+        the costs ``wrap(costs=...)`` asked for."""
+        names = list(self.cost_names)
         with torch.no_grad():
             values = self.costs_of(names, "deterministic")
         return dict(zip(names, (float(v) for v in values), strict=True))
 
     def reference_costs(self) -> dict[str, float]:
-        """Costs of the unpruned model (every channel alive)."""
-        names = metrics_for(self.target)
+        """Costs of the unpruned model (every channel alive), for the asked costs."""
+        names = list(self.cost_names)
         with torch.no_grad():
             ones = torch.ones(self.index.n_gates, dtype=torch.float64)  # exact, on the CPU
             values = self.index.totals(names, ones, self.target)
         return dict(zip(names, (float(v) for v in values), strict=True))
-
-    def layer_costs(self, mode: str = "deterministic") -> pd.DataFrame:
-        """Per-layer costs (one row per layer) for ``mode`` (see :meth:`cost`)."""
-        with torch.no_grad():
-            a_in, a_out = self.index.layer_alive(self.alive_vector(mode))
-        rows = []
-        for k, info in enumerate(self.layer_infos):
-            alive = {"in": a_in[k], "out": a_out[k]}
-            row = {"layer": info.label,
-                   "type": getattr(info.module_type, "__name__", info.target),
-                   "in_channels": info.in_channels, "in_kept": float(alive["in"]),
-                   "out_channels": info.out_channels, "out_kept": float(alive["out"])}
-            for name in metrics_for(self.target):
-                value = cost_registry.evaluate(name, info, alive, self.target)
-                row[name] = 0.0 if value is None else float(value)
-            rows.append(row)
-        return pd.DataFrame(rows)
 
     def enforce_targets_(self, targets: Mapping[str, float]) -> int:
         """Close gates, least likely first, until the exported costs meet ``targets``.
@@ -316,7 +306,7 @@ class SearchModel(nn.Module):
         it closed.
         """
         for name in targets:
-            self._check_metric(name)
+            self.check_cost(name)
         names = list(targets)
         return self.index.enforce(
             self.gates.log_alpha,
@@ -324,173 +314,23 @@ class SearchModel(nn.Module):
             targets)
 
     # ------------------------------------------------------------------ reporting
+    def layer_costs(self, mode: str = "deterministic") -> pd.DataFrame:
+        """Per-layer costs (one row per layer) for ``mode`` (see :meth:`cost`)."""
+        with torch.no_grad():
+            a_in, a_out = self.index.layer_alive(self.alive_vector(mode))
+        return layer_table(self.layer_infos, a_in, a_out, self.target)
+
     def summary(self, by: str = "layer") -> pd.DataFrame:
-        """Channels kept per layer (``by="layer"``) or per channel group (``by="group"``)."""
+        """Channels kept per layer (``by="layer"``) or per channel group (``by="group"``),
+        with the reason of every frozen group."""
         if by == "group":
-            keep = self.keep_masks()
-            rows = []
-            for g in self.groups:
-                kept = int(keep[g.index].sum()) if g.index in keep else g.size
-                rows.append({"group": g.index, "channels": g.size, "kept": kept,
-                             "producers": ", ".join(g.producers), "frozen": g.frozen or ""})
-            return pd.DataFrame(rows)
+            return group_table(self.groups, self.keep_masks())
         if by != "layer":
             raise InvalidValueError(f"`by` must be 'layer' or 'group', but got {by!r}")
-        df = self.layer_costs("deterministic")
-        groups = [int(i.out_slots[0, 0]) if i.out_slots is not None else -1
-                  for i in self.layer_infos]
-        df.insert(2, "group", groups)
-        df["frozen"] = [self._layer_frozen(i) or "" for i in self.layer_infos]
-        for col in ("in_kept", "out_kept"):
-            df[col] = df[col].round().astype("int64")
-        return df
-
-    def _layer_frozen(self, info: LayerInfo) -> str | None:
-        # Like LayerInfo.frozen (the reason of the first frozen group the layer writes), but
-        # from self.groups, which also holds the groups frozen by wrap(exclude=...).
-        own = info.out_slots if info.out_slots is not None else info.in_slots
-        if own is None:
-            return info.frozen
-        return next((self.groups[int(g)].frozen for g in np.unique(own[0])
-                     if self.groups[int(g)].frozen is not None), None)
+        return kept_table(self.layer_costs("deterministic"), self.layer_infos, self.groups)
 
     def export(self) -> fx.GraphModule:
-        """The pruned plain model; see :func:`materialize`."""
+        """The pruned plain model; see :func:`hwnas.materialize`."""
+        from hwnas.search.materialize import materialize  # the bridge to hwnas.pruning
+
         return materialize(self)
-
-
-def materialize(search: SearchModel) -> fx.GraphModule:
-    """A plain model with the pruned channels of ``search`` physically removed.
-
-    The deterministic (eval-mode) gates decide which channels stay; gate values below 1
-    are folded into the weights of the layers that read the channels, so the result in
-    eval mode computes what ``search`` computes in eval mode. Convs (depthwise included),
-    linears, BatchNorm (running statistics kept) and GroupNorm are sliced (see
-    :mod:`hwnas.pruning`), and Python constants that depend on channel counts (split sizes,
-    view shapes) are rewritten. A group whose gates are all closed keeps one channel (its
-    most likely one), so every layer stays valid; its gate value 0 is folded in, so it
-    contributes nothing.
-
-    The result is a ``torch.fx.GraphModule`` of plain ``torch.nn`` layers in the train/eval
-    mode of ``search``: no hwnas code runs at inference time.
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> import hwnas
-        >>> net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
-        ...                     nn.Conv2d(8, 4, 3))
-        >>> search = hwnas.wrap(net, torch.randn(1, 1, 8, 8))
-        >>> search.gate(1).set_deterministic_([1, 0] * 4)
-        >>> pruned = hwnas.materialize(search)
-        >>> pruned.get_submodule("0").out_channels
-        4
-    """
-    if not isinstance(search, SearchModel):
-        raise InvalidTypeError(f"`search` must be a SearchModel (from hwnas.wrap), but got "
-                               f"{type(search).__name__}")
-    with torch.no_grad():
-        keep = {g: m.cpu().numpy() for g, m in search.keep_masks().items()}
-        scale = {g: search.channel_gate_values(g).detach().cpu() for g in search.free_groups}
-    gm = copy.deepcopy(search.gm)
-    strip_masks(gm)
-    pruned = prune_graph(gm, keep, scale, copy_graph=False)
-    pruned.train(search.training)
-    return pruned
-
-
-def _check_wrap_args(model: Any, exclude: Any, droprate_init: Any, channel_multiple: Any) -> None:
-    if not isinstance(model, nn.Module):
-        raise InvalidTypeError(f"`model` must be an nn.Module, but got {type(model).__name__}")
-    if isinstance(model, SearchModel):
-        raise InvalidTypeError("`model` is already a SearchModel (from hwnas.wrap); wrap the "
-                               "original model, or use search.export() for the pruned one")
-    if isinstance(exclude, str):
-        raise InvalidTypeError("`exclude` must be a collection of module names, not a single "
-                               "string")
-    if isinstance(channel_multiple, bool) or not isinstance(channel_multiple, int) \
-            or channel_multiple < 1:
-        raise InvalidValueError(
-            f"`channel_multiple` must be an integer >= 1, but got {channel_multiple!r}")
-    if isinstance(droprate_init, bool) or not isinstance(droprate_init, (int, float)) \
-            or not 0.0 < droprate_init < 1.0:
-        raise InvalidValueError(f"`droprate_init` must be in (0, 1), but got {droprate_init!r}")
-
-
-def wrap(
-    model: nn.Module,
-    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
-    costs: Iterable[str] = ("params", "ops"),
-    target: str | Path | Target = "generic",
-    exclude: Iterable[str] = (),
-    droprate_init: float = 0.3,
-    per_example: bool = False,
-    leaf_modules: tuple[type | str, ...] = (),
-    channel_multiple: int = 1,
-) -> SearchModel:
-    """Wrap a copy of ``model`` for channel search.
-
-    Args:
-        model: The model; it is deep-copied, never modified. Its device decides where the
-            search lives: gates, mask indices and cost plans are put beside its
-            parameters (``search.to(device)`` moves all of it later).
-        example_inputs: Example inputs with batch size 1 (costs are per example); moved
-            to the model's device for tracing.
-        costs: Metrics the search is expected to use (validated against the registry).
-        target: Hardware target name, TOML path or :class:`~hwnas.cost.Target`.
-        exclude: Module names (as in ``model.named_modules()``) whose output channels
-            must not be pruned.
-        droprate_init: Initial probability that a gate is closed (Louizos' ``p``). At 0.3
-            the gates start at P(open) = 0.7 (deterministic value 0.79), where they still
-            move quickly; values near 0 start exactly at the full model but saturate the
-            gates, so the search needs more epochs to close channels.
-        per_example: Sample an independent gate per example (a (batch, channels) mask)
-            instead of one per batch.
-        leaf_modules: Passed to :func:`hwnas.graph.trace`.
-        channel_multiple: Channels per gate. With 16, every group keeps a multiple of 16
-            channels (its last block may be shorter): the blocked layouts of CPU/GPU
-            kernels (e.g. onnxruntime's NCHWc) then run the pruned layers at full speed.
-
-    Returns:
-        A :class:`SearchModel`.
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> import hwnas
-        >>> net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
-        >>> search = hwnas.wrap(net, torch.randn(1, 4), costs=("params",))
-        >>> search.summary(by="group")["kept"].tolist()
-        [4, 16, 2]
-    """
-    _check_wrap_args(model, exclude, droprate_init, channel_multiple)
-    costs = tuple(costs)
-    exclude = tuple(exclude)
-    target = load_target(target)
-    for name in costs:
-        cost_registry.check_metric(name)
-        if name == "luts" and not target.has_lut_model:
-            cost_registry.formulas.lut_model(target)
-    copied = copy.deepcopy(model)
-    module_names = {name for name, _ in copied.named_modules() if name}
-    unknown = [e for e in exclude if e not in module_names]
-    if unknown:
-        raise UnknownNameError(
-            f"`exclude` names no layer: {unknown}; layers are e.g. {sorted(module_names)[:10]}")
-    was_training = copied.training
-    copied.eval()
-    example_inputs = to_device(example_inputs, device_of(copied))
-    gm = trace(copied, example_inputs, leaf_modules=leaf_modules, is_leaf=cost_registry.is_costed)
-    gm.train(was_training)
-    groups = list(channel_groups(gm))
-    for node in gm.graph.nodes:
-        info = node.meta.get("hwnas")
-        if not exclude or node.op != "call_module" or info is None or info.out_slots is None:
-            continue
-        if any(str(node.target) == e or str(node.target).startswith(e + ".") for e in exclude):
-            for g in np.unique(info.out_slots[0]):
-                if groups[int(g)].frozen is None:
-                    groups[int(g)] = replace(groups[int(g)], frozen=f"excluded: {node.target}")
-    search = SearchModel(gm, tuple(groups), costs, target, droprate_init, per_example,
-                         channel_multiple)
-    return search.train(was_training)

@@ -2,7 +2,8 @@
 
 - :mod:`~hwnas.training.config`: :class:`FitConfig`, :class:`EarlyStopping`;
 - :mod:`~hwnas.training.fit`: :func:`fit`, :class:`FitResult`, :func:`relative_targets`;
-- :mod:`~hwnas.training.loop`: phases, the step guard, one run's state and one epoch;
+- :mod:`~hwnas.training.run`: phases, the step guard and one run's state;
+- :mod:`~hwnas.training.loop`: one epoch and one step;
 - :mod:`~hwnas.training.checkpoint`: atomic checkpoints and the resume key;
 - :mod:`~hwnas.training.evaluation`: evaluation and BatchNorm recalibration;
 - :mod:`~hwnas.training.distributed`: torch.distributed helpers.

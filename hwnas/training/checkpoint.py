@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from hwnas.errors import CheckpointError
 from hwnas._internal.files import atomic_write, remove_stale_parts
+from hwnas.errors import CheckpointError
 
 if TYPE_CHECKING:
     from hwnas.search import SearchModel
@@ -56,6 +56,7 @@ __all__ = [
     "resume_key",
     "rng_state",
     "set_rng_state",
+    "start_fingerprint",
 ]
 
 CHECKPOINT_FORMAT = "hwnas-fit"
@@ -184,6 +185,24 @@ def model_fingerprint(search: SearchModel) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def start_fingerprint(search: SearchModel, path: Path | None) -> str:
+    """The :func:`model_fingerprint` of ``search`` at the start of the run that writes the
+    checkpoint ``path``.
+
+    A run stopped early (``stop_after``) and continued by calling ``fit`` again on the same
+    search object starts from trained weights: the search remembers the fingerprint it had
+    when the run began (while the checkpoint exists), so the continuation presents the
+    same resume key. A fresh search built the same way has that fingerprint too.
+    """
+    now = model_fingerprint(search)
+    if path is None:
+        return now
+    key = str(path.resolve())
+    if not path.exists():
+        search.run_origins[key] = now
+    return search.run_origins.get(key, now)
+
+
 def data_fingerprint(data: Any) -> dict[str, Any] | None:
     """Batches, examples and (for tensor datasets up to 64 MiB) a content digest of a loader.
 
@@ -218,11 +237,13 @@ def _name(obj: Any) -> str:
 def resume_key(*, settings: Mapping[str, Any], targets: Mapping[str, float],
                search: SearchModel, train_data: Any, val_data: Any, loss_fn: Any,
                regularizer: Any, world_size: int = 1,
-               extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               extra: Mapping[str, Any] | None = None, model: str | None = None
+               ) -> dict[str, Any]:
     """Everything that changes the result of a fit, as a plain dict (see the module doc).
 
     ``extra`` entries (e.g. the CLI's ``"run"``: model and data factories and kwargs,
-    input shape) are added as they are.
+    input shape) are added as they are; ``model`` is the search's fingerprint at the start
+    of the run (:func:`start_fingerprint`; default: now).
     """
     target = search.target
     key: dict[str, Any] = {
@@ -230,7 +251,7 @@ def resume_key(*, settings: Mapping[str, Any], targets: Mapping[str, float],
         "cost targets": {k: float(v) for k, v in sorted(targets.items())},
         "hardware target": f"{target.name} (" + hashlib.sha256(
             repr(target).encode()).hexdigest()[:12] + ")",
-        "model": model_fingerprint(search),
+        "model": model if model is not None else model_fingerprint(search),
         "train data": data_fingerprint(train_data),
         "validation data": data_fingerprint(val_data),
         "loss": _name(loss_fn),

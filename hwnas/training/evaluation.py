@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwnas._internal.devices import device_of, to_device
+from hwnas._internal.modes import eval_mode
 from hwnas.errors import InvalidTypeError, InvalidValueError
 
-__all__ = ["device_of", "evaluate", "metrics", "recalibrate_batchnorm_", "split_batch",
-           "to_device"]
+__all__ = ["correct", "correct_tensor", "device_of", "evaluate", "metrics",
+           "recalibrate_batchnorm_", "split_batch", "to_device"]
 
 
 def split_batch(batch: Any) -> tuple[tuple[torch.Tensor, ...], Any]:
@@ -31,12 +32,19 @@ def split_batch(batch: Any) -> tuple[tuple[torch.Tensor, ...], Any]:
     return tuple(batch[:-1]), batch[-1]
 
 
-def correct(output: Any, target: Any) -> int | None:
-    """Number of correct class predictions, or None when targets are not class indices."""
+def correct_tensor(output: Any, target: Any) -> torch.Tensor | None:
+    """Number of correct class predictions as a 0-d tensor on the output's device, or None
+    when targets are not class indices."""
     if (isinstance(output, torch.Tensor) and isinstance(target, torch.Tensor)
             and output.dim() == 2 and target.dim() == 1 and not target.is_floating_point()):
-        return int((output.argmax(1) == target).sum())
+        return (output.argmax(1) == target).sum()
     return None
+
+
+def correct(output: Any, target: Any) -> int | None:
+    """Number of correct class predictions, or None when targets are not class indices."""
+    found = correct_tensor(output, target)
+    return None if found is None else int(found)
 
 
 def metrics(model: Callable[..., Any], data: Iterable, loss_fn: Callable,
@@ -86,13 +94,9 @@ def evaluate(
         1.0
     """
     dev = torch.device(device) if device else device_of(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         forward = partial(model, **forward_kwargs) if forward_kwargs else model
         return metrics(forward, data, loss_fn or F.cross_entropy, dev)
-    finally:
-        model.train(was_training)
 
 
 def recalibrate_batchnorm_(

@@ -1,20 +1,20 @@
 """The search loop: warm-up, search, fine-tune; early stopping; checkpoints; history.
 
-:func:`fit` is the entry point; :class:`FitConfig` its settings, :class:`FitResult` what it
-returns. The state of one run and one epoch live in :mod:`hwnas.training.loop`, checkpoints and
-the resume key in :mod:`hwnas.training.checkpoint`, evaluation in :mod:`hwnas.training.evaluation` and the
-torch.distributed helpers in :mod:`hwnas.training.distributed` (``evaluate``,
-``recalibrate_batchnorm_`` and ``shard_loader`` are re-exported here). DESIGN.md puts all
-of these in ``train.py``; they are split by job so that each module stays small (under
-about 600 lines) and ``FitRun``, the state of one run, under about 300.
+:func:`fit` is the entry point; :class:`~hwnas.training.config.FitConfig` its settings,
+:class:`FitResult` what it returns. The state of one run lives in
+:mod:`hwnas.training.run`, one epoch and one step in :mod:`hwnas.training.loop`,
+checkpoints and the resume key in :mod:`hwnas.training.checkpoint`, evaluation in
+:mod:`hwnas.training.evaluation` and the torch.distributed helpers in
+:mod:`hwnas.training.distributed`.
 
 What ``fit`` checks for you: the loss and the gradient norm of every step are finite and
 the loss does not grow by orders of magnitude (else a :class:`~hwnas.errors.TrainingError`
 naming the phase, epoch and step; the last good checkpoint is kept, no model is exported);
-empty loaders are errors before training; a checkpoint is resumed only by the run that made
-it; the SearchModel's train/eval mode, ``cost_mode`` and gate ``requires_grad`` are
-restored when ``fit`` returns or raises; unmet cost targets are reported in
-:attr:`FitResult.met` and by a :class:`TargetsNotMetWarning`.
+empty loaders, unknown costs and an early-stopping column that will not exist are errors
+before training; a checkpoint is resumed only by the run that made it; the SearchModel's
+train/eval mode, ``cost_mode`` and gate ``requires_grad`` are restored when ``fit`` returns
+or raises; unmet cost targets are reported in :attr:`FitResult.met` and by a
+:class:`TargetsNotMetWarning`.
 
 Weight decay and gates: the optimizer puts the gate logits (``log_alpha``) in their own
 parameter group with no weight decay. Decay pulls every logit toward 0, i.e. every gate
@@ -30,7 +30,7 @@ import os
 import random
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sized
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,243 +39,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hwnas._internal.devices import check_device, check_precision, resolve_device
-from hwnas.training.checkpoint import Checkpoint
+from hwnas._internal.checks import is_number
+from hwnas._internal.devices import device_of, resolve_device, to_device
+from hwnas._internal.modes import eval_mode
+from hwnas.errors import InvalidTypeError, InvalidValueError
+from hwnas.search.model import SearchModel
+from hwnas.training.checkpoint import Checkpoint, start_fingerprint
 from hwnas.training.checkpoint import resume_key as make_resume_key
-from hwnas.training.distributed import is_rank0, rank, shard_loader, world_size
-from hwnas.errors import (
-    CheckpointError,
-    InvalidTypeError,
-    InvalidValueError,
-    UnknownNameError,
-)
-from hwnas.training.evaluation import evaluate, recalibrate_batchnorm_
-from hwnas.training.loop import FitRun, PhaseSchedule
-from hwnas.search import SearchModel
+from hwnas.training.config import EarlyStopping, FitConfig
+from hwnas.training.distributed import is_rank0, rank, world_size
+from hwnas.training.evaluation import correct_tensor, split_batch
+from hwnas.training.loop import train_epoch
+from hwnas.training.run import FitRun
 
-__all__ = [
-    "CheckpointError",
-    "EarlyStopping",
-    "FitConfig",
-    "FitResult",
-    "PhaseSchedule",
-    "TargetsNotMetWarning",
-    "evaluate",
-    "fit",
-    "recalibrate_batchnorm_",
-    "relative_targets",
-    "shard_loader",
-]
+__all__ = ["FitResult", "TargetsNotMetWarning", "fit", "relative_targets"]
 
 
 class TargetsNotMetWarning(UserWarning):
     """:func:`fit` finished, but the exported model does not meet every cost target."""
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    message = f"`{name}` must be an integer >= {low}, but got {value!r}"
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-        raise InvalidTypeError(message)
-    if value < low:
-        raise InvalidValueError(message)
-
-
-def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise InvalidTypeError(f"`{name}` must be True or False, but got {value!r}")
-
-
-def _check_number(name: str, value: Any, low: float, inclusive: bool) -> None:
-    if not _is_number(value):
-        raise InvalidTypeError(f"`{name}` must be a number, but got {value!r}")
-    ok = value >= low if inclusive else value > low
-    if not (math.isfinite(value) and ok):
-        raise InvalidValueError(f"`{name}` must be a finite number {'>=' if inclusive else '>'} "
-                                f"{low:g}, but got {value!r}")
-
-
-@dataclass
-class EarlyStopping:
-    """Stop a phase when a validation metric stops improving.
-
-    Args:
-        patience: Epochs without improvement before stopping (an integer >= 1).
-        min_delta: Smallest change that counts as an improvement (>= 0).
-        restore_best: Put back the weights of the best epoch when the phase ends.
-        monitor: History column to watch: ``"val_accuracy"`` (higher is better) or
-            ``"val_loss"`` (lower is better); any column, "loss" in its name means lower.
-
-    Example:
-        >>> stop = EarlyStopping(patience=2)
-        >>> [stop.step(v, None) for v in (0.5, 0.6, 0.6, 0.59)]
-        [False, False, False, True]
-    """
-
-    patience: int = 5
-    min_delta: float = 0.0
-    restore_best: bool = True
-    monitor: str = "val_accuracy"
-    best: float | None = field(default=None, init=False)
-    bad_epochs: int = field(default=0, init=False)
-    best_state: dict[str, Any] | None = field(default=None, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        _check_int("patience", self.patience, 1)
-        _check_number("min_delta", self.min_delta, 0.0, inclusive=True)
-        _check_bool("restore_best", self.restore_best)
-        if not isinstance(self.monitor, str) or not self.monitor:
-            raise InvalidTypeError(f"`monitor` must be a history column name, but got "
-                                   f"{self.monitor!r}")
-
-    @property
-    def lower_is_better(self) -> bool:
-        return "loss" in self.monitor
-
-    def reset(self) -> None:
-        self.best, self.bad_epochs, self.best_state = None, 0, None
-
-    def step(self, value: float, model: nn.Module | None) -> bool:
-        """Record this epoch's ``value``; True when the phase should stop."""
-        sign = -1.0 if self.lower_is_better else 1.0
-        if self.best is None or sign * (value - self.best) > self.min_delta:
-            self.best, self.bad_epochs = value, 0
-            if self.restore_best and model is not None:
-                self.best_state = copy.deepcopy(model.state_dict())
-            return False
-        self.bad_epochs += 1
-        return self.bad_epochs >= self.patience
-
-    def restore(self, model: nn.Module) -> None:
-        if self.restore_best and self.best_state is not None:
-            model.load_state_dict(self.best_state)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "bad_epochs": self.bad_epochs, "best_state": self.best_state}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
-        self.best_state = state["best_state"]
-
-
-@dataclass(frozen=True)
-class FitConfig:
-    """Settings of :func:`fit`.
-
-    Attributes:
-        warmup_epochs: Plain training of the full model (gates bypassed).
-        search_epochs: Training with gates and the regularizer. DUCCIO's strengths are
-            set from the task loss at the start of the search, measured over the training
-            data with the gates on and sampled (see ``FitRun.task_loss_reference``), not
-            from the warm-up loss, which can be near zero for a small model.
-        finetune_epochs: Training of the exported (pruned) model.
-        lr: Learning rate of the weights (Adam).
-        arch_lr: Learning rate of the gate logits (Adam, no weight decay).
-        weight_decay: Decoupled weight decay of the weights (AdamW), never of the gates.
-        early_stopping: Applied to the warm-up and fine-tune phases (needs validation
-            data); the search phase follows the regularizer's schedule.
-        cost_mode: How the regularizer sees the costs during the search (see
-            ``SearchModel.cost``). ``"straight_through"`` (default): the value of the
-            exported architecture with the gradient of the expected cost, so a constraint
-            stays active until the binarised gates meet it; ``"expected"``: Louizos'
-            expected cost, which can meet a target that the binarised gates overshoot.
-        enforce_targets: At the end of the search, close the least likely channels until
-            the exported costs meet the targets (``SearchModel.enforce_targets_``): the
-            relaxed costs can meet a target that the binarised gates overshoot.
-        recalibrate_bn: At the end of the search, recompute BatchNorm statistics on the
-            training data with the eval-mode gates (:func:`recalibrate_batchnorm_`).
-        divergence_factor: A step whose loss exceeds this many times the loss at the
-            start (of the run, or of its phase when that is higher) stops the fit as
-            diverged; ``None`` turns the check off (non-finite losses still stop it).
-        seed: Seeds torch, numpy and random at the start (``None``: leave them).
-        device: Where to train: ``"auto"`` (CUDA when available, else the CPU), ``"cpu"``,
-            ``"cuda"``, ``"cuda:N"`` or any torch device string; ``None`` (default): where
-            the model is. The search model is moved there; a device this machine does not
-            have is an error, never a silent fallback.
-        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the forward pass and the
-            loss of every training step run under ``torch.autocast`` in that dtype (on
-            CUDA and on the CPU); fp16 scales the loss with a gradient scaler. Weights,
-            gate logits, costs and the regularizer stay float32; validation and the
-            exported model run in the model's own dtype.
-        progress: Show tqdm progress bars and one line per epoch.
-        stop_after: Stop this call after this many epochs in total (the checkpoint then
-            resumes the run); ``None`` runs to the end.
-        on_epoch_end: Called as ``on_epoch_end(row, search)`` after every epoch with that
-            epoch's history row (a dict).
-
-    Example:
-        >>> FitConfig(search_epochs=10).total_epochs
-        20
-        >>> FitConfig(seed=1.5)
-        Traceback (most recent call last):
-        ...
-        hwnas.errors.InvalidTypeError: `seed` must be an integer or None, but got 1.5
-    """
-
-    warmup_epochs: int = 5
-    search_epochs: int = 20
-    finetune_epochs: int = 5
-    lr: float = 1e-3
-    arch_lr: float = 0.1
-    weight_decay: float = 0.0
-    early_stopping: EarlyStopping | None = None
-    cost_mode: str = "straight_through"
-    enforce_targets: bool = True
-    recalibrate_bn: bool = True
-    divergence_factor: float | None = 1e3
-    seed: int | None = 0
-    device: str | None = None
-    precision: str = "fp32"
-    progress: bool = True
-    stop_after: int | None = None
-    on_epoch_end: Callable[[dict[str, Any], SearchModel], None] | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("warmup_epochs", "search_epochs", "finetune_epochs"):
-            _check_int(name, getattr(self, name), 0)
-        _check_number("lr", self.lr, 0.0, inclusive=False)
-        _check_number("arch_lr", self.arch_lr, 0.0, inclusive=False)
-        _check_number("weight_decay", self.weight_decay, 0.0, inclusive=True)
-        if self.early_stopping is not None and not isinstance(self.early_stopping,
-                                                              EarlyStopping):
-            raise InvalidTypeError(f"`early_stopping` must be an EarlyStopping or None, but "
-                                   f"got {self.early_stopping!r}")
-        if self.cost_mode not in ("expected", "straight_through"):
-            raise InvalidValueError(
-                f"`cost_mode` must be 'expected' or 'straight_through', but got {self.cost_mode!r}"
-            )
-        for name in ("enforce_targets", "recalibrate_bn", "progress"):
-            _check_bool(name, getattr(self, name))
-        if self.divergence_factor is not None:
-            _check_number("divergence_factor", self.divergence_factor, 1.0, inclusive=False)
-        if self.seed is not None and (not isinstance(self.seed, int)
-                                      or isinstance(self.seed, bool)):
-            raise InvalidTypeError(f"`seed` must be an integer or None, but got {self.seed!r}")
-        check_device(self.device)
-        check_precision(self.precision)
-        if self.stop_after is not None:
-            _check_int("stop_after", self.stop_after, 1)
-        if self.on_epoch_end is not None and not callable(self.on_epoch_end):
-            raise InvalidTypeError(f"`on_epoch_end` must be callable or None, but got "
-                                   f"{self.on_epoch_end!r}")
-
-    @property
-    def total_epochs(self) -> int:
-        return self.warmup_epochs + self.search_epochs + self.finetune_epochs
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The settings that change the result (what a checkpoint must agree on)."""
-        skip = {"progress", "stop_after", "device", "on_epoch_end", "early_stopping"}
-        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)
-                               if f.name not in skip}
-        es = self.early_stopping
-        out["early_stopping"] = None if es is None else (
-            f"patience={es.patience}, min_delta={es.min_delta:g}, monitor={es.monitor}, "
-            f"restore_best={es.restore_best}")
-        return out
 
 
 @dataclass
@@ -334,9 +115,8 @@ def relative_targets(search: SearchModel, fractions: Mapping[str, float]) -> dic
     reference = search.reference_costs()
     out = {}
     for name, frac in fractions.items():
-        if name not in reference:
-            raise UnknownNameError(f"unknown cost {name!r}; known: {', '.join(reference)}")
-        if not _is_number(frac):
+        search.check_cost(name)
+        if not is_number(frac):
             raise InvalidTypeError(f"target fraction for {name!r} must be a number, but got "
                                    f"{frac!r}")
         if not (math.isfinite(frac) and frac > 0):
@@ -349,9 +129,8 @@ def relative_targets(search: SearchModel, fractions: Mapping[str, float]) -> dic
 def _check_targets(search: SearchModel, targets: Mapping[str, float] | None) -> dict[str, float]:
     out = {}
     for name, value in (targets or {}).items():
-        if name not in search.cost_names:
-            raise UnknownNameError(f"unknown cost {name!r}; known: {', '.join(search.cost_names)}")
-        if not _is_number(value):
+        search.check_cost(name)
+        if not is_number(value):
             raise InvalidTypeError(f"target for {name!r} must be a number, but got {value!r}")
         if not (math.isfinite(value) and value > 0):
             raise InvalidValueError(f"target for {name!r} must be a finite number > 0, but got "
@@ -367,6 +146,32 @@ def _check_loader(name: str, data: Any) -> None:
     if isinstance(data, Sized) and len(data) == 0:
         raise InvalidValueError(f"`{name}` is empty (0 batches): nothing to train or "
                                 "validate on; check the dataset and the batch size")
+
+
+#: History columns early stopping can watch; the accuracies need class-index targets.
+_MONITORS = ("val_loss", "val_accuracy", "loss", "task_loss", "train_accuracy")
+
+
+def _check_monitor(monitor: str, search: SearchModel, val_data: Any) -> None:
+    """Before any training: the column early stopping watches will exist. An accuracy
+    needs class-index targets, which the first validation batch shows."""
+    if monitor not in _MONITORS:
+        raise InvalidValueError(f"early stopping cannot monitor {monitor!r}; it can monitor "
+                                f"{', '.join(map(repr, _MONITORS))}")
+    if not monitor.endswith("accuracy"):
+        return
+    batch = next(iter(val_data), None)
+    if batch is None:
+        return  # an empty loader is reported by the loop
+    inputs, target = split_batch(to_device(batch, device_of(search)))
+    with eval_mode(search), torch.no_grad():
+        output = search(*inputs, gates="off")
+    if correct_tensor(output, target) is None:
+        shape = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
+        raise InvalidValueError(
+            f"early stopping monitors {monitor!r}, but the validation targets are not class "
+            f"indices (targets {shape}, outputs {tuple(getattr(output, 'shape', ()))}): "
+            "use EarlyStopping(monitor='val_loss')")
 
 
 def _seed_all(seed: int) -> None:
@@ -450,6 +255,8 @@ def fit(
     if regularizer is not None and not callable(regularizer):
         raise InvalidTypeError(f"`regularizer` must be callable, but got {regularizer!r}")
     loss_fn = loss_fn or F.cross_entropy
+    if config.early_stopping is not None:
+        _check_monitor(config.early_stopping.monitor, search, val_data)
     was_training, cost_mode = search.training, search.cost_mode
     grads = [p.requires_grad for p in search.arch_parameters()]
     try:
@@ -466,32 +273,9 @@ def _fit(search: SearchModel, train_data: Iterable, val_data: Iterable | None,
          loss_fn: Callable, targets: dict[str, float], config: FitConfig,
          regularizer: Callable[..., torch.Tensor] | None, checkpoint: Any,
          extra_key: dict[str, Any]) -> FitResult:
-    device = resolve_device(config.device, search)
-    if device.type == "cpu" and config.precision == "fp16":
-        warnings.warn("precision 'fp16' on the CPU has no fast kernels (tens of times slower "
-                      "than fp32 here); use 'bf16' on the CPU", stacklevel=3)
-    search.to(device)
-    search.cost_mode = config.cost_mode
-    key = make_resume_key(settings=config.fingerprint(), targets=targets, search=search,
-                     train_data=train_data, val_data=val_data, loss_fn=loss_fn,
-                     regularizer=regularizer, world_size=world_size(), extra=extra_key)
-    ckpt = Checkpoint(checkpoint)
-    stopper = copy.deepcopy(config.early_stopping)
-    run = FitRun(search, train_data, val_data, loss_fn, targets, config, regularizer, device,
-                 ckpt.path)
-    state = ckpt.load(key)
-    resumed_from = None
-    if state is not None:
-        run.restore(state, stopper)
-        resumed_from = run.epoch
-        if config.progress and is_rank0():
-            print(f"resumed from epoch {run.epoch} of {config.total_epochs} "
-                  f"({ckpt.path})", flush=True)
-    elif config.seed is not None:
-        # Under torch.distributed each rank draws its own gate noise (seed + rank);
-        # DistributedDataParallel broadcasts rank 0's weights and gates at the start.
-        _seed_all(config.seed + rank())
-
+    run, ckpt, key, stopper = _start(search, train_data, val_data, loss_fn, targets, config,
+                                     regularizer, checkpoint, extra_key)
+    resumed_from = run.saved_epoch
     epochs_this_call = 0
     schedule = run.schedule
     while run.epoch < schedule.total:
@@ -502,37 +286,81 @@ def _fit(search: SearchModel, train_data: Iterable, val_data: Iterable | None,
             run.epoch = schedule.end(phase)
             continue
         run.enter(phase)
-        row = run.train_epoch(phase, e, n)
+        row = train_epoch(run, phase, e, n)
         epochs_this_call += 1
         run.epoch += 1
-        stops = stopper is not None and phase in ("warmup", "finetune")
-        stop = False
-        if stops:
-            assert stopper is not None
-            if stopper.monitor not in row:
-                raise InvalidValueError(
-                    f"early stopping monitors {stopper.monitor!r}, but the history has no "
-                    f"such column (it has {', '.join(map(str, row))})")
-            stop = stopper.step(row[stopper.monitor], run.current_model(phase))
-        if stop or run.epoch == schedule.end(phase):
-            if stops:
-                assert stopper is not None
-                stopper.restore(run.current_model(phase))
-                row["restored_best"] = stopper.best_state is not None and stopper.restore_best
-                stopper.reset()
+        if _stops_early(run, stopper, row, phase) or run.epoch == schedule.end(phase):
             run.finish(phase)
             run.epoch = schedule.end(phase)
-        if config.progress and is_rank0():
+        if config.lines and is_rank0():
             print(_epoch_line(row, run.absolute_targets()), flush=True)
         if config.on_epoch_end is not None:
             config.on_epoch_end(row, search)
         if is_rank0():
             ckpt.save(run.state(stopper), key)
         run.saved_epoch = run.epoch
-    finished = run.epoch >= schedule.total
+    return _result(run, resumed_from)
+
+
+def _start(search: SearchModel, train_data: Iterable, val_data: Iterable | None,
+           loss_fn: Callable, targets: dict[str, float], config: FitConfig,
+           regularizer: Callable[..., torch.Tensor] | None, checkpoint: Any,
+           extra_key: dict[str, Any]
+           ) -> tuple[FitRun, Checkpoint, dict[str, Any], EarlyStopping | None]:
+    """The run's device, resume key and state: restored from the checkpoint when it holds
+    this run (``run.saved_epoch`` then says after which epoch), else seeded."""
+    device = resolve_device(config.device, search)
+    if device.type == "cpu" and config.precision == "fp16":
+        warnings.warn("precision 'fp16' on the CPU has no fast kernels (tens of times slower "
+                      "than fp32 here); use 'bf16' on the CPU", stacklevel=4)
+    search.to(device)
+    search.cost_mode = config.cost_mode
+    ckpt = Checkpoint(checkpoint)
+    key = make_resume_key(settings=config.fingerprint(), targets=targets, search=search,
+                          train_data=train_data, val_data=val_data, loss_fn=loss_fn,
+                          regularizer=regularizer, world_size=world_size(), extra=extra_key,
+                          model=start_fingerprint(search, ckpt.path))
+    stopper = copy.deepcopy(config.early_stopping)
+    run = FitRun(search, train_data, val_data, loss_fn, targets, config, regularizer, device,
+                 ckpt.path)
+    state = ckpt.load(key)
+    if state is not None:
+        run.restore(state, stopper)
+        if config.lines and is_rank0():
+            print(f"resumed from epoch {run.epoch} of {config.total_epochs} "
+                  f"({ckpt.path})", flush=True)
+    elif config.seed is not None:
+        # Under torch.distributed each rank draws its own gate noise (seed + rank);
+        # DistributedDataParallel broadcasts rank 0's weights and gates at the start.
+        _seed_all(config.seed + rank())
+    return run, ckpt, key, stopper
+
+
+def _stops_early(run: FitRun, stopper: EarlyStopping | None, row: dict[str, Any],
+                 phase: str) -> bool:
+    """Early stopping of the warm-up and fine-tune phases: True when ``phase`` ends now;
+    then the best weights are put back (``restore_best``) and the row says so."""
+    if stopper is None or phase not in ("warmup", "finetune"):
+        return False
+    if stopper.monitor not in row:
+        raise InvalidValueError(
+            f"early stopping monitors {stopper.monitor!r}, but the history has no such "
+            f"column (it has {', '.join(map(str, row))})")
+    model = run.current_model(phase)
+    if not (stopper.step(row[stopper.monitor], model) or run.epoch == run.schedule.end(phase)):
+        return False
+    stopper.restore(model)
+    row["restored_best"] = stopper.best_state is not None and stopper.restore_best
+    stopper.reset()
+    return True
+
+
+def _result(run: FitRun, resumed_from: int | None) -> FitResult:
+    """The FitResult of a run; a TargetsNotMetWarning when the exported model misses one."""
+    finished = run.epoch >= run.schedule.total
     if finished:
         run.ensure_exported()
-    costs = search.costs()
+    costs = run.search.costs()
     absolute = run.absolute_targets()
     met = {name: costs.get(name, math.inf) <= value for name, value in absolute.items()}
     if finished and not all(met.values()):
@@ -540,9 +368,9 @@ def _fit(search: SearchModel, train_data: Iterable, val_data: Iterable | None,
                            for k, ok in met.items() if not ok)
         warnings.warn(f"the exported model does not meet its cost targets: {missed} (see "
                       "search.summary(by='group') for what could not be pruned)",
-                      TargetsNotMetWarning, stacklevel=3)
-    return FitResult(search, run.exported if finished else None, pd.DataFrame(run.history),
-                     costs, absolute, finished, met, resumed_from)
+                      TargetsNotMetWarning, stacklevel=4)
+    return FitResult(run.search, run.exported if finished else None,
+                     pd.DataFrame(run.history), costs, absolute, finished, met, resumed_from)
 
 
 def _epoch_line(row: Mapping[str, Any], targets: Mapping[str, float]) -> str:

@@ -1,142 +1,33 @@
-"""The machinery under :func:`hwnas.fit`: phase bounds, the step guard, one run's state.
+"""One epoch and one step of :func:`hwnas.fit` (the state they work on is
+:class:`~hwnas.training.run.FitRun`).
 
-- :class:`PhaseSchedule`: which epochs are warm-up, search and fine-tune.
-- :class:`StepGuard`: stops at the first non-finite loss or gradient, or a loss that grows
-  by orders of magnitude (divergence), before the optimizer step applies it.
-- :class:`FitRun`: the mutable state of one ``fit`` call (optimizer, regularizer, history,
-  exported model) and one training epoch; what a checkpoint saves and restores.
-
-The public entry point is :func:`hwnas.fit`; nothing here is part of ``hwnas.__all__``.
+A step runs the forward pass and the loss under the run's autocast, adds the regularizer
+(float32, outside autocast) in the search phase, runs the backward pass, and reads its
+numbers back in one transfer: the loss, the task loss, the regularizer term, the gradient
+norm and the correct predictions. The step guard then judges the loss and the gradient
+norm before the optimizer applies anything.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sized
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sized
 from functools import partial
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.utils.data.distributed
-from torch import nn
 
-from hwnas._internal.devices import autocast, grad_scaler
-from hwnas.training.checkpoint import (
-    check_model_state,
-    loader_generator_state,
-    rng_state,
-    set_loader_generator_state,
-    set_rng_state,
-)
-from hwnas.training.distributed import broadcast_buffers, is_distributed, is_rank0
-from hwnas.errors import HwnasError, InvalidValueError, TrainingError
-from hwnas.training.evaluation import (
-    correct,
-    evaluate,
-    metrics,
-    recalibrate_batchnorm_,
-    split_batch,
-    to_device,
-)
-from hwnas.regularizers import DUCCIO
-from hwnas.regularizers.protocol import Scheduled, Stateful
-from hwnas.search import SearchModel
+from hwnas._internal.devices import autocast
+from hwnas.errors import HwnasError, InvalidValueError
+from hwnas.regularizers.protocol import Scheduled
+from hwnas.search.model import SearchModel
+from hwnas.training.distributed import broadcast_buffers, is_rank0
+from hwnas.training.evaluation import correct_tensor, split_batch, to_device
+from hwnas.training.run import FitRun
 
-if TYPE_CHECKING:
-    from hwnas.training.fit import EarlyStopping, FitConfig
-
-__all__ = ["PHASES", "FitRun", "PhaseSchedule", "StepGuard", "make_optimizer"]
-
-PHASES = ("warmup", "search", "finetune")
-
-
-@dataclass(frozen=True)
-class PhaseSchedule:
-    """Epoch bounds of the three phases (global epoch numbers, end exclusive).
-
-    Example:
-        >>> s = PhaseSchedule(2, 3, 1)
-        >>> s.bounds()["search"], s.position(3), s.total
-        ((2, 5), ('search', 1, 3), 6)
-    """
-
-    warmup: int
-    search: int
-    finetune: int
-
-    @property
-    def total(self) -> int:
-        return self.warmup + self.search + self.finetune
-
-    def bounds(self) -> dict[str, tuple[int, int]]:
-        a = self.warmup
-        b = a + self.search
-        return {"warmup": (0, a), "search": (a, b), "finetune": (b, b + self.finetune)}
-
-    def end(self, phase: str) -> int:
-        return self.bounds()[phase][1]
-
-    def position(self, epoch: int) -> tuple[str, int, int]:
-        """(phase, epoch within the phase, epochs of the phase) of a global epoch."""
-        for phase, (lo, hi) in self.bounds().items():
-            if lo <= epoch < hi:
-                return phase, epoch - lo, hi - lo
-        raise InvalidValueError(f"epoch {epoch} is past the last epoch ({self.total})")
-
-
-class StepGuard:
-    """Checks every training step's loss and gradient before the optimizer applies them.
-
-    A step fails when the loss or the gradient norm is NaN or infinite, or when the loss
-    exceeds ``factor`` times the reference loss: the larger of the first loss of the run
-    and the first loss of the current phase (so a search phase that starts higher, with
-    its regularizer, is judged against its own start). The loss check reads the value
-    the loop reads anyway for its statistics; the gradient check is one fused ``foreach``
-    norm over the gradients.
-    """
-
-    def __init__(self, factor: float | None) -> None:
-        self.factor = factor
-        self.first: float | None = None
-        self.phase_first: dict[str, float] = {}
-
-    def reference(self, phase: str) -> float:
-        return max(self.first or 0.0, self.phase_first.get(phase, 0.0))
-
-    def check_loss(self, value: float, phase: str) -> str | None:
-        """A description of what is wrong with this loss value, or None."""
-        if not math.isfinite(value):
-            grew = ""
-            if self.first is not None:
-                grew = f" (the loss was {self.reference(phase):.4g} at the start)"
-            return f"the loss is {value}{grew}"
-        if self.first is None or self.first <= 0:
-            self.first = value
-        if self.phase_first.get(phase, 0.0) <= 0:
-            self.phase_first[phase] = value
-        reference = self.reference(phase)
-        if self.factor is not None and reference > 0 and value > self.factor * reference:
-            return (f"the training diverged: the loss is {value:.4g}, more than "
-                    f"{self.factor:g}x the loss at the start ({reference:.4g})")
-        return None
-
-    @staticmethod
-    def grad_norm(params: list[torch.Tensor]) -> float:
-        """The 2-norm of all gradients (one foreach norm, one synchronisation)."""
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
-            return 0.0
-        norms = torch._foreach_norm(grads)
-        return float(torch.linalg.vector_norm(torch.stack(norms)))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"first": self.first, "phase_first": dict(self.phase_first)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.first, self.phase_first = state["first"], dict(state["phase_first"])
+__all__ = ["train_epoch", "train_step"]
 
 
 def _postfix(search: SearchModel, targets: Mapping[str, float], sums: Mapping[str, float],
@@ -151,312 +42,111 @@ def _postfix(search: SearchModel, targets: Mapping[str, float], sums: Mapping[st
     return out
 
 
-def make_optimizer(params_w: Iterable[nn.Parameter], params_a: Iterable[nn.Parameter],
-                   config: FitConfig) -> torch.optim.Optimizer:
-    """Adam (AdamW with weight decay) over the weights; the gates in their own group with
-    their own learning rate and no weight decay."""
-    groups = [{"params": list(params_w), "lr": config.lr, "weight_decay": config.weight_decay}]
-    arch = list(params_a)
-    if arch:
-        groups.append({"params": arch, "lr": config.arch_lr, "weight_decay": 0.0})
-    return torch.optim.AdamW(groups) if config.weight_decay else torch.optim.Adam(groups)
+def train_step(run: FitRun, forward: Callable[..., Any], batch: Any, phase: str, e: int,
+               n: int, step: int, params: list[torch.Tensor]) -> tuple[list[float], Any, Any]:
+    """One optimizer step; ``([loss, task, reg, right or -1], output, target)``.
+
+    Raises:
+        TrainingError: the forward pass or the loss raised, or the guard found a
+            non-finite or diverging loss or gradient (before the optimizer applied it).
+    """
+    assert run.optimizer is not None
+    inputs, target = split_batch(to_device(batch, run.device))
+    try:
+        with autocast(run.device, run.config.precision):
+            output = forward(*inputs)
+            task = run.loss_fn(output, target)
+        loss, reg = task, task.new_zeros(())
+        if phase == "search" and run.regularizer is not None:
+            reg = run.regularizer(run.search, e, n)  # float32/64, outside autocast
+            loss = task + reg
+    except HwnasError:
+        raise
+    except Exception as err:  # the user's model, data or loss: say where
+        raise run.failure(f"the forward pass or the loss raised {type(err).__name__}: {err}",
+                          phase, run.epoch, step,
+                          "check that the data fit the model and the loss") from err
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.unscale_(run.optimizer)
+    right = correct_tensor(output, target)
+    numbers = torch.stack([loss.detach().double(), task.detach().double(),
+                           reg.detach().double().to(loss.device), run.guard.norm(params),
+                           (right if right is not None else loss.new_tensor(-1.0)).double()])
+    values = numbers.tolist()  # the one read of this step
+    problem = run.guard.check_loss(values[0], phase)
+    # under fp16 an overflow is the scaler's business: it skips the step, lowers the scale
+    if problem is None and not math.isfinite(values[3]) and not run.scaler.is_enabled():
+        problem = f"the gradient norm is {values[3]} (the loss was {values[0]:.4g})"
+    if problem is not None:
+        hint = ("check the training data for NaN or infinite values"
+                if run.guard.first is None and run.epoch == 0 else "")
+        raise run.failure(problem, phase, run.epoch, step, hint)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return [values[0], values[1], values[2], values[4]], output, inputs[0].shape[0]
 
 
-class FitRun:
-    """Mutable state of one fit() call; ``epoch`` is the number of finished epochs."""
+def train_epoch(run: FitRun, phase: str, e: int, n: int) -> dict[str, Any]:
+    """Train epoch ``e`` of ``n`` of ``phase``; its history row (also appended to the run)."""
+    from tqdm.auto import tqdm
 
-    def __init__(self, search: SearchModel, train_data: Iterable, val_data: Iterable | None,
-                 loss_fn: Callable, targets: Mapping[str, float], config: FitConfig,
-                 regularizer: Callable[..., torch.Tensor] | None, device: torch.device,
-                 checkpoint_path: Path | None) -> None:
-        self.search = search
-        self.train_data, self.val_data = train_data, val_data
-        self.loss_fn, self.targets, self.config = loss_fn, dict(targets), config
-        self.regularizer = regularizer
-        self.device = device
-        self.schedule = PhaseSchedule(config.warmup_epochs, config.search_epochs,
-                                      config.finetune_epochs)
-        self.guard = StepGuard(config.divergence_factor)
-        self.checkpoint_path = checkpoint_path
-        self.saved_epoch: int | None = None
-        self.epoch = 0
-        self.history: list[dict[str, Any]] = []
-        self.start_loss: float | None = None
-        self.phase_done: dict[str, bool] = {}
-        self.exported: nn.Module | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.optimizer_phase: str | None = None
-        self.ddp: nn.Module | None = None
-        self.ddp_phase: str | None = None
-        #: Scales the loss under fp16 autocast (a no-op otherwise).
-        self.scaler = grad_scaler(device, config.precision)
+    model = run.current_model(phase)
+    assert run.optimizer is not None
+    forward: Callable[..., Any] = run.ddp if run.ddp is not None else model
+    if phase == "warmup":
+        forward = partial(forward, gates="off")  # the full model, no gate draws
+    model.train()
+    sampler = getattr(run.train_data, "sampler", None)
+    if isinstance(sampler, torch.utils.data.distributed.DistributedSampler):
+        sampler.set_epoch(run.epoch)  # a new shuffle every epoch
+    params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    t0 = time.perf_counter()
+    sums = {"loss": 0.0, "task_loss": 0.0, "reg_loss": 0.0}
+    seen, right, counted = 0, 0, 0
+    n_batches = len(run.train_data) if isinstance(run.train_data, Sized) else None
+    show = run.config.bars and is_rank0()
+    bar = tqdm(run.train_data, total=n_batches, desc=f"{phase} {e + 1}/{n}",
+               disable=not show, leave=False)
+    for step, batch in enumerate(bar):
+        (loss, task, reg, good), _, size = train_step(run, forward, batch, phase, e, n, step,
+                                                      params)
+        seen += size
+        for key, value in (("loss", loss), ("task_loss", task), ("reg_loss", reg)):
+            sums[key] += value * size
+        if good >= 0:
+            right += int(good)
+            counted += size
+        if show and (step % 10 == 0 or step + 1 == n_batches):  # costs are not free
+            targets = run.absolute_targets() if phase == "search" else {}
+            bar.set_postfix(_postfix(run.search, targets, sums, seen, right, counted))
+    bar.close()
+    if seen == 0:
+        raise InvalidValueError("`train_data` is empty: it yielded no batch")
+    # DDP syncs buffers at the start of a forward: make the last step's BatchNorm
+    # statistics agree too, so every rank evaluates and saves the same model.
+    broadcast_buffers(model)
+    row: dict[str, Any] = {"epoch": run.epoch, "phase": phase}
+    row.update({k: v / seen for k, v in sums.items()})
+    if counted:
+        row["train_accuracy"] = right / counted
+    row.update(_epoch_numbers(run, model, phase, e, n))
+    row["seconds"] = time.perf_counter() - t0
+    run.history.append(row)
+    return row
 
-    # -- phases --------------------------------------------------------------------------
-    def current_model(self, phase: str) -> nn.Module:
-        if phase == "finetune":
-            self.ensure_exported()
-            assert self.exported is not None
-            return self.exported
-        return self.search
 
-    def enter(self, phase: str) -> None:
-        if self.optimizer_phase != phase:
-            self.optimizer = self.new_optimizer(phase)
-            self.optimizer_phase = phase
-        if self.ddp_phase != phase:
-            self.ddp = self.wrap_ddp(phase)
-            self.ddp_phase = phase
-        if phase == "search" and self.regularizer is None:
-            self.regularizer = DUCCIO(self.targets, task_loss=self.task_loss_reference())
-
-    def wrap_ddp(self, phase: str) -> nn.Module | None:
-        """A DistributedDataParallel view of this phase's model (None when not distributed).
-
-        The gates take part only in the search phase: they are frozen (no gradient) in the
-        other phases so DDP needs no ``find_unused_parameters``.
-        """
-        for p in self.search.arch_parameters():
-            p.requires_grad_(phase == "search")
-        if not is_distributed():
-            return None
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = self.current_model(phase)
-        # resolve_device gave a CUDA device its index: each rank its own cuda:LOCAL_RANK
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=device_ids)
-
-    def task_loss_reference(self) -> float:
-        """L_task(theta_0) of DUCCIO's Eq. 13: the task loss at the start of the search.
-
-        Measured over the training data with the gates on and sampled as in training
-        (BatchNorm in eval mode, no gradient). The converged warm-up loss of a small
-        model can be near zero, which would make every strength too weak to move a
-        gate; the loss with the gates on is the loss the search actually starts from.
-        """
-        if self.start_loss is not None:
-            return self.start_loss
-        was_training = self.search.training
-        self.search.eval()
-        try:
-            with autocast(self.device, self.config.precision):
-                loss = metrics(partial(self.search, gates="sample"), self.train_data,
-                               self.loss_fn, self.device, what="train_data")["loss"]
-        finally:
-            self.search.train(was_training)
-        if not math.isfinite(loss):
-            raise self.failure(f"the task loss at the start of the search is {loss}",
-                               "search", self.epoch)
-        self.start_loss = loss
-        return loss
-
-    def new_optimizer(self, phase: str) -> torch.optim.Optimizer:
-        if phase == "finetune":
-            return make_optimizer(self.current_model(phase).parameters(), (), self.config)
-        arch = self.search.arch_parameters() if phase == "search" else ()
-        return make_optimizer(self.search.weight_parameters(), arch, self.config)
-
-    def finish(self, phase: str) -> None:
-        self.phase_done[phase] = True
-        if phase != "search":
-            return
-        row = self.history[-1]
-        targets = self.absolute_targets()
-        gated = any(True for _ in self.search.arch_parameters())  # else nothing to close
-        if self.config.enforce_targets and targets and gated:
-            row["closed_by_projection"] = self.search.enforce_targets_(targets)
-            row.update({f"cost_{k}": v for k, v in self.search.costs().items()})
-        if self.config.recalibrate_bn:
-            recalibrate_batchnorm_(self.search, self.train_data, str(self.device))
-            broadcast_buffers(self.search)
-            if self.val_data is not None:
-                row.update(self.validate(self.search, phase, row["epoch"], {}))
-
-    def ensure_exported(self) -> None:
-        if self.exported is None:
-            was_training = self.search.training
-            self.exported = self.search.eval().export().to(self.device)
-            self.search.train(was_training)
-
-    def absolute_targets(self) -> dict[str, float]:
-        if self.targets:
-            return dict(self.targets)
-        return dict(self.regularizer.targets) if isinstance(self.regularizer, DUCCIO) else {}
-
-    # -- failures ------------------------------------------------------------------------
-    def failure(self, what: str, phase: str, epoch: int, step: int | None = None,
-                hint: str = "") -> TrainingError:
-        """A TrainingError naming the phase, epoch and step, and what was kept."""
-        _, e, n = self.schedule.position(epoch)
-        where = (f"training stopped in the {phase} phase, epoch {epoch + 1} of "
-                 f"{self.schedule.total} ({phase} epoch {e + 1} of {n})")
-        if step is not None:
-            where += f", step {step + 1}"
-        if self.checkpoint_path is None:
-            kept = "no checkpoint was asked for"
-        elif self.saved_epoch is None:
-            kept = f"no checkpoint was written by this call ({str(self.checkpoint_path)!r})"
-        else:
-            kept = (f"the last good checkpoint (after epoch {self.saved_epoch}) is kept in "
-                    f"{str(self.checkpoint_path)!r}")
-        hint = hint or f"lower the learning rate (lr={self.config.lr:g}, " \
-                       f"arch_lr={self.config.arch_lr:g})"
-        return TrainingError(f"{where}: {what}; {hint}; {kept}; no model was exported")
-
-    def validate(self, model: nn.Module, phase: str, epoch: int,
-                 kwargs: Mapping[str, Any]) -> dict[str, float]:
-        """``val_loss`` and ``val_accuracy`` of ``model``; a non-finite loss is a failure."""
-        assert self.val_data is not None
-        try:
-            out = evaluate(model, self.val_data, self.loss_fn, str(self.device), **kwargs)
-        except HwnasError:
-            raise
-        except Exception as err:
-            raise self.failure(f"the validation raised {type(err).__name__}: {err}", phase,
-                               epoch, hint="check that the validation data fit the model and "
-                                           "the loss") from err
-        if not math.isfinite(out["loss"]):
-            raise self.failure(f"the validation loss is {out['loss']}", phase, epoch,
-                               hint="check the model and the validation data for NaN or "
-                                    "infinite values")
-        return {f"val_{k}": v for k, v in out.items()}
-
-    # -- one epoch -----------------------------------------------------------------------
-    def train_epoch(self, phase: str, e: int, n: int) -> dict[str, Any]:
-        from tqdm.auto import tqdm
-
-        model = self.current_model(phase)
-        assert self.optimizer is not None
-        forward: Callable[..., Any] = self.ddp if self.ddp is not None else model
-        if phase == "warmup":
-            forward = partial(forward, gates="off")  # the full model, no gate draws
-        search_phase = phase == "search"
-        model.train()
-        sampler = getattr(self.train_data, "sampler", None)
-        if isinstance(sampler, torch.utils.data.distributed.DistributedSampler):
-            sampler.set_epoch(self.epoch)  # a new shuffle every epoch
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        t0 = time.perf_counter()
-        sums = {"loss": 0.0, "task_loss": 0.0, "reg_loss": 0.0}
-        seen, right, counted = 0, 0, 0
-        n_batches = len(self.train_data) if isinstance(self.train_data, Sized) else None
-        show = self.config.progress and is_rank0()
-        bar = tqdm(self.train_data, total=n_batches, desc=f"{phase} {e + 1}/{n}",
-                   disable=not show, leave=False)
-        for step, batch in enumerate(bar):
-            inputs, target = split_batch(to_device(batch, self.device))
-            try:
-                with autocast(self.device, self.config.precision):
-                    output = forward(*inputs)
-                    task = self.loss_fn(output, target)
-                loss, reg = task, None
-                if search_phase and self.regularizer is not None:
-                    reg = self.regularizer(self.search, e, n)  # float32, outside autocast
-                    loss = task + reg
-            except HwnasError:
-                raise
-            except Exception as err:  # the user's model, data or loss: say where
-                raise self.failure(f"the forward pass or the loss raised "
-                                   f"{type(err).__name__}: {err}", phase, self.epoch, step,
-                                   "check that the data fit the model and the loss") from err
-            value = float(loss.detach())
-            problem = self.guard.check_loss(value, phase)
-            if problem is None:
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-                norm = self.guard.grad_norm(params)
-                # under fp16 an overflow is the scaler's business: it skips the step and
-                # lowers the scale
-                if not math.isfinite(norm) and not self.scaler.is_enabled():
-                    problem = f"the gradient norm is {norm} (the loss was {value:.4g})"
-            if problem is not None:
-                hint = ("check the training data for NaN or infinite values"
-                        if self.guard.first is None and self.epoch == 0 else "")
-                raise self.failure(problem, phase, self.epoch, step, hint)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            size = inputs[0].shape[0]
-            seen += size
-            sums["loss"] += value * size
-            sums["task_loss"] += float(task.detach()) * size
-            sums["reg_loss"] += (float(reg.detach()) if reg is not None else 0.0) * size
-            c = correct(output, target)
-            if c is not None:
-                right += c
-                counted += size
-            if show and (step % 10 == 0 or step + 1 == n_batches):  # costs are not free
-                targets = self.absolute_targets() if search_phase else {}
-                bar.set_postfix(_postfix(self.search, targets, sums, seen, right, counted))
-        bar.close()
-        if seen == 0:
-            raise InvalidValueError("`train_data` is empty: it yielded no batch")
-        # DDP syncs buffers at the start of a forward: make the last step's BatchNorm
-        # statistics agree too, so every rank evaluates and saves the same model.
-        broadcast_buffers(model)
-        row: dict[str, Any] = {"epoch": self.epoch, "phase": phase}
-        row.update({k: v / seen for k, v in sums.items()})
-        if counted:
-            row["train_accuracy"] = right / counted
-        if self.val_data is not None:
-            row.update(self.validate(model, phase, self.epoch,
-                                     {"gates": "off"} if phase == "warmup" else {}))
-        with torch.no_grad():
-            costs = self.search.costs() if phase != "warmup" else self.search.reference_costs()
-        row.update({f"cost_{k}": v for k, v in costs.items()})
-        row.update({f"target_{k}": v for k, v in self.absolute_targets().items()})
-        if search_phase and isinstance(self.regularizer, Scheduled):
-            strengths = self.regularizer.current_strengths(e, n)
-            row.update({f"strength_{k}": v for k, v in strengths.items()})
-        row["seconds"] = time.perf_counter() - t0
-        self.history.append(row)
-        return row
-
-    # -- checkpoints ---------------------------------------------------------------------
-    def state(self, stopper: EarlyStopping | None) -> dict[str, Any]:
-        reg = self.regularizer
-        return {
-            "epoch": self.epoch,
-            "search": self.search.state_dict(),
-            "exported": None if self.exported is None else self.exported.state_dict(),
-            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
-            "optimizer_phase": self.optimizer_phase,
-            "regularizer": reg.state_dict() if isinstance(reg, Stateful) else None,
-            "stopper": None if stopper is None else stopper.state_dict(),
-            "guard": self.guard.state_dict(),
-            "history": self.history,
-            "start_loss": self.start_loss,
-            "phase_done": self.phase_done,
-            "scaler": self.scaler.state_dict(),
-            "rng": rng_state(),
-            "loader_rng": loader_generator_state(self.train_data),
-        }
-
-    def restore(self, state: Mapping[str, Any], stopper: EarlyStopping | None) -> None:
-        check_model_state(self.search, state["search"], self.checkpoint_path)
-        self.search.load_state_dict(state["search"])
-        self.epoch = self.saved_epoch = state["epoch"]
-        self.history = list(state["history"])
-        self.start_loss = state["start_loss"]
-        self.phase_done = dict(state["phase_done"])
-        self.guard.load_state_dict(state["guard"])
-        if state["exported"] is not None:
-            self.ensure_exported()
-            assert self.exported is not None
-            self.exported.load_state_dict(state["exported"])
-        if state["regularizer"] is not None:
-            if self.regularizer is None:
-                self.regularizer = DUCCIO(self.targets, task_loss=self.task_loss_reference())
-            if isinstance(self.regularizer, Stateful):
-                self.regularizer.load_state_dict(state["regularizer"])
-        if state["optimizer_phase"] is not None and state["optimizer"] is not None:
-            phase = state["optimizer_phase"]
-            self.optimizer = self.new_optimizer(phase)
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.optimizer_phase = phase
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        if stopper is not None and state.get("stopper") is not None:
-            stopper.load_state_dict(state["stopper"])
-        set_rng_state(state["rng"])
-        set_loader_generator_state(self.train_data, state.get("loader_rng"))
+def _epoch_numbers(run: FitRun, model: Any, phase: str, e: int, n: int) -> dict[str, Any]:
+    """Validation, costs, targets and strengths of the history row of an epoch."""
+    row: dict[str, Any] = {}
+    if run.val_data is not None:
+        row.update(run.validate(model, phase, run.epoch,
+                                {"gates": "off"} if phase == "warmup" else {}))
+    with torch.no_grad():
+        costs = run.search.costs() if phase != "warmup" else run.search.reference_costs()
+    row.update({f"cost_{k}": v for k, v in costs.items()})
+    row.update({f"target_{k}": v for k, v in run.absolute_targets().items()})
+    if phase == "search" and isinstance(run.regularizer, Scheduled):
+        strengths = run.regularizer.current_strengths(e, n)
+        row.update({f"strength_{k}": v for k, v in strengths.items()})
+    return row

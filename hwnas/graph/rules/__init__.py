@@ -5,13 +5,13 @@
 - :mod:`~hwnas.graph.rules.layers`: layers, elementwise ops and the dispatch
   (:func:`rule_for`);
 - :mod:`~hwnas.graph.rules.shape`: reshapes, permutes, indexing, concatenation, splits;
-- :mod:`~hwnas.graph.rules.ops`: functional layers (linear, conv, matmul, einsum,
-  attention) and functional normalisations.
+- :mod:`~hwnas.graph.rules.ops`: functional layers (linear, conv, matmul, einsum) and
+  functional normalisations; :mod:`~hwnas.graph.rules.attention`: attention.
 
 Importing this package registers every built-in rule.
 """
 
-from hwnas.graph.rules import ops, shape  # noqa: F401  (they register their rules)
+from hwnas.graph.rules import attention, ops, shape  # noqa: F401  (they register rules)
 from hwnas.graph.rules.base import register_channel_rule
 from hwnas.graph.rules.layers import rule_for
 

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from hwnas._internal.registry import Registry
 from hwnas.errors import InvalidTypeError
 from hwnas.graph.channel_prop import Chan, ChannelProp, Rule
-from hwnas._internal.registry import Registry
 
 __all__ = ["FUNCTION_RULES", "MODULE_RULES", "register_channel_rule", "tie"]
 

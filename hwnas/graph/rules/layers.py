@@ -25,8 +25,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from hwnas.graph.rules import shape as rules_shape
 from hwnas.graph.channel_prop import Chan, ChannelProp, Rule, flat_chans
+from hwnas.graph.rules import shape as rules_shape
 from hwnas.graph.rules.base import (
     FUNCTION_RULES,
     MODULE_RULES,

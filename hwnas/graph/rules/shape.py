@@ -17,7 +17,15 @@ import numpy as np
 import torch.fx as fx
 
 from hwnas.graph.channel_prop import Chan, ChannelProp, _permutation_of, compress
-from hwnas.graph.rules.base import arg, args_of, first, name_of, register_channel_rule, shape_of, tie
+from hwnas.graph.rules.base import (
+    arg,
+    args_of,
+    first,
+    name_of,
+    register_channel_rule,
+    shape_of,
+    tie,
+)
 
 __all__: list[str] = []
 
