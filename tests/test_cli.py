@@ -546,7 +546,7 @@ def test_search_device_and_precision_from_toml_and_flags(tmp_path: Path) -> None
     rows = {m[0]: m[1:] for m in ROW.findall(out)}
     assert rows["params"][3] == "yes"
     rc, out, err = _run_main(["search", str(config), "--no-progress", "--fresh",
-                              "--precision", "fp32"])
+                              "--amp", "fp32"])
     assert rc == 0, err
     assert "training on cpu, precision fp32" in out
 
@@ -577,4 +577,4 @@ def test_bad_device_in_toml_or_flag_names_it(tmp_path: Path) -> None:
     assert _one_line_error(err, "search").endswith(
         "--device: `device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', but got 'tpu:x'")
     with pytest.raises(SystemExit):
-        _run_main(["search", str(config), "--precision", "fp8"])
+        _run_main(["search", str(config), "--amp", "fp8"])

@@ -27,8 +27,8 @@ from hwnas.difflut import (
     functional_sensitivity,
     lut_report,
 )
+from hwnas.graph.ir import LayerInfo
 from hwnas.hw import export_verilog
-from hwnas.ir import LayerInfo
 
 
 def _devices() -> list:

@@ -80,7 +80,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from hwnas.cli.runs import demo_config, run_search, with_overrides
 
     config = with_overrides(demo_config(out=args.out, quick=args.quick), args.device,
-                            args.precision)
+                            args.amp)
     print("hwnas demo: digits CNN, DUCCIO search to 50% params and 50% MACs, "
           f"target {config.search.target}")
     summary = run_search(config, progress=not args.no_progress, resume=False)
@@ -95,7 +95,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from hwnas.cli.schema import load_config
     from hwnas.errors import InvalidValueError
 
-    config = with_overrides(load_config(args.config), args.device, args.precision)
+    config = with_overrides(load_config(args.config), args.device, args.amp)
     if args.nproc < 1:
         raise InvalidValueError(f"--nproc must be >= 1, but got {args.nproc}")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -104,7 +104,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         for flag in ("no_progress", "fresh", "allow_unmet", "debug"):
             if getattr(args, flag, False):
                 command.append("--" + flag.replace("_", "-"))
-        for option in ("device", "precision"):
+        for option in ("device", "amp"):
             if getattr(args, option) is not None:
                 command += ["--" + option, getattr(args, option)]
         return subprocess.run(command).returncode
@@ -153,9 +153,9 @@ def _add_device_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None,
                    help="auto (CUDA when available; the default), cpu, cuda or cuda:N; "
                         "overrides [search] device")
-    p.add_argument("--precision", default=None, choices=("fp32", "bf16", "fp16"),
-                   help="mixed precision of the training steps (torch.autocast); overrides "
-                        "[search] precision")
+    p.add_argument("--amp", default=None, choices=("fp32", "bf16", "fp16"),
+                   help="automatic mixed precision of the training steps (torch.autocast); "
+                        "overrides [search] precision")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -290,7 +290,8 @@ def demo_config(out: str | None = None, quick: bool = False) -> SearchConfig:
 
 def with_overrides(config: SearchConfig, device: str | None = None,
                    precision: str | None = None) -> SearchConfig:
-    """``config`` with the command line's ``--device`` / ``--precision`` (None: keep).
+    """``config`` with the command line's ``--device`` / ``--amp`` (None: keep), which
+    set ``[search] device`` / ``precision``.
 
     Example:
         >>> with_overrides(demo_config(), precision="bf16").search.precision
@@ -303,7 +304,7 @@ def with_overrides(config: SearchConfig, device: str | None = None,
     try:
         return replace(config, search=replace(config.search, **changes))
     except ConfigError as e:
-        flags = ", ".join(f"--{k}" for k in changes)
+        flags = ", ".join("--amp" if k == "precision" else f"--{k}" for k in changes)
         raise ConfigError(f"{flags}: {str(e).removeprefix('[search] ')}") from e
 
 
