@@ -49,6 +49,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "export_onnx": ("hwnas.export.onnx", "export_onnx"),
     "fit": ("hwnas.training.fit", "fit"),
     "known_targets": ("hwnas.cost.target", "known_targets"),
+    "load": ("hwnas.cli.runs", "load"),
     "load_target": ("hwnas.cost.target", "load_target"),
     "materialize": ("hwnas.search.materialize", "materialize"),
     "profile": ("hwnas.cost.profile", "profile"),
@@ -57,6 +58,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "register_slicer": ("hwnas.pruning.slicers", "register_slicer"),
     "relative_targets": ("hwnas.training.fit", "relative_targets"),
     "wrap": ("hwnas.search.wrap", "wrap"),
+    "write_report": ("hwnas.cli.report", "write_report"),
 }
 #: Subpackages reachable as attributes (``hwnas.cost``, ``hwnas.difflut``, ...).
 _PACKAGES = ("cli", "cost", "difflut", "export", "graph", "hw", "pruning", "regularizers",
@@ -86,6 +88,7 @@ __all__ = [
     "fit",
     "graph",
     "known_targets",
+    "load",
     "load_target",
     "materialize",
     "profile",
@@ -95,6 +98,7 @@ __all__ = [
     "regularizers",
     "relative_targets",
     "wrap",
+    "write_report",
 ]
 
 
@@ -116,6 +120,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads these
     from hwnas import cost, graph, regularizers
+    from hwnas.cli.report import write_report
+    from hwnas.cli.runs import load
     from hwnas.cost import register as register_cost
     from hwnas.cost.profile import profile
     from hwnas.cost.target import Target, known_targets, load_target

@@ -30,6 +30,7 @@ __all__ = [
     "TraceError",
     "TrainingError",
     "UnknownNameError",
+    "UntrustedFileError",
 ]
 
 
@@ -88,6 +89,11 @@ class TrainingError(HwnasError, RuntimeError):
 class NotReadyError(HwnasError, RuntimeError):
     """An object was asked for something it does not have yet (e.g. DUCCIO's strengths
     before its first call); the message says what to do first."""
+
+
+class UntrustedFileError(HwnasError, ValueError):
+    """A file would run code when loaded (it holds more than tensors and plain data); it is
+    loaded only when the caller says it trusts the file."""
 
 
 class ToolError(HwnasError, RuntimeError):

@@ -172,3 +172,38 @@ def test_the_same_search_continues_its_stopped_run(tmp_path):
     fit(search, train, val, targets={"params": 300.0}, config=_cfg(stop_after=1),
         checkpoint=other)
     assert search.run_origins[str(other.resolve())] != search.run_origins[str(ckpt.resolve())]
+
+
+class _RunsCode:
+    """What a planted pickle would do on load: create a file (here, harmlessly)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.path),))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    from hwnas.errors import UntrustedFileError
+
+    search, train, val = _search()
+    ckpt = tmp_path / "ckpt.pt"
+    fit(search, train, val, targets={"params": 300.0}, config=_cfg(stop_after=1),
+        checkpoint=ckpt)
+    state = torch.load(ckpt, weights_only=True)  # our own checkpoints are plain data
+    planted = tmp_path / "pwned"
+    state["history"].append({"epoch": _RunsCode(planted)})
+    torch.save(state, ckpt)
+    search, train, val = _search()
+    with pytest.raises(UntrustedFileError, match=r"checkpoint '.*ckpt.pt' holds more than "
+                                                 r"tensors and plain data \(it calls \w+\); .*"
+                                                 r"trust=True, or --trust"):
+        fit(search, train, val, targets={"params": 300.0}, config=_cfg(), checkpoint=ckpt)
+    assert not planted.exists()
+    # whoever trusts the file may load it (and here it runs the planted call)
+    out = fit(search, train, val, targets={"params": 300.0}, config=_cfg(), checkpoint=ckpt,
+              trust_checkpoint=True)
+    assert planted.exists() and out.resumed_from == 1

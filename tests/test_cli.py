@@ -191,15 +191,20 @@ def test_search_report_states_the_splits_and_the_test_accuracy(searched: dict[st
     report = (searched["out"] / "report.md").read_text()
     assert re.search(r"\| split sizes \(train / validation / test\) +\| 1,293 / 144 / 360 +\|",
                      report), report
-    assert re.search(r"\| early stopping +\| on the validation split, patience 1 +\|", report)
-    match = re.search(r"\| test accuracy \(exported, fine-tuned; untouched test split\) +\| "
-                      r"(0\.\d{4}) +\|", report)
-    assert match and 0.5 < float(match[1]) <= 1.0
-    printed = re.search(r"test accuracy of the exported model: (0\.\d{4}) \(untouched test "
-                        r"split, 360 examples\)", searched["stdout"])
-    assert printed and printed[1] == match[1]
+    assert re.search(r"\| early stopping +\| on the validation split \(warm-up and fine-tune\), "
+                     r"patience 1 +\|", report)
+    assert re.search(r"\| test split +\| untouched: only reported, never chosen on +\|", report)
+    match = re.search(r"\| test accuracy, unpruned \(after warm-up\) -> exported +\| "
+                      r"(0\.\d{4}) -> (0\.\d{4}) \(([+-]0\.\d{4})\) +\|", report)
+    assert match and 0.5 < float(match[2]) <= 1.0
+    assert float(match[3]) == pytest.approx(float(match[2]) - float(match[1]), abs=1e-4)
+    printed = re.search(r"test accuracy of the exported model: (0\.\d{4}); unpruned after "
+                        r"warm-up (0\.\d{4}) \(untouched test split, 360 examples\)",
+                        searched["stdout"])
+    assert printed and (printed[1], printed[2]) == (match[2], match[1])
     assert "validation accuracy: " in searched["stdout"]
-    assert re.search(r"\| cost targets met +\| yes +\|", report)
+    assert "examples, used for early stopping)" in searched["stdout"]
+    assert re.search(r"\| targets met +\| yes +\|", report)
 
 
 def test_search_history_has_all_phases(searched: dict[str, Any]) -> None:
@@ -249,7 +254,9 @@ def test_export_rejects_a_file_that_is_not_a_search_result(
     for path in (searched["out"] / "checkpoint.pt", searched["folder"] / "tiny.toml"):
         assert main(["export", str(path), "--onnx", str(onnx_path)]) == 2
         err = _one_line_error(capsys.readouterr().err, "export")
-        assert f"{str(path)!r} is not a search result written by `hwnas search`" in err
+        assert (f"{str(path)!r} is not a search result written by `hwnas search`" in err
+                or f"{str(path)!r} is not a readable torch file (not a torch.save archive)"
+                in err), err
     assert not onnx_path.exists()
 
 
@@ -283,7 +290,7 @@ def test_export_into_missing_or_read_only_folder(searched: dict[str, Any], tmp_p
 def test_export_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "nope.pt"
     assert main(["export", str(path), "--onnx", str(tmp_path / "x.onnx")]) == 2
-    assert f"checkpoint {str(path)!r} does not exist" in capsys.readouterr().err
+    assert f"search result {str(path)!r} does not exist" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------ one-line errors
@@ -447,7 +454,7 @@ def test_unmet_targets_exit_1_unless_allowed(tmp_path: Path,
     assert captured.err.strip() == ("hwnas: cost target(s) not met: params, ops; the outputs "
                                     "are written, see the report (--allow-unmet exits 0)")
     report = (tmp_path / "out" / "report.md").read_text()
-    assert re.search(r"\| cost targets met +\| NO: params 650 > 390, ops 650 > 390 +\|", report)
+    assert re.search(r"\| targets met +\| NO: params 650 > 390, ops 650 > 390 +\|", report)
     assert main(["search", str(config), "--no-progress", "--allow-unmet"]) == 0
     assert "note: cost target(s) not met: params, ops (--allow-unmet)" in capsys.readouterr().out
 
@@ -473,7 +480,8 @@ def test_search_resumes_its_checkpoint_and_fresh_starts_over(
     assert (searched["out"] / "checkpoint.pt").exists()  # ... and the checkpoint is kept
     # the same config resumes (here: at its last epoch) and says so
     assert main(["search", str(folder / "tiny.toml"), "--no-progress"]) == 0
-    assert "resumed from epoch 3 (" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.count("resumed from epoch 3 of 3 (") == 1  # said once
     # --fresh starts over
     changed.write_text(TINY_CONFIG.replace("search_epochs = 1", "search_epochs = 2"))
     assert main(["search", str(changed), "--no-progress", "--fresh"]) == 0
@@ -578,3 +586,88 @@ def test_bad_device_in_toml_or_flag_names_it(tmp_path: Path) -> None:
         "--device: `device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', but got 'tpu:x'")
     with pytest.raises(SystemExit):
         _run_main(["search", str(config), "--amp", "fp8"])
+
+
+# ------------------------------------------------------------------ first hour (issue 23)
+def test_load_and_export_torch_turn_a_search_back_into_pytorch(
+        searched: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import hwnas
+
+    search_pt = searched["out"] / "search.pt"
+    model = hwnas.load(search_pt)
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    costs = pd.read_csv(searched["out"] / "costs.csv").set_index("cost")
+    assert hwnas.profile(model, x[:1]).iloc[-1]["params"] == costs.loc["params", "after"]
+    program = tmp_path / "m.pt2"
+    assert main(["export", str(search_pt), "--torch", str(program)]) == 0
+    out = capsys.readouterr().out
+    assert f"rebuilding the pruned model from {search_pt} ...\n  done in " in out
+    assert f"wrote {program}: torch.export program" in out
+    loaded = hwnas.load(program)
+    with torch.no_grad():
+        assert float((loaded(x) - expected).abs().max()) < 1e-5
+    model.train()  # a plain fx.GraphModule: it trains like any model
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert main(["export", str(search_pt)]) == 2
+    assert "needs --onnx PATH and/or --torch PATH" in capsys.readouterr().err
+
+
+def test_a_search_result_that_would_run_code_is_refused(
+        searched: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import hwnas
+    from hwnas.errors import UntrustedFileError
+
+    state = torch.load(searched["out"] / "search.pt", weights_only=True)
+    planted = tmp_path / "pwned"
+    state["config"]["output"]["folder"] = _Planted(planted)
+    bad = tmp_path / "search.pt"
+    torch.save(state, bad)
+    with pytest.raises(UntrustedFileError, match="holds more than tensors and plain data"):
+        hwnas.load(bad)
+    assert main(["export", str(bad), "--onnx", str(tmp_path / "x.onnx")]) == 2
+    assert "(trust=True, or --trust on the command line)" in capsys.readouterr().err
+    assert not planted.exists()
+
+
+class _Planted:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> Any:
+        return (Path.touch, (self.path,))
+
+
+def test_no_progress_keeps_one_line_per_epoch_and_step(searched: dict[str, Any]) -> None:
+    out = searched["stdout"]
+    assert re.findall(r"^\[(\w+)\] epoch (\d)/3 ", out, re.M) == [
+        ("warmup", "1"), ("search", "2"), ("finetune", "3")]
+    assert re.search(r"exporting and verifying .*model.onnx .*\.\.\.\n  done in \d+\.\d s", out)
+    assert re.search(r"writing the report to .* \.\.\.\n  done in \d+\.\d s", out)
+
+
+@pytest.mark.parametrize(("targets", "message"), [
+    ("{params = 50}", r"target fraction for 'params' must be in \(0, 1\] \(a fraction of the "
+                      r"original cost\), but got 50; for 50% write 0.5"),
+    ("{params = 1.5}", r"must be in \(0, 1\] .*, but got 1.5"),
+])
+def test_a_toml_target_that_is_not_a_fraction_is_refused(tmp_path: Path, targets: str,
+                                                         message: str) -> None:
+    from hwnas.cli.schema import parse_config
+    from hwnas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        parse_config(TINY_CONFIG.replace("{params = 0.6, ops = 0.6}", targets))
+
+
+def test_export_onnx_removes_what_a_killed_export_left(tmp_path: Path) -> None:
+    import hwnas
+
+    stale = tmp_path / ".m.onnx.k1ll3d.part"
+    stale.write_bytes(b"half an onnx file")
+    other = tmp_path / ".other.onnx.k1ll3d.part"
+    other.write_bytes(b"someone else's")
+    hwnas.export_onnx(torch.nn.Linear(3, 2), tmp_path / "m.onnx", torch.randn(1, 3))
+    assert not stale.exists() and other.exists()

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import hwnas
-from hwnas.cli.report import check_png_not_blank, cost_summary, layer_table, write_report
+from hwnas.cli.report import check_png_not_blank, cost_summary, layer_table, report_files
 from hwnas.search import materialize
 from hwnas.zoo.models import digits_cnn
 
@@ -58,7 +58,7 @@ def profiles() -> tuple[pd.DataFrame, pd.DataFrame]:
 def report(tmp_path_factory, profiles) -> dict[str, Path]:
     before, after = profiles
     folder = tmp_path_factory.mktemp("report") / "out"  # not yet existing: gets created
-    return write_report(folder, _history(), before, after, title="digits <run>",
+    return report_files(folder, _history(), before, after, title="digits <run>",
                         notes={"model": "digits_cnn", "seed": 0, "note": "a|b"})
 
 
@@ -201,7 +201,7 @@ def test_check_png_not_blank_raises(tmp_path) -> None:
 
 def test_without_history(tmp_path, profiles) -> None:
     before, after = profiles
-    files = write_report(tmp_path / "r", None, before, after, targets=TARGETS)
+    files = report_files(tmp_path / "r", None, before, after, targets=TARGETS)
     assert set(files) == {"layers.csv", "costs.csv", "channels.png", "report.md", "report.html"}
     assert not (tmp_path / "r" / "costs.png").exists()
     md = files["report.md"].read_text()
@@ -214,7 +214,7 @@ def test_without_history(tmp_path, profiles) -> None:
 def test_history_without_costs_or_accuracy(tmp_path, profiles) -> None:
     before, after = profiles
     history = pd.DataFrame({"epoch": [0, 1], "loss": [1.0, 0.5]})
-    files = write_report(tmp_path, history, before, after)
+    files = report_files(tmp_path, history, before, after)
     assert "costs.png" not in files and "accuracy.png" not in files
     assert "history.csv" in files and "channels.png" in files
 
@@ -222,7 +222,7 @@ def test_history_without_costs_or_accuracy(tmp_path, profiles) -> None:
 def test_write_report_rejects_bad_history(tmp_path, profiles) -> None:
     before, after = profiles
     with pytest.raises(TypeError, match="`history` must be a pandas DataFrame or None"):
-        write_report(tmp_path, {"epoch": [0]}, before, after)  # type: ignore[arg-type]
+        report_files(tmp_path, {"epoch": [0]}, before, after)  # type: ignore[arg-type]
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed")

@@ -19,13 +19,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import hwnas
 from hwnas.errors import (
+    CheckpointError,
     InvalidTypeError,
     InvalidValueError,
     TrainingError,
     UnknownNameError,
 )
 from hwnas.training.config import EarlyStopping, FitConfig
-from hwnas.training.evaluation import metrics
+from hwnas.training.evaluation import evaluate, metrics
 from hwnas.training.fit import TargetsNotMetWarning, fit, relative_targets
 from hwnas.training.run import make_optimizer
 
@@ -152,8 +153,7 @@ def test_bad_input():
         FitConfig(search_epochs=-1)
     with pytest.raises(TypeError, match="must be a SearchModel"):
         fit(nn.Linear(2, 2), train, targets={"params": 1.0})
-    with pytest.raises(ValueError, match="target fraction for 'params' must be a finite number "
-                                         "> 0"):
+    with pytest.raises(ValueError, match=r"target fraction for 'params' must be in \(0, 1\]"):
         relative_targets(search, {"params": 0.0})
 
 
@@ -498,3 +498,65 @@ def test_early_stopping_on_accuracy_with_a_regression_loss_fails_before_training
     out = fit(search, data, data, loss_fn=nn.functional.mse_loss, targets={"params": 100.0},
               config=_cfg(early_stopping=EarlyStopping(patience=2, monitor="val_loss")))
     assert out.finished
+
+
+# ------------------------------------------------------------- first-hour traps (issue 23)
+def test_a_fraction_passed_as_an_absolute_target_is_refused_before_training():
+    search, train, val = _search()
+    full = search.reference_costs()["params"]
+    epochs = []
+    with pytest.raises(ValueError, match=(
+            r"target for 'params' is 0.5, an absolute count, but the unpruned model has "
+            rf"{full:,.0f} params: for a fraction, pass targets=hwnas.relative_targets\(search, "
+            rf"\{{'params': 0.5\}}\) \(= {0.5 * full:,.0f}\)")):
+        fit(search, train, val, targets={"params": 0.5},
+            config=_cfg(on_epoch_end=lambda row, s: epochs.append(row)))
+    assert epochs == []
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\] .*, but got 50; 50 looks like a "
+                                         r"percentage: write 0.5"):
+        relative_targets(search, {"params": 50})
+    assert relative_targets(search, {"params": 1.0}) == {"params": full}
+
+
+def test_fit_result_carries_the_accuracy_before_and_after():
+    search, train, val = _search()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(48, 6, generator=g)
+    test = [(x[i:i + 16], (x[i:i + 16, 0] + x[i:i + 16, 1] > 0).long()) for i in range(0, 48, 16)]
+    seen = {}
+
+    def spy(row, s):
+        if row["phase"] == "warmup":  # the unpruned model at the end of the warm-up
+            seen["val"] = evaluate(s, val, gates="off")["accuracy"]
+            seen["test"] = evaluate(s, test, gates="off")["accuracy"]
+
+    out = fit(search, train, val, targets={"params": 300.0}, test_data=test,
+              config=_cfg(on_epoch_end=spy))
+    assert out.val_accuracy_before == seen["val"]
+    assert out.test_accuracy_before == seen["test"]
+    assert out.val_accuracy_after == evaluate(out.model, val)["accuracy"]
+    assert out.test_accuracy_after == evaluate(out.model, test)["accuracy"]
+    no_val = fit(*_search()[:2], targets={"params": 300.0}, config=_cfg())
+    assert no_val.val_accuracy_before is None and no_val.test_accuracy_after is None
+
+
+def test_a_finished_run_is_extended_by_more_finetune_epochs(tmp_path, capsys):
+    ckpt = tmp_path / "run.pt"
+    search, train, val = _search()
+    first = fit(search, train, val, targets={"params": 300.0}, checkpoint=ckpt,
+                config=_cfg(progress="lines"))
+    assert first.finished and len(first.history) == 4
+    search, train, val = _search()
+    more = fit(search, train, val, targets={"params": 300.0}, checkpoint=ckpt,
+               config=_cfg(progress="lines", finetune_epochs=3))
+    out = capsys.readouterr().out
+    assert "resumed from epoch 4 of 6" in out and "extending the finished run by 2 fine-tune" \
+        in out
+    assert more.resumed_from == 4 and more.finished
+    assert more.history["phase"].tolist() == ["warmup", "search", "search", "finetune",
+                                              "finetune", "finetune"]
+    assert more.history["loss"].tolist()[:4] == first.history["loss"].tolist()
+    search, train, val = _search()
+    with pytest.raises(CheckpointError, match="holds a run of 3 fine-tune epochs; this call "
+                                              "asks for 1: a run can be extended, not shortened"):
+        fit(search, train, val, targets={"params": 300.0}, checkpoint=ckpt, config=_cfg())

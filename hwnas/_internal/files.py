@@ -24,10 +24,12 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from hwnas.errors import OutputError
+from hwnas.errors import InvalidValueError, OutputError, UntrustedFileError
 
-__all__ = ["PART_SUFFIX", "atomic_write", "ensure_writable_dir", "remove_stale_parts"]
+__all__ = ["PART_SUFFIX", "atomic_write", "ensure_writable_dir", "load_torch_file",
+           "remove_stale_parts"]
 
 #: Suffix of the temporary files :func:`atomic_write` creates.
 PART_SUFFIX = ".part"
@@ -64,12 +66,16 @@ def ensure_writable_dir(folder: str | os.PathLike, what: str = "output folder") 
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it to ``path`` when the block succeeds.
 
-    The temporary file is removed when the block raises. Its folder must exist.
+    The temporary file is removed when the block raises. Its folder must exist. Temporary
+    files of ``path`` that a killed writer left behind are removed first, so every writer
+    (checkpoint, search.pt, ONNX, Verilog, report) cleans up after its own target.
 
     Raises:
         OutputError: the folder is missing or not writable.
     """
     path = Path(path)
+    if path.parent.is_dir():
+        remove_stale_parts(path.parent, path.name)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PART_SUFFIX, dir=path.parent)
     except OSError as e:
@@ -95,3 +101,41 @@ def remove_stale_parts(folder: str | os.PathLike, name: str) -> int:
             p.unlink()
             removed += 1
     return removed
+
+
+def load_torch_file(path: Path, what: str, trust: bool = False) -> Any:
+    """``torch.load`` of a file hwnas wrote, with ``weights_only=True``: tensors and plain
+    data only, so loading runs no code from the file.
+
+    A file that needs more (an old format, or a planted pickle) is refused with an
+    :class:`~hwnas.errors.UntrustedFileError`, unless ``trust`` (the caller knows where the
+    file came from). A file that is not a torch file is an ``InvalidValueError``.
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise InvalidValueError(f"{what} {str(path)!r} is not a readable torch file (not a "
+                                "torch.save archive)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not trust:
+            import re
+
+            found = re.search(r"GLOBAL (\S+)", str(e))
+            first = f"it calls {found.group(1)}" if found else "objects beyond plain data"
+            raise UntrustedFileError(
+                f"{what} {str(path)!r} holds more than tensors and plain data ({first}); "
+                "loading it could run code from the file: load it only if you trust where it "
+                "came from (trust=True, or --trust on the command line)") from e
+    except Exception as e:
+        raise InvalidValueError(f"{what} {str(path)!r} is not a readable torch file "
+                                f"({type(e).__name__}: {e})") from e
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise InvalidValueError(f"{what} {str(path)!r} is not a readable torch file "
+                                f"({type(e).__name__}: {e})") from e

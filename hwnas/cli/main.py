@@ -43,8 +43,6 @@ def _print_summary(summary: Any, allow_unmet: bool) -> int:
     """The before/after table, accuracies and paths; the exit code for the targets."""
     if summary.before is None:  # not rank 0
         return 0
-    if summary.resumed_from is not None:
-        print(f"\nresumed from epoch {summary.resumed_from} ({summary.folder / 'checkpoint.pt'})")
     before = summary.before.iloc[-1]
     after = summary.after.iloc[-1]
     print("\n| cost | original | target | exported | met |")
@@ -54,11 +52,14 @@ def _print_summary(summary: Any, allow_unmet: bool) -> int:
               f"{float(after[name]):,.0f} | {'yes' if summary.met.get(name) else 'NO'} |")
     sizes = summary.sizes
     if summary.test_accuracy is not None:
-        print(f"\ntest accuracy of the exported model: {summary.test_accuracy:.4f} "
-              f"(untouched test split, {sizes.get('test')} examples)")
+        was = (f"; unpruned after warm-up {summary.test_accuracy_before:.4f}"
+               if summary.test_accuracy_before is not None else "")
+        print(f"\ntest accuracy of the exported model: {summary.test_accuracy:.4f}{was} "
+              f"(untouched test split, {sizes.get('test'):,} examples)")
     if summary.val_accuracy is not None:
-        print(f"validation accuracy: {summary.val_accuracy:.4f} ({sizes.get('validation')} "
-              "examples, used for early stopping)")
+        used = "used for early stopping" if summary.early_stopping else "early stopping off"
+        print(f"validation accuracy: {summary.val_accuracy:.4f} ({sizes.get('validation'):,} "
+              f"examples, {used})")
     print(f"ONNX: {summary.onnx.path} (checked with onnx.checker and onnxruntime)")
     print(f"report: {summary.paths.get('report.html', summary.folder)}")
     if summary.all_met:
@@ -101,7 +102,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={args.nproc}", "-m", "hwnas", "search", args.config]
-        for flag in ("no_progress", "fresh", "allow_unmet", "debug"):
+        for flag in ("no_progress", "fresh", "allow_unmet", "debug", "trust"):
             if getattr(args, flag, False):
                 command.append("--" + flag.replace("_", "-"))
         for option in ("device", "amp"):
@@ -109,7 +110,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
                 command += ["--" + option, getattr(args, option)]
         return subprocess.run(command).returncode
     try:
-        summary = run_search(config, progress=not args.no_progress, resume=not args.fresh)
+        summary = run_search(config, progress=not args.no_progress, resume=not args.fresh,
+                             trust=args.trust)
     finally:
         import torch.distributed as dist
 
@@ -134,9 +136,14 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from hwnas.cli.runs import export_search_result
 
-    result = export_search_result(args.checkpoint, args.onnx)
-    print(f"wrote {result.path}: opset {result.opset}, params {result.params:,.0f}, "
-          f"MACs {result.ops:,.0f}, max |ORT - torch| {result.max_abs_diff:.2e}")
+    onnx, program = export_search_result(args.checkpoint, args.onnx, args.torch, args.trust)
+    if onnx is not None:
+        print(f"wrote {onnx.path}: opset {onnx.opset}, params {onnx.params:,.0f}, MACs "
+              f"{onnx.ops:,.0f}, max |ORT - torch| {onnx.max_abs_diff:.2e}")
+    if program is not None:
+        print(f"wrote {program.path}: torch.export program (load with hwnas.load or "
+              f"torch.export.load(path).module()), max |program - torch| "
+              f"{program.max_abs_diff:.2e}")
     return 0
 
 
@@ -147,6 +154,12 @@ def _cmd_targets(args: argparse.Namespace) -> int:
         t = load_target(name)
         print(f"{name:12s} {t.description}")
     return 0
+
+
+def _add_trust_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust", action="store_true",
+                   help="load a file that holds more than tensors and plain data (an older "
+                        "hwnas's, or one of unknown origin: it could run code)")
 
 
 def _add_device_arguments(p: argparse.ArgumentParser) -> None:
@@ -212,6 +225,7 @@ def _add_search(sub: Any) -> None:
     p.add_argument("--allow-unmet", action="store_true",
                    help="exit 0 even when a cost target is not met")
     _add_device_arguments(p)
+    _add_trust_argument(p)
     p.set_defaults(func=_cmd_search)
 
 
@@ -226,10 +240,17 @@ def _add_profile(sub: Any) -> None:
 
 
 def _add_export(sub: Any) -> None:
-    p = sub.add_parser("export", help="export a search result to verified ONNX",
-                       description="Rebuild the pruned model from search.pt and export ONNX.")
+    p = sub.add_parser("export", help="export a search result to verified ONNX or PyTorch",
+                       description="Rebuild the pruned model from search.pt and export it: "
+                                   "ONNX (--onnx) and/or a torch.export program (--torch), "
+                                   "each verified against PyTorch. In Python, hwnas.load(path) "
+                                   "gives the pruned model as an nn.Module.")
     p.add_argument("checkpoint", help="search.pt written by `hwnas search` / `hwnas demo`")
-    p.add_argument("--onnx", required=True, help="destination .onnx file")
+    p.add_argument("--onnx", default=None, help="destination .onnx file")
+    p.add_argument("--torch", default=None,
+                   help="destination .pt2 file: a torch.export program (no pickled code; "
+                        "torch.export.load(path).module() runs it without hwnas)")
+    _add_trust_argument(p)
     p.set_defaults(func=_cmd_export)
 
 

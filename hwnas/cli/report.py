@@ -15,6 +15,7 @@ import html
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -27,9 +28,14 @@ from hwnas.cli.figures import (
     costs_figure,
 )
 from hwnas.cli.tables import _check_history, _check_targets, cost_summary, layer_table
-from hwnas.errors import InvalidTypeError
+from hwnas.errors import InvalidTypeError, InvalidValueError
 
-__all__ = ["check_png_not_blank", "cost_summary", "layer_table", "write_report"]
+if TYPE_CHECKING:
+    from hwnas.cost.target import Target
+    from hwnas.training.fit import FitResult
+
+__all__ = ["check_png_not_blank", "cost_summary", "layer_table", "fit_profiles", "report_files",
+           "write_report"]
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -164,7 +170,7 @@ def _write_html(
     return path
 
 
-def write_report(
+def report_files(
     folder: str | Path,
     history: pd.DataFrame | None,
     before: pd.DataFrame,
@@ -208,7 +214,7 @@ def write_report(
         >>> x = torch.randn(1, 4)
         >>> big = hwnas.profile(nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)), x)
         >>> small = hwnas.profile(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), x)
-        >>> files = write_report(tempfile.mkdtemp(), None, big, small, targets={"params": 40})
+        >>> files = report_files(tempfile.mkdtemp(), None, big, small, targets={"params": 40})
         >>> sorted(files)
         ['channels.png', 'costs.csv', 'layers.csv', 'report.html', 'report.md']
     """
@@ -248,3 +254,71 @@ def write_report(
     put(_write_markdown(out / "report.md", title, notes_df, summary, table, figures))
     put(_write_html(out / "report.html", title, notes_df, summary, table, figures))
     return written
+
+
+def fit_profiles(result: FitResult, target: str | Path | Target | None = None
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`hwnas.profile` of the unpruned model (the search's graph without its masks) and
+    of the exported one, with the example input of ``wrap``, on ``target`` (default: the
+    search's)."""
+    from hwnas.cost.profile import profile
+    from hwnas.export.verify import float32_cpu_copy
+    from hwnas.search.surgery import unpruned
+
+    if result.model is None:
+        raise InvalidValueError("`result` is of a run that stopped early (stop_after): call "
+                                "hwnas.fit again with its checkpoint to finish it first")
+    search = result.search
+    target = target if target is not None else search.target
+    example = search.example_inputs
+    unpruned_model, _ = float32_cpu_copy(unpruned(search.gm), example)
+    model, _ = float32_cpu_copy(result.model, example)
+    return profile(unpruned_model, example, target), profile(model, example, target)
+
+
+def write_report(result: FitResult, folder: str | Path, title: str = "hwnas search",
+                 notes: Mapping[str, object] | None = None,
+                 target: str | Path | Target | None = None,
+                 profiles: tuple[pd.DataFrame, pd.DataFrame] | None = None
+                 ) -> dict[str, Path]:
+    """The report of a :func:`hwnas.fit` run: its costs before and after pruning, per layer
+    and against the targets, the accuracy before and after, the training history and the
+    figures (see :func:`report_files` for the files).
+
+    The unpruned model is the search's own graph without its masks; both profiles use the
+    example input ``wrap`` was given and the search's hardware target (or ``target``).
+
+    Args:
+        result: What :func:`hwnas.fit` returned (a finished run).
+        folder: Output folder (created if missing).
+        title: Report title.
+        notes: More key/value facts shown in the run table.
+        target: Hardware target of the profiles (default: the search's).
+        profiles: :func:`fit_profiles` of the result, when the caller has them already.
+
+    Example:
+        >>> import tempfile, torch, hwnas
+        >>> from torch import nn
+        >>> x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+        >>> s = hwnas.wrap(nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)), x[:1])
+        >>> cfg = hwnas.FitConfig(warmup_epochs=1, search_epochs=1, finetune_epochs=1,
+        ...                       progress=False)
+        >>> out = hwnas.fit(s, [(x, y)], [(x, y)], targets={"params": 40.0}, config=cfg)
+        >>> files = hwnas.write_report(out, tempfile.mkdtemp())
+        >>> sorted(files)[:3]
+        ['accuracy.png', 'channels.png', 'costs.csv']
+    """
+    before, after = profiles if profiles is not None else fit_profiles(result, target)
+    facts: dict[str, object] = {"targets met": "yes" if result.all_met else "NO: " + ", ".join(
+        f"{k} {result.costs.get(k, math.nan):,.0f} > {t:,.0f}"
+        for k, t in result.targets.items() if not result.met.get(k))}
+    for split, before_acc, after_acc in (
+            ("validation", result.val_accuracy_before, result.val_accuracy_after),
+            ("test", result.test_accuracy_before, result.test_accuracy_after)):
+        if after_acc is not None:
+            facts[f"{split} accuracy, unpruned (after warm-up) -> exported"] = (
+                f"{before_acc:.4f} -> {after_acc:.4f} ({after_acc - before_acc:+.4f})"
+                if before_acc is not None else f"{after_acc:.4f}")
+    facts.update(notes or {})
+    return report_files(folder, result.history, before, after, targets=result.targets,
+                        title=title, notes=facts)

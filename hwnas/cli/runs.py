@@ -12,9 +12,11 @@ line.
 
 from __future__ import annotations
 
-import math
+import contextlib
+import os
+import time
 import warnings
-from collections.abc import Sized
+from collections.abc import Iterator, Sized
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,13 @@ import torch
 from torch import nn
 
 from hwnas._internal.devices import describe_device, resolve_device
-from hwnas._internal.files import atomic_write, ensure_writable_dir, remove_stale_parts
-from hwnas.cli.report import write_report
+from hwnas._internal.files import (
+    atomic_write,
+    ensure_writable_dir,
+    load_torch_file,
+    remove_stale_parts,
+)
+from hwnas.cli.report import fit_profiles, write_report
 from hwnas.cli.schema import DEMO_CONFIG, SearchConfig, load_factory, parse_config
 from hwnas.cost.profile import profile
 from hwnas.errors import (
@@ -36,15 +43,14 @@ from hwnas.errors import (
     OutputError,
 )
 from hwnas.export.onnx import ExportResult, export_onnx
+from hwnas.export.program import ProgramResult, export_program, load_program
 from hwnas.search import SearchModel, materialize, wrap
 from hwnas.training.distributed import device_for_rank, init_from_env, is_distributed, shard_loader
-from hwnas.training.evaluation import evaluate
-from hwnas.training.fit import TargetsNotMetWarning, fit, relative_targets
+from hwnas.training.fit import FitResult, TargetsNotMetWarning, fit, relative_targets
 
 __all__ = ["Loaders", "RunSummary", "build_data", "build_model", "build_search",
            "check_output_file", "demo_config", "export_search_result", "leaf_module_keys",
-           "profile_factory",
-           "run_search", "with_overrides", "write_outputs"]
+           "load", "profile_factory", "run_search", "step", "with_overrides", "write_outputs"]
 
 #: Files a search writes into its output folder (besides the report's figures and CSVs).
 OUTPUTS = ("checkpoint.pt", "search.pt", "model.onnx", "report.md", "report.html",
@@ -86,6 +92,8 @@ class RunSummary:
     before: pd.DataFrame | None = None
     after: pd.DataFrame | None = None
     resumed_from: int | None = None
+    test_accuracy_before: float | None = None
+    early_stopping: bool = False
 
     @property
     def all_met(self) -> bool:
@@ -180,7 +188,8 @@ def leaf_module_keys(model: nn.Module, names: tuple[str, ...]) -> tuple[type | s
     return tuple(keys)
 
 
-def run_search(config: SearchConfig, progress: bool = True, resume: bool = True) -> RunSummary:
+def run_search(config: SearchConfig, progress: bool = True, resume: bool = True,
+               trust: bool = False) -> RunSummary:
     """Run a whole search from a :class:`~hwnas.cli.schema.SearchConfig`; write its outputs.
 
     Writes to ``config.output_dir`` (checked for writability before any training):
@@ -215,62 +224,63 @@ def run_search(config: SearchConfig, progress: bool = True, resume: bool = True)
         warnings.simplefilter("ignore", TargetsNotMetWarning)  # the summary says it
         result = fit(search, shard_loader(loaders.train, seed=config.search.seed), loaders.val,
                      targets=targets, config=fit_config, checkpoint=checkpoint,
-                     resume_key=config.resume_key())
+                     resume_key=config.resume_key(), test_data=loaders.test,
+                     trust_checkpoint=trust)
     assert result.model is not None  # no stop_after: fit ran to the end
     summary = RunSummary(out, result.costs, targets, result.met, sizes=loaders.sizes(),
-                         resumed_from=result.resumed_from)
+                         resumed_from=result.resumed_from,
+                         test_accuracy=result.test_accuracy_after,
+                         val_accuracy=result.val_accuracy_after,
+                         test_accuracy_before=result.test_accuracy_before,
+                         early_stopping=bool(config.search.patience))
     if rank0:  # only rank 0 writes files
-        write_outputs(summary, config, model, search, result.model.eval().cpu(), example,
-                      loaders, result.history)
+        write_outputs(summary, config, result)
     return summary
 
 
-def write_outputs(summary: RunSummary, config: SearchConfig, model: nn.Module,
-                  search: SearchModel, exported: nn.Module, example: torch.Tensor,
-                  loaders: Loaders, history: pd.DataFrame) -> None:
-    """``search.pt``, ``model.onnx`` and the report; fills ``summary``'s measurements."""
+def write_outputs(summary: RunSummary, config: SearchConfig, result: FitResult) -> None:
+    """``search.pt``, ``model.onnx`` and the report, each announced before and after (they
+    take seconds to minutes); fills ``summary``'s measurements."""
     out = summary.folder
-    search.cpu()
+    exported = result.model.eval().cpu() if result.model is not None else None
+    assert exported is not None
+    search = result.search.cpu()
     with atomic_write(out / "search.pt") as tmp:
         torch.save({"format": SEARCH_RESULT_FORMAT, "config": config.to_dict(),
                     "search": search.state_dict(), "model": exported.state_dict()}, tmp)
-    summary.onnx = export_onnx(exported, out / "model.onnx", example)
-    target = config.hardware_target
-    summary.before = profile(model, example, target)
-    summary.after = profile(exported, example, target)
-    if loaders.test is not None:
-        summary.test_accuracy = evaluate(exported, loaders.test).get("accuracy")
-    if loaders.val is not None:
-        summary.val_accuracy = evaluate(exported, loaders.val).get("accuracy")
-    summary.paths = write_report(out, history, summary.before, summary.after,
-                                 targets=summary.targets,
-                                 title=f"hwnas search: {config.model.factory}",
-                                 notes=_notes(summary, config))
+    with step(f"exporting and verifying {out / 'model.onnx'} (torch.onnx, onnx.checker, "
+              "onnxruntime)"):
+        summary.onnx = export_onnx(exported, out / "model.onnx", search.example_inputs)
+    with step(f"writing the report to {out}"):
+        summary.before, summary.after = fit_profiles(result, config.hardware_target)
+        summary.paths = write_report(result, out, title=f"hwnas search: {config.model.factory}",
+                                     notes=_notes(summary, config),
+                                     profiles=(summary.before, summary.after))
 
 
-def _fmt_accuracy(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
+@contextlib.contextmanager
+def step(what: str) -> Iterator[None]:
+    """One line before a step of the command line that takes a while, one after it."""
+    start = time.perf_counter()
+    print(f"{what} ...", flush=True)
+    yield
+    print(f"  done in {time.perf_counter() - start:.1f} s", flush=True)
 
 
 def _notes(summary: RunSummary, config: SearchConfig) -> dict[str, str]:
+    """The run facts of the CLI's report (the accuracies and targets come from the result)."""
     s = config.search
-    sizes = summary.sizes
     onnx = summary.onnx
     assert onnx is not None
-    missed = [f"{k} {summary.costs.get(k, math.nan):,.0f} > {t:,.0f}"
-              for k, t in summary.targets.items() if not summary.met.get(k)]
     return {
         "model": config.model.factory,
         "target hardware": s.target,
         "split sizes (train / validation / test)":
-            " / ".join("-" if v is None else f"{v:,}" for v in sizes.values()),
-        "early stopping": (f"on the validation split, patience {s.patience}" if s.patience
-                           else "off"),
-        "test accuracy (exported, fine-tuned; untouched test split)":
-            _fmt_accuracy(summary.test_accuracy) if summary.test_accuracy is not None
-            else "no test split",
-        "validation accuracy (exported, fine-tuned)": _fmt_accuracy(summary.val_accuracy),
-        "cost targets met": "yes" if summary.all_met else "NO: " + ", ".join(missed),
+            " / ".join("-" if v is None else f"{v:,}" for v in summary.sizes.values()),
+        "early stopping": (f"on the validation split (warm-up and fine-tune), patience "
+                           f"{s.patience}" if s.patience else "off"),
+        "test split": "untouched: only reported, never chosen on" if summary.sizes.get("test")
+        else "none",
         "resumed from epoch": "" if summary.resumed_from is None else str(summary.resumed_from),
         "ONNX": f"{onnx.path.name}, opset {onnx.opset}, max |ORT - torch| "
                 f"{onnx.max_abs_diff:.2e} at batch {onnx.batch_sizes}",
@@ -326,22 +336,74 @@ def profile_factory(spec: str, input_shape: tuple[int, ...], target: str) -> pd.
     return profile(model, torch.randn(input_shape), target=target)
 
 
-def export_search_result(path: str | Path, onnx_path: str | Path) -> ExportResult:
-    """``hwnas export``: rebuild the pruned model of a ``search.pt`` and export ONNX."""
+def load(path: str | os.PathLike, trust: bool = False) -> nn.Module:
+    """The pruned model of a search, as a plain PyTorch module.
+
+    ``search.pt`` (written by ``hwnas search`` / ``hwnas demo``) holds the run's config and
+    state dicts, read with ``weights_only=True``: the model is rebuilt from the config's
+    factory, wrapped, pruned and loaded, so the result is a ``torch.fx.GraphModule`` of
+    plain ``torch.nn`` layers that trains like any model. A ``.pt2`` file (``hwnas export
+    --torch``) is a ``torch.export`` program: it needs neither hwnas nor the model's code,
+    and runs in inference mode.
+
+    Args:
+        path: ``search.pt`` or a ``.pt2`` program.
+        trust: Load a ``search.pt`` that holds more than tensors and plain data (an older
+            hwnas's, or one of unknown origin: it could run code when loaded).
+
+    Raises:
+        MissingFileError: no such file. InvalidValueError: not a search result.
+        UntrustedFileError: the file would run code and ``trust`` is False.
+
+    Example:
+        >>> import hwnas
+        >>> hwnas.load("no/such/search.pt")
+        Traceback (most recent call last):
+        ...
+        hwnas.errors.MissingFileError: search result 'no/such/search.pt' does not exist
+    """
+    return _load(path, trust)[0]
+
+
+def _load(path: str | os.PathLike, trust: bool) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """:func:`load`, and the example inputs of the search (none for a program)."""
     path = Path(path)
-    onnx_path = check_output_file(onnx_path, "--onnx")
     if not path.is_file():
-        raise MissingFileError(f"checkpoint {str(path)!r} does not exist")
-    not_ours = f"{str(path)!r} is not a search result written by `hwnas search`"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise InvalidValueError(f"{not_ours} (torch.load failed: {e})") from e
+        raise MissingFileError(f"search result {str(path)!r} does not exist")
+    if path.suffix == ".pt2":
+        return load_program(path), ()
+    state = load_torch_file(path, "search result", trust)
     if not isinstance(state, dict) or state.get("format") != SEARCH_RESULT_FORMAT:
-        raise InvalidValueError(f"{not_ours} (expected search.pt in the output folder)")
+        raise InvalidValueError(f"{str(path)!r} is not a search result written by `hwnas "
+                                "search` (expected search.pt of its output folder, or a .pt2 "
+                                "program)")
     config = SearchConfig.from_dict(state["config"])
-    search, example = build_search(config, build_model(config))
+    search, _ = build_search(config, build_model(config))
     search.load_state_dict(state["search"])
     exported = materialize(search.eval())
     exported.load_state_dict(state["model"])
-    return export_onnx(exported, onnx_path, example)
+    return exported, search.example_inputs
+
+
+def export_search_result(path: str | Path, onnx_path: str | Path | None,
+                         torch_path: str | Path | None = None, trust: bool = False
+                         ) -> tuple[ExportResult | None, ProgramResult | None]:
+    """``hwnas export``: the pruned model of a ``search.pt`` as verified ONNX and/or a
+    verified ``torch.export`` program, each step announced."""
+    onnx_out = check_output_file(onnx_path, "--onnx") if onnx_path is not None else None
+    torch_out = check_output_file(torch_path, "--torch") if torch_path is not None else None
+    if onnx_out is None and torch_out is None:
+        raise InvalidValueError("`hwnas export` needs --onnx PATH and/or --torch PATH, but got "
+                                "neither")
+    with step(f"rebuilding the pruned model from {path}"):
+        model, example = _load(path, trust)
+    if not example:
+        raise InvalidValueError(f"`hwnas export` reads a search.pt, but got {str(path)!r}")
+    onnx = program = None
+    if onnx_out is not None:
+        with step(f"exporting and verifying {onnx_out} (onnx.checker, onnxruntime)"):
+            onnx = export_onnx(model, onnx_out, example)
+    if torch_out is not None:
+        with step(f"exporting and verifying {torch_out} (torch.export)"):
+            program = export_program(model, torch_out, example)
+    return onnx, program

@@ -17,7 +17,7 @@ Schema (every key optional unless marked required)::
     kwargs = {batch_size = 64, val_size = 0.1}
 
     [search]
-    targets = {params = 0.5, ops = 0.5}    # required: fraction of the original cost
+    targets = {params = 0.5, ops = 0.5}    # required: fraction of the original cost, in (0, 1]
     target = "generic"                     # hardware target name or .toml path
     warmup_epochs = 5                      # the other keys and their defaults are those
     search_epochs = 20                     # of hwnas.FitConfig (one source of defaults):
@@ -227,9 +227,11 @@ class SearchSection:
             raise ConfigError("[search] `targets` must be a table like {params = 0.5}, but got "
                               f"{self.targets!r}")
         for name, frac in self.targets.items():
-            if not (_is_number(frac) and math.isfinite(frac) and frac > 0):
-                raise ConfigError(f"[search] target fraction for {name!r} must be a number > 0, "
-                                  f"but got {frac!r}")
+            if not (_is_number(frac) and math.isfinite(frac) and 0 < frac <= 1):
+                hint = (f"; for {frac:g}% write {frac / 100:g}"
+                        if _is_number(frac) and 1 < frac <= 100 else "")
+                raise ConfigError(f"[search] target fraction for {name!r} must be in (0, 1] "
+                                  f"(a fraction of the original cost), but got {frac!r}{hint}")
         if not isinstance(self.target, str) or not self.target:
             raise ConfigError(f"[search] `target` must be a hardware target name or a .toml "
                               f"path, but got {self.target!r}")

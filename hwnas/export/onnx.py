@@ -9,20 +9,17 @@ tuples, lists and dicts of tensors, nested; they are compared leaf by leaf in th
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils import _pytree
 
 from hwnas._internal.files import atomic_write
 from hwnas._internal.modes import eval_mode
@@ -33,8 +30,16 @@ from hwnas.errors import (
     MissingFileError,
     TraceError,
 )
+from hwnas.export.verify import (
+    batched,
+    check_tolerance,
+    compare,
+    example_tuple,
+    float32_cpu_copy,
+    tensor_leaves,
+)
 
-__all__ = ["Exportable", "ExportResult", "export_onnx", "float32_cpu_copy"]
+__all__ = ["Exportable", "ExportResult", "export_onnx"]
 
 
 @runtime_checkable
@@ -73,119 +78,13 @@ class ExportResult:
     ops: float
 
 
-def _batched(x: torch.Tensor, batch: int, seed: int) -> torch.Tensor:
-    """A batch of ``batch`` inputs like ``x``: random with x's mean and std, or x repeated."""
-    g = torch.Generator().manual_seed(seed)
-    shape = (batch,) + tuple(x.shape[1:])
-    if x.is_floating_point():
-        std = x.float().std().clamp(min=1e-3) if x.numel() > 1 else torch.tensor(1.0)
-        out = torch.randn(shape, generator=g) * std + x.float().mean()
-        return out.to(x.dtype)
-    return x[:1].expand(shape).clone()
-
-
-def _tensor_leaves(value: Any, what: str) -> list[torch.Tensor]:
-    """The tensors of a (nested) output, in pytree order; other leaves are an error."""
-    leaves = _pytree.tree_leaves(value)
-    bad = [type(v).__name__ for v in leaves if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ExportError(
-            f"{what} holds non-tensor values ({', '.join(sorted(set(bad)))}); outputs must "
-            "be tensors, or tuples, lists and dicts of tensors"
-        )
-    return leaves
-
-
-def _compare(expected: torch.Tensor, got: np.ndarray, atol: float, rtol: float,
-             where: str) -> tuple[float, float]:
-    """(max abs diff, max rel diff) of one output; ExportError on any mismatch."""
-    ref = expected.detach().cpu()
-    if ref.dtype == torch.bfloat16:
-        ref = ref.float()
-    ref_np = ref.numpy()
-    if ref_np.shape != got.shape:
-        raise ExportError(f"{where}: onnxruntime returned shape {got.shape}, PyTorch "
-                          f"{ref_np.shape}")
-    if ref_np.size == 0:
-        return 0.0, 0.0
-    a = ref_np.astype(np.float64)
-    b = got.astype(np.float64)
-    for side, arr in (("PyTorch", a), ("onnxruntime", b)):
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            raise ExportError(
-                f"{where}: the {side} output is not finite ({int(bad.sum())} of {arr.size} "
-                "values are NaN or infinite); a non-finite output is never a match"
-            )
-    diff = np.abs(a - b)
-    scale = np.abs(a)
-    allowed = atol + rtol * scale
-    over = diff > allowed
-    rel = np.divide(diff, scale, out=np.where(diff > 0, np.inf, 0.0), where=scale > 0)
-    if over.any():
-        i = int(np.argmax(diff - allowed))
-        raise ExportError(
-            f"{where}: onnxruntime differs from PyTorch by {float(diff.flat[i]):.3g} at flat "
-            f"index {i} (PyTorch {float(a.flat[i]):.6g}, onnxruntime {float(b.flat[i]):.6g}); "
-            f"allowed |diff| <= atol + rtol*|PyTorch| = {atol:g} + {rtol:g}*"
-            f"{float(scale.flat[i]):.3g}; {int(over.sum())} of {over.size} values differ"
-        )
-    return float(diff.max()), float(rel.max())
-
-
-def _check_tolerance(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidTypeError(f"`{name}` must be a number, but got {type(value).__name__}")
-    if not (value >= 0 and math.isfinite(value)):
-        raise InvalidValueError(f"`{name}` must be a finite number >= 0, but got {value!r}")
-    return float(value)
-
-
-def _inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
-    if not isinstance(example_inputs, (tuple, list)) or not example_inputs or not all(
-            isinstance(t, torch.Tensor) for t in example_inputs):
-        raise InvalidTypeError("`example_inputs` must be a tensor or a non-empty tuple of "
-                               f"tensors, but got {type(example_inputs).__name__}")
-    if any(t.dim() == 0 for t in example_inputs):
-        raise InvalidValueError("`example_inputs` must have a batch dim, but got a 0-d tensor")
-    return tuple(example_inputs)
-
-
-def float32_cpu_copy(model: nn.Module, inputs: tuple[torch.Tensor, ...]
-                     ) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    """The model and inputs as exported and verified: float32 on the CPU.
-
-    A model with any parameter or buffer off the CPU or in another floating dtype (CUDA,
-    float64, bf16, fp16) is deep-copied and converted; the user's model is not touched.
-    Floating inputs become float32 CPU tensors, integer inputs CPU tensors.
-
-    Example:
-        >>> from torch import nn
-        >>> m, (x,) = float32_cpu_copy(nn.Linear(2, 2).double(), (torch.ones(1, 2).double(),))
-        >>> m.weight.dtype, x.dtype
-        (torch.float32, torch.float32)
-    """
-    tensors = [*model.parameters(), *model.buffers()]
-    if any(t.device.type != "cpu" or (t.is_floating_point() and t.dtype != torch.float32)
-           for t in tensors):
-        if any(t.device.type == "meta" for t in tensors):
-            raise ExportError("the model lives on the 'meta' device (it has no values); "
-                              "move it to a real device with .to_empty() and load weights")
-        model = copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
-    inputs = tuple(x.detach().to("cpu", torch.float32) if x.is_floating_point()
-                   else x.detach().cpu() for x in inputs)
-    return model, inputs
-
-
 def _export_program(model: nn.Module, inputs: tuple[torch.Tensor, ...], dynamic_batch: bool,
                     opset: int | None, tmp: str) -> None:
     trace_inputs = inputs
     dynamic_shapes = None
     if dynamic_batch:
         # torch.export specialises a dim of size 1, so trace with a batch of 2.
-        trace_inputs = tuple(_batched(x, 2, 0) for x in inputs)
+        trace_inputs = tuple(batched(x, 2, 0) for x in inputs)
         batch = torch.export.Dim("batch", min=1)
         dynamic_shapes = tuple({0: batch} for _ in inputs)
     logger = logging.getLogger("torch.onnx")
@@ -230,7 +129,7 @@ def _verify(model: nn.Module, tmp: str, input_names: tuple[str, ...],
     for inputs in checks:
         batch = inputs[0].shape[0]
         with torch.no_grad():
-            expected = _tensor_leaves(model(*inputs), "the PyTorch output")
+            expected = tensor_leaves(model(*inputs), "the PyTorch output")
         feeds = {name: x.detach().cpu().numpy() for name, x in
                  zip(input_names, inputs, strict=True)}
         try:
@@ -242,7 +141,7 @@ def _verify(model: nn.Module, tmp: str, input_names: tuple[str, ...],
             raise ExportError(f"the ONNX graph has {len(got)} outputs, the PyTorch model "
                               f"{len(expected)} tensors")
         for k, (e_t, o) in enumerate(zip(expected, got, strict=True)):
-            d_abs, d_rel = _compare(e_t, np.asarray(o), atol, rtol,
+            d_abs, d_rel = compare(e_t, np.asarray(o), atol, rtol,
                                     f"output {k} at batch {batch}")
             max_abs, max_rel = max(max_abs, d_abs), max(max_rel, d_rel)
     return max_abs, max_rel
@@ -301,9 +200,9 @@ def export_onnx(
         raise InvalidTypeError(
             f"`model` must be an nn.Module or SearchModel, but got {type(model).__name__}"
         )
-    inputs = _inputs(example_inputs)
+    inputs = example_tuple(example_inputs)
     model, inputs = float32_cpu_copy(model, inputs)
-    atol, rtol = _check_tolerance("atol", atol), _check_tolerance("rtol", rtol)
+    atol, rtol = check_tolerance("atol", atol), check_tolerance("rtol", rtol)
     path = Path(path)
     if path.suffix != ".onnx":
         raise InvalidValueError(f"`path` must end in .onnx, but got {str(path)!r}")
@@ -322,7 +221,7 @@ def export_onnx(
         if check:
             checks = [inputs]
             if dynamic_batch:
-                checks.append(tuple(_batched(x, 3, 1) for x in inputs))
+                checks.append(tuple(batched(x, 3, 1) for x in inputs))
             max_abs, max_rel = _verify(model, str(tmp), input_names, checks, atol, rtol)
             batches = tuple(c[0].shape[0] for c in checks)
         params, ops = _counts(model, inputs)

@@ -81,6 +81,9 @@ class SearchModel(nn.Module):
         self.needs_keep = insert_masks(gm, self.index.slot_index, self.index.n_gates,
                                        per_example)
         self._cost_mode = DEFAULT_COST_MODE
+        #: The example inputs of ``wrap`` (batch 1, on the CPU): what reports and exports of
+        #: this search are profiled and traced with.
+        self.example_inputs: tuple[torch.Tensor, ...] = ()
         #: Checkpoint path -> fingerprint of this search when the fit writing that
         #: checkpoint began (hwnas.training.checkpoint.start_fingerprint).
         self.run_origins: dict[str, str] = {}

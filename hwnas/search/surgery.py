@@ -33,7 +33,7 @@ from hwnas.search.masks import (
     WeightMasked,
 )
 
-__all__ = ["insert_masks", "strip_masks"]
+__all__ = ["insert_masks", "strip_masks", "unpruned"]
 
 #: ``slot_index(slots)``: the gate entry of each ``(group, position)`` slot.
 SlotIndex = Callable[[np.ndarray | None], torch.Tensor]
@@ -316,3 +316,22 @@ def _restore_norm(gm: fx.GraphModule, node: fx.Node, module: MaskedNorm) -> None
     node.replace_all_uses_with(new)
     graph.erase_node(node)
     gm.delete_submodule(str(node.target))
+
+
+def unpruned(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of a searched graph without its masks: the user's model, every channel kept
+    (the "before" of a report).
+
+    Example:
+        >>> import torch, hwnas
+        >>> from torch import nn
+        >>> s = hwnas.wrap(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)),
+        ...                torch.randn(1, 3))
+        >>> unpruned(s.gm)(torch.ones(1, 3)).shape
+        torch.Size([1, 2])
+    """
+    import copy
+
+    out = copy.deepcopy(gm)
+    strip_masks(out)
+    return out

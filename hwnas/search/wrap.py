@@ -117,4 +117,6 @@ def wrap(
                     groups[int(g)] = replace(groups[int(g)], frozen=f"excluded: {node.target}")
     search = SearchModel(gm, tuple(groups), costs, target, droprate_init, per_example,
                          channel_multiple)
+    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    search.example_inputs = tuple(x.detach()[:1].cpu().clone() for x in inputs)
     return search.train(was_training)

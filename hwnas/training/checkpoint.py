@@ -31,18 +31,17 @@ search) or remove the file
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import random
 from collections.abc import Iterable, Mapping, Sized
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 
-from hwnas._internal.files import atomic_write, remove_stale_parts
-from hwnas.errors import CheckpointError
+from hwnas._internal.files import atomic_write, load_torch_file, remove_stale_parts
+from hwnas.errors import CheckpointError, InvalidValueError
 
 if TYPE_CHECKING:
     from hwnas.search import SearchModel
@@ -60,8 +59,9 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "hwnas-fit"
-#: Version 2: carries the resume key; no ``warmup_loss``.
-CHECKPOINT_VERSION = 2
+#: Version 2: carries the resume key; no ``warmup_loss``. Version 3: plain data only (it
+#: loads with ``weights_only=True``), the warm-up baseline accuracies.
+CHECKPOINT_VERSION = 3
 #: Datasets up to this many bytes of tensors are hashed into the resume key.
 _HASH_LIMIT = 64 * 2**20
 
@@ -71,10 +71,14 @@ class Checkpoint:
 
     Args:
         path: The file (its folder is created when missing); ``None`` disables both.
+        trust: Load a file that holds more than tensors and plain data (one of an older
+            hwnas, or of unknown origin: such a file can run code when loaded). By default
+            it is refused with an :class:`~hwnas.errors.UntrustedFileError`.
     """
 
-    def __init__(self, path: str | os.PathLike | None) -> None:
+    def __init__(self, path: str | os.PathLike | None, trust: bool = False) -> None:
         self.path = Path(path) if path is not None else None
+        self.trust = trust
         if self.path is not None and self.path.parent.is_dir():
             remove_stale_parts(self.path.parent, self.path.name)
 
@@ -98,9 +102,8 @@ class Checkpoint:
         if self.path is None or not self.path.exists():
             return None
         try:
-            data = self.path.read_bytes()
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-        except Exception as e:
+            state = load_torch_file(self.path, "checkpoint", self.trust)
+        except InvalidValueError as e:
             raise CheckpointError(
                 f"checkpoint {str(self.path)!r} is corrupt or not a torch file ({e}); it was "
                 "left in place: move it away (or use --fresh) to start a new search"
@@ -266,7 +269,11 @@ def resume_key(*, settings: Mapping[str, Any], targets: Mapping[str, float],
 # ------------------------------------------------------------------------- random state
 def rng_state() -> dict[str, Any]:
     """The states of torch's, numpy's and Python's global generators (and CUDA's)."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+    name, keys, pos, has_gauss, cached = cast(tuple[Any, ...], np.random.get_state())
+    # plain data only (the checkpoint loads with weights_only=True): numpy's keys as a tensor
+    numpy_state = {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, np.int64)),
+                   "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state,
              "python": random.getstate()}
     if torch.cuda.is_available():  # also before CUDA's first use: a run may start there
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -276,7 +283,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: Mapping[str, Any]) -> None:
     """Restore :func:`rng_state`."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         # a checkpoint of a machine with more GPUs restores the ones this machine has

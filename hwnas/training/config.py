@@ -211,7 +211,9 @@ class FitConfig:
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change the result (what a checkpoint must agree on)."""
-        skip = {"progress", "stop_after", "device", "on_epoch_end", "early_stopping"}
+        # fine-tune epochs may grow: a finished run is extended (the checkpoint checks it)
+        skip = {"progress", "stop_after", "device", "on_epoch_end", "early_stopping",
+                "finetune_epochs"}
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)
                                if f.name not in skip}
         es = self.early_stopping

@@ -74,6 +74,11 @@ class FitResult:
         finished: False when ``stop_after`` ended the call before the last epoch.
         met: For each target, whether the exported cost is at or below it.
         resumed_from: The number of epochs a checkpoint had already done, or None.
+        val_accuracy_before / test_accuracy_before: Accuracy of the unpruned model when
+            the warm-up ended (what pruning is measured against), on ``val_data`` /
+            ``test_data``; None without such data or class-index targets.
+        val_accuracy_after / test_accuracy_after: Accuracy of the exported (fine-tuned)
+            model. The test data is only ever reported, never chosen on.
     """
 
     search: SearchModel
@@ -84,6 +89,10 @@ class FitResult:
     finished: bool
     met: dict[str, bool] = field(default_factory=dict)
     resumed_from: int | None = None
+    val_accuracy_before: float | None = None
+    val_accuracy_after: float | None = None
+    test_accuracy_before: float | None = None
+    test_accuracy_after: float | None = None
 
     @property
     def all_met(self) -> bool:
@@ -119,15 +128,21 @@ def relative_targets(search: SearchModel, fractions: Mapping[str, float]) -> dic
         if not is_number(frac):
             raise InvalidTypeError(f"target fraction for {name!r} must be a number, but got "
                                    f"{frac!r}")
-        if not (math.isfinite(frac) and frac > 0):
-            raise InvalidValueError(f"target fraction for {name!r} must be a finite number "
-                                    f"> 0, but got {frac!r}")
+        if not (math.isfinite(frac) and 0 < frac <= 1):
+            hint = (f"; {frac:g} looks like a percentage: write {frac / 100:g}"
+                    if 1 < frac <= 100 else "")
+            raise InvalidValueError(f"target fraction for {name!r} must be in (0, 1] (a "
+                                    f"fraction of the unpruned model's {name}), but got "
+                                    f"{frac!r}{hint}")
         out[name] = float(frac) * reference[name]
     return out
 
 
 def _check_targets(search: SearchModel, targets: Mapping[str, float] | None) -> dict[str, float]:
+    """Absolute targets, checked: a count of at most 1 for a cost in the hundreds or more
+    is a fraction passed where an absolute target belongs."""
     out = {}
+    reference = search.reference_costs() if targets else {}
     for name, value in (targets or {}).items():
         search.check_cost(name)
         if not is_number(value):
@@ -135,6 +150,13 @@ def _check_targets(search: SearchModel, targets: Mapping[str, float] | None) -> 
         if not (math.isfinite(value) and value > 0):
             raise InvalidValueError(f"target for {name!r} must be a finite number > 0, but got "
                                     f"{value!r}")
+        full = reference[name]
+        if value <= 1 and full >= 100:
+            raise InvalidValueError(
+                f"target for {name!r} is {value:g}, an absolute count, but the unpruned model "
+                f"has {full:,.0f} {name}: for a fraction, pass "
+                f"targets=hwnas.relative_targets(search, {{{name!r}: {value:g}}}) "
+                f"(= {value * full:,.0f})")
         out[name] = float(value)
     return out
 
@@ -190,6 +212,8 @@ def fit(
     regularizer: Callable[..., torch.Tensor] | None = None,
     checkpoint: str | os.PathLike | None = None,
     resume_key: Mapping[str, Any] | None = None,
+    test_data: Iterable | None = None,
+    trust_checkpoint: bool = False,
 ) -> FitResult:
     """Warm-up, search and fine-tune ``search`` on any data and loss.
 
@@ -213,6 +237,14 @@ def fit(
             differs.
         resume_key: More entries the checkpoint must agree on (plain values), e.g. the
             model and data factories that built ``search`` and the loaders.
+        test_data: Optional test batches: only evaluated for the accuracies of the result
+            (the unpruned model after warm-up and the exported one), never chosen on.
+        trust_checkpoint: Load a checkpoint that holds more than tensors and plain data
+            (an older hwnas's, or one of unknown origin: it could run code). By default
+            such a file is refused with an :class:`~hwnas.errors.UntrustedFileError`.
+
+    A finished run whose checkpoint exists is extended, not repeated, when called again
+    with more ``finetune_epochs``: it continues fine-tuning its exported model and says so.
 
     Returns:
         A :class:`FitResult`; ``result.met`` says which targets the exported model meets
@@ -245,8 +277,9 @@ def fit(
         raise InvalidTypeError(f"`config` must be a FitConfig, but got {type(config).__name__}")
     checked = _check_targets(search, targets)
     _check_loader("train_data", train_data)
-    if val_data is not None:
-        _check_loader("val_data", val_data)
+    for name, data in (("val_data", val_data), ("test_data", test_data)):
+        if data is not None:
+            _check_loader(name, data)
     if config.early_stopping is not None and val_data is None:
         raise InvalidValueError("`config.early_stopping` needs `val_data`, but val_data is None")
     if config.search_epochs and regularizer is None and not checked:
@@ -260,8 +293,11 @@ def fit(
     was_training, cost_mode = search.training, search.cost_mode
     grads = [p.requires_grad for p in search.arch_parameters()]
     try:
-        return _fit(search, train_data, val_data, loss_fn, checked, config, regularizer,
-                    checkpoint, dict(resume_key or {}))
+        run, ckpt, key, stopper = _start(
+            FitRun(search, train_data, val_data, loss_fn, checked, config, regularizer,
+                   resolve_device(config.device, search), None, test_data),
+            Checkpoint(checkpoint, trust=bool(trust_checkpoint)), dict(resume_key or {}))
+        return _fit(run, ckpt, key, stopper)
     finally:
         search.train(was_training)
         search.cost_mode = cost_mode
@@ -269,15 +305,11 @@ def fit(
             p.requires_grad_(g)
 
 
-def _fit(search: SearchModel, train_data: Iterable, val_data: Iterable | None,
-         loss_fn: Callable, targets: dict[str, float], config: FitConfig,
-         regularizer: Callable[..., torch.Tensor] | None, checkpoint: Any,
-         extra_key: dict[str, Any]) -> FitResult:
-    run, ckpt, key, stopper = _start(search, train_data, val_data, loss_fn, targets, config,
-                                     regularizer, checkpoint, extra_key)
+def _fit(run: FitRun, ckpt: Checkpoint, key: dict[str, Any],
+         stopper: EarlyStopping | None) -> FitResult:
+    config, schedule = run.config, run.schedule
     resumed_from = run.saved_epoch
     epochs_this_call = 0
-    schedule = run.schedule
     while run.epoch < schedule.total:
         if config.stop_after is not None and epochs_this_call >= config.stop_after:
             break
@@ -293,42 +325,40 @@ def _fit(search: SearchModel, train_data: Iterable, val_data: Iterable | None,
             run.finish(phase)
             run.epoch = schedule.end(phase)
         if config.lines and is_rank0():
-            print(_epoch_line(row, run.absolute_targets()), flush=True)
+            print(_epoch_line(row, run.absolute_targets(), schedule.total), flush=True)
         if config.on_epoch_end is not None:
-            config.on_epoch_end(row, search)
+            config.on_epoch_end(row, run.search)
         if is_rank0():
             ckpt.save(run.state(stopper), key)
         run.saved_epoch = run.epoch
     return _result(run, resumed_from)
 
 
-def _start(search: SearchModel, train_data: Iterable, val_data: Iterable | None,
-           loss_fn: Callable, targets: dict[str, float], config: FitConfig,
-           regularizer: Callable[..., torch.Tensor] | None, checkpoint: Any,
-           extra_key: dict[str, Any]
+def _start(run: FitRun, ckpt: Checkpoint, extra_key: dict[str, Any]
            ) -> tuple[FitRun, Checkpoint, dict[str, Any], EarlyStopping | None]:
-    """The run's device, resume key and state: restored from the checkpoint when it holds
-    this run (``run.saved_epoch`` then says after which epoch), else seeded."""
-    device = resolve_device(config.device, search)
-    if device.type == "cpu" and config.precision == "fp16":
+    """The run on its device with its resume key and state: restored from the checkpoint
+    when it holds this run (``run.saved_epoch`` then says after which epoch), else seeded."""
+    search, config = run.search, run.config
+    if run.device.type == "cpu" and config.precision == "fp16":
         warnings.warn("precision 'fp16' on the CPU has no fast kernels (tens of times slower "
                       "than fp32 here); use 'bf16' on the CPU", stacklevel=4)
-    search.to(device)
+    search.to(run.device)
     search.cost_mode = config.cost_mode
-    ckpt = Checkpoint(checkpoint)
-    key = make_resume_key(settings=config.fingerprint(), targets=targets, search=search,
-                          train_data=train_data, val_data=val_data, loss_fn=loss_fn,
-                          regularizer=regularizer, world_size=world_size(), extra=extra_key,
+    run.checkpoint_path = ckpt.path
+    key = make_resume_key(settings=config.fingerprint(), targets=run.targets, search=search,
+                          train_data=run.train_data, val_data=run.val_data,
+                          loss_fn=run.loss_fn, regularizer=run.regularizer,
+                          world_size=world_size(), extra=extra_key,
                           model=start_fingerprint(search, ckpt.path))
     stopper = copy.deepcopy(config.early_stopping)
-    run = FitRun(search, train_data, val_data, loss_fn, targets, config, regularizer, device,
-                 ckpt.path)
     state = ckpt.load(key)
     if state is not None:
         run.restore(state, stopper)
         if config.lines and is_rank0():
-            print(f"resumed from epoch {run.epoch} of {config.total_epochs} "
-                  f"({ckpt.path})", flush=True)
+            more = (f"; extending the finished run by {run.extended_by} fine-tune epoch(s)"
+                    if run.extended_by else "")
+            print(f"resumed from epoch {run.epoch} of {run.schedule.total} "
+                  f"({ckpt.path}){more}", flush=True)
     elif config.seed is not None:
         # Under torch.distributed each rank draws its own gate noise (seed + rank);
         # DistributedDataParallel broadcasts rank 0's weights and gates at the start.
@@ -358,8 +388,14 @@ def _stops_early(run: FitRun, stopper: EarlyStopping | None, row: dict[str, Any]
 def _result(run: FitRun, resumed_from: int | None) -> FitResult:
     """The FitResult of a run; a TargetsNotMetWarning when the exported model misses one."""
     finished = run.epoch >= run.schedule.total
+    before: dict[str, float | None] = {}
+    after: dict[str, float | None] = {}
     if finished:
         run.ensure_exported()
+        assert run.exported is not None
+        if run.baseline is None:  # a warm-up-only fit: the search model is the unpruned one
+            run.baseline = run.accuracies(run.search, gates="off")
+        before, after = run.baseline, run.accuracies(run.exported)
     costs = run.search.costs()
     absolute = run.absolute_targets()
     met = {name: costs.get(name, math.inf) <= value for name, value in absolute.items()}
@@ -370,11 +406,13 @@ def _result(run: FitRun, resumed_from: int | None) -> FitResult:
                       "search.summary(by='group') for what could not be pruned)",
                       TargetsNotMetWarning, stacklevel=4)
     return FitResult(run.search, run.exported if finished else None,
-                     pd.DataFrame(run.history), costs, absolute, finished, met, resumed_from)
+                     pd.DataFrame(run.history), costs, absolute, finished, met, resumed_from,
+                     before.get("val"), after.get("val"), before.get("test"),
+                     after.get("test"))
 
 
-def _epoch_line(row: Mapping[str, Any], targets: Mapping[str, float]) -> str:
-    parts = [f"[{row['phase']}] epoch {row['epoch'] + 1}", f"loss {row['loss']:.4f}"]
+def _epoch_line(row: Mapping[str, Any], targets: Mapping[str, float], total: int) -> str:
+    parts = [f"[{row['phase']}] epoch {row['epoch'] + 1}/{total}", f"loss {row['loss']:.4f}"]
     if "val_accuracy" in row:
         parts.append(f"val acc {row['val_accuracy']:.4f}")
     for name, target in targets.items():

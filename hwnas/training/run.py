@@ -25,7 +25,7 @@ from torch import nn
 
 from hwnas._internal.devices import autocast, grad_scaler
 from hwnas._internal.modes import eval_mode
-from hwnas.errors import HwnasError, InvalidValueError, TrainingError
+from hwnas.errors import CheckpointError, HwnasError, InvalidValueError, TrainingError
 from hwnas.regularizers import DUCCIO
 from hwnas.regularizers.protocol import Stateful
 from hwnas.search import SearchModel
@@ -155,9 +155,9 @@ class FitRun:
     def __init__(self, search: SearchModel, train_data: Iterable, val_data: Iterable | None,
                  loss_fn: Callable, targets: Mapping[str, float], config: FitConfig,
                  regularizer: Callable[..., torch.Tensor] | None, device: torch.device,
-                 checkpoint_path: Path | None) -> None:
+                 checkpoint_path: Path | None, test_data: Iterable | None = None) -> None:
         self.search = search
-        self.train_data, self.val_data = train_data, val_data
+        self.train_data, self.val_data, self.test_data = train_data, val_data, test_data
         self.loss_fn, self.targets, self.config = loss_fn, dict(targets), config
         self.regularizer = regularizer
         self.device = device
@@ -177,6 +177,10 @@ class FitRun:
         self.ddp_phase: str | None = None
         #: Scales the loss under fp16 autocast (a no-op otherwise).
         self.scaler = grad_scaler(device, config.precision)
+        #: Fine-tune epochs added to a finished run by this call (0: none).
+        self.extended_by = 0
+        #: Accuracies of the unpruned model when the warm-up ended ("val", "test").
+        self.baseline: dict[str, float | None] | None = None
 
     # -- phases --------------------------------------------------------------------------
     def current_model(self, phase: str) -> nn.Module:
@@ -187,6 +191,8 @@ class FitRun:
         return self.search
 
     def enter(self, phase: str) -> None:
+        if phase != "warmup" and self.baseline is None:
+            self.baseline = self.accuracies(self.search, gates="off")
         if self.optimizer_phase != phase:
             self.optimizer = self.new_optimizer(phase)
             self.optimizer_phase = phase
@@ -302,7 +308,19 @@ class FitRun:
                                     "infinite values")
         return {f"val_{k}": v for k, v in out.items()}
 
-    # -- one epoch -----------------------------------------------------------------------
+    def accuracies(self, model: nn.Module, **kwargs: Any) -> dict[str, float | None]:
+        """Accuracy of ``model`` on the validation and test data (None where there is no
+        such data or the targets are not class indices). The test data is only reported,
+        never chosen on."""
+        out: dict[str, float | None] = {}
+        # a loader draws its base seed from the global generator: reporting must not move it
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            for name, data in (("val", self.val_data), ("test", self.test_data)):
+                found = None if data is None else evaluate(model, data, self.loss_fn,
+                                                           str(self.device), **kwargs)
+                out[name] = None if found is None else found.get("accuracy")
+        return out
+
     # -- checkpoints ---------------------------------------------------------------------
     def state(self, stopper: EarlyStopping | None) -> dict[str, Any]:
         reg = self.regularizer
@@ -319,9 +337,25 @@ class FitRun:
             "start_loss": self.start_loss,
             "phase_done": self.phase_done,
             "scaler": self.scaler.state_dict(),
+            "baseline": self.baseline,
+            "finetune_epochs": self.schedule.finetune,
             "rng": rng_state(),
             "loader_rng": loader_generator_state(self.train_data),
         }
+
+    def _extend_finetune(self, saved: int) -> None:
+        """A run resumed with more fine-tune epochs than it had continues its fine-tuning;
+        fewer cannot be resumed."""
+        wanted = self.schedule.finetune
+        if wanted < saved:
+            raise CheckpointError(
+                f"checkpoint {str(self.checkpoint_path)!r} holds a run of {saved} fine-tune "
+                f"epochs; this call asks for {wanted}: a run can be extended, not shortened; "
+                "start over with --fresh (hwnas search) or remove the file")
+        if wanted > saved and self.phase_done.get("finetune"):
+            self.phase_done["finetune"] = False
+            self.epoch = self.saved_epoch = self.schedule.end("search") + saved
+            self.extended_by = wanted - saved
 
     def restore(self, state: Mapping[str, Any], stopper: EarlyStopping | None) -> None:
         check_model_state(self.search, state["search"], self.checkpoint_path)
@@ -330,6 +364,8 @@ class FitRun:
         self.history = list(state["history"])
         self.start_loss = state["start_loss"]
         self.phase_done = dict(state["phase_done"])
+        self.baseline = state.get("baseline")
+        self._extend_finetune(state["finetune_epochs"])
         self.guard.load_state_dict(state["guard"])
         if state["exported"] is not None:
             self.ensure_exported()
