@@ -53,6 +53,12 @@ def test_demo_lut_ends_with_synthesized_luts_beside_the_estimate(tmp_path, capsy
     error = float(re.search(r"\| error \| ([+-][\d.]+)% \|", out).group(1))
     assert error == pytest.approx(100 * (estimate - synth) / synth, abs=0.06)
     assert (tmp_path / "digits_lut.v").is_file()
+    # every step is announced, the training one line per epoch, and the folder has a report
+    assert re.findall(r"^\[train\] epoch (\d)/4 ", out, re.M) == ["1", "2", "3", "4"]
+    for what in ("writing", "simulating 360 test vectors", "synthesizing digits_lut.v"):
+        assert re.search(rf"^{what}.* \.\.\.\n(.*\n)*?  done in \d+\.\d s", out, re.M), what
+    report = (tmp_path / "report.md").read_text()
+    assert f"| hwnas estimate | {estimate:,} |" in report and "360 test vectors" in report
 
 
 @pytest.mark.slow

@@ -58,3 +58,21 @@ def test_quick_start_commands_are_verbatim() -> None:
 def test_ci_runs_the_readme_test_command_literally() -> None:
     lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert TEST_COMMAND in lines
+
+
+def test_the_complete_example_config_parses_with_every_key() -> None:
+    """The README's example config shows every key of the schema and parses."""
+    from dataclasses import fields
+
+    from hwnas.cli.schema import DataSection, ModelSection, OutputSection, SearchSection
+    from hwnas.cli.schema import parse_config
+
+    text = _blocks(_section(README.read_text(), "## Command line"), "toml")[0]
+    config = parse_config(text)
+    assert config.search.targets == {"params": 0.5, "ops": 0.4}
+    assert config.model.leaf_modules == ("MyAttention",)
+    for section, cls in (("model", ModelSection), ("data", DataSection),
+                         ("search", SearchSection), ("output", OutputSection)):
+        table = text[text.index(f"[{section}]"):].split("\n\n")[0]
+        keys = set(re.findall(r"^(\w+) =", table, flags=re.M))
+        assert keys == {f.name for f in fields(cls)}, section

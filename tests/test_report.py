@@ -155,10 +155,11 @@ def test_markdown(report) -> None:
     for name in FIGURES:
         assert f"![{name[:-4]}]({name})" in md
     rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("|")}
-    assert re.search(r"\|\s*Conv2d\s*\|\s*64\s*\|\s*32\s*\|\s*0\.5\s*\|\s*18432\s*\|\s*4608\s*\|",
+    # one "before -> after" cell per cost (the table fits a page), thousands separated
+    assert re.search(r"\|\s*Conv2d\s*\|\s*64 -> 32 \(50%\)\s*\|\s*18,432 -> 4,608\s*\|",
                      rows["3"])
-    assert re.search(r"\|\s*56234\s*\|\s*14298\s*\|", rows["total"])
-    assert re.search(r"\|\s*params\s*\|\s*56234\s*\|\s*14298\s*\|\s*20000\s*\|\s*yes\s*\|",
+    assert re.search(r"\|\s*56,234 -> 14,298\s*\|", rows["total"])
+    assert re.search(r"\|\s*params\s*\|\s*56,234\s*\|\s*14,298\s*\|\s*20,000\s*\|\s*yes\s*\|",
                      rows["params"])
     assert r"a\|b" in md  # a pipe in a note does not break the table
 
@@ -172,7 +173,7 @@ def test_html_is_self_contained(report) -> None:
     assert not re.search(r"(src|href)=\"(?!data:)", page)  # no external references
     assert "<link" not in page and "<script" not in page
     assert "digits &lt;run&gt;" in page and "<run>" not in page
-    assert "<td>18432</td>" in page and "<td>4608</td>" in page
+    assert "<td>18,432 -&gt; 4,608</td>" in page
 
 
 def test_figures_not_blank(report) -> None:
@@ -236,4 +237,25 @@ def test_html_renders_in_headless_chromium(report, tmp_path) -> None:
     ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
     check_png_not_blank(shot)
+    shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed")
+def test_html_fits_a_1280_pixel_window(report, tmp_path) -> None:
+    """In a real browser the page is no wider than a 1280-pixel window (a wide table
+    scrolls in its own box): a copy of the page writes its width into its title."""
+    page = report["report.html"].read_text().replace(
+        "</body>", "<script>document.title = 'width ' + "
+                   "document.documentElement.scrollWidth;</script></body>")
+    probe = tmp_path / "probe.html"
+    probe.write_text(page)
+    cmd = [
+        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900",
+        "--dump-dom", probe.resolve().as_uri(),
+    ]
+    dom = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120).stdout
+    width = int(re.search(r"<title>width (\d+)</title>", dom)[1])
+    assert 600 < width <= 1280
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)

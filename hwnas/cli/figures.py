@@ -81,8 +81,11 @@ def _save(fig: Figure, path: Path) -> Path:
 def costs_figure(
     history: pd.DataFrame, targets: Mapping[str, float], path: Path
 ) -> Path | None:
-    names = history_costs(history)
-    names = [n for n in names if pd.to_numeric(history[f"cost_{n}"], errors="coerce").notna().any()]
+    """Each cost that has a target, per epoch, its target dashed, the phases shaded (a cost
+    without a target has nothing to be read against, and is left out)."""
+    names = [n for n in history_costs(history)
+             if pd.to_numeric(history[f"cost_{n}"], errors="coerce").notna().any()
+             and (n in targets or f"target_{n}" in history.columns)]
     if not names:
         return None
     x = _epochs(history)

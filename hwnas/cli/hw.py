@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hwnas.cli.console import step
+
 __all__ = ["add_calibrate_arguments", "add_synth_arguments", "cmd_calibrate", "cmd_synth"]
 
 
@@ -42,8 +44,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
         if any(isinstance(m, ENCODERS) for m in design.modules()):
             options = {"input_range": tuple(args.input_range) if args.input_range else None,
                        "input_bits": args.input_bits}
-    result = synthesize(design, args.target, top=args.top, place_and_route=args.pnr,
-                        yosys=args.yosys, **options)
+    with step(f"synthesizing {args.design} for {args.target} with yosys"
+              + (" and placing and routing with nextpnr" if args.pnr else "")):
+        result = synthesize(design, args.target, top=args.top, place_and_route=args.pnr,
+                            yosys=args.yosys, **options)
     print(f"{result.top} on {result.target}: {result.script} ({result.yosys}), "
           f"{result.seconds:.1f} s")
     print(f"  LUTs        {result.luts}  {_cells(result.luts_by_type)}")
@@ -93,7 +97,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             words += [flag, str(value)]
     command = shlex.join(words)
     start = time.perf_counter()
-    cal = calibrate(args.target, out, cache=args.cache, yosys=args.yosys, command=command)
+    with step(f"synthesizing the micro-benchmarks of {target.name} (one at a time) and "
+              "fitting its LUT costs"):
+        cal = calibrate(args.target, out, cache=args.cache, yosys=args.yosys, command=command)
     print(f"wrote {out} ({time.perf_counter() - start:.0f} s)")
     for name, err in cal.errors.items():
         print(f"  {name}: median |error| {err['median']:.1%}, worst {err['worst']:.1%} "

@@ -39,7 +39,9 @@ __all__ = ["check_png_not_blank", "cost_summary", "layer_table", "fit_profiles",
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
-       max-width: 1100px; color: #222; padding: 0 1em; }
+       max-width: 1180px; color: #222; padding: 0 1em; }
+.wide { max-width: 100%; overflow-x: auto; }
+td { white-space: nowrap; }
 h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
 h2 { margin-top: 1.6em; border-bottom: 1px solid #bbb; }
 table { border-collapse: collapse; margin: .8em 0; font-size: 14px; }
@@ -61,11 +63,49 @@ def _fmt(value: object) -> str:
         if math.isnan(number):
             return ""
         if number == round(number) and abs(number) < 1e15:
-            return str(int(round(number)))
+            return f"{int(round(number)):,}"
         return f"{number:.4f}".rstrip("0").rstrip(".")
     if isinstance(value, (int, np.integer)):
-        return str(int(value))
+        return f"{int(value):,}"
     return str(value)
+
+
+#: What a cost column is called in the documents (one name each: ops are MACs).
+_LABELS = {"out_channels": "channels", "params": "params", "ops": "MACs", "luts": "LUTs"}
+#: Said under the costs of a report whose target has a LUT model.
+LUT_NOTE = ("LUT counts are for a fully unrolled design with constant weights: every "
+            "multiplication of every layer is built in logic, none shared or time-multiplexed "
+            "(the model is in hwnas/cost/targets/README.md). A design that reuses multipliers "
+            "needs far fewer LUTs.")
+
+
+def compact_layers(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`layer_table` for reading: one ``before -> after`` cell per cost, so the table
+    fits a 1280-pixel page (``layers.csv`` keeps every column).
+
+    Example:
+        >>> df = pd.DataFrame({"layer": ["conv"], "type": ["Conv2d"],
+        ...                    "out_channels_before": [64], "out_channels_after": [32],
+        ...                    "kept_fraction": [0.5], "params_before": [1728],
+        ...                    "params_after": [864], "frozen": [""]})
+        >>> compact_layers(df).iloc[0].tolist()
+        ['conv', 'Conv2d', '64 -> 32 (50%)', '1,728 -> 864', '']
+    """
+    out = pd.DataFrame({"layer": table["layer"], "type": table["type"]})
+    for key, label in _LABELS.items():
+        if f"{key}_before" not in table.columns:
+            continue
+        cells = []
+        for b, a, k in zip(table[f"{key}_before"], table[f"{key}_after"],
+                           table.get("kept_fraction", pd.Series([math.nan] * len(table))),
+                           strict=True):
+            cell = f"{_fmt(b)} -> {_fmt(a)}" if _fmt(b) or _fmt(a) else ""
+            if key == "out_channels" and cell and not pd.isna(k):
+                cell += f" ({k:.0%})"
+            cells.append(cell)
+        out[label] = cells
+    out["frozen"] = table["frozen"] if "frozen" in table.columns else ""
+    return out
 
 
 def _display(df: pd.DataFrame) -> pd.DataFrame:
@@ -88,7 +128,9 @@ def _markdown(df: pd.DataFrame) -> str:
 
 
 def _html_table(df: pd.DataFrame) -> str:
-    return _display(df).to_html(index=False, border=0, escape=True)
+    # a wide table scrolls inside its box instead of widening the page
+    return ('<div class="wide">' + _display(df).to_html(index=False, border=0, escape=True)
+            + "</div>")
 
 
 def _notes_frame(notes: Mapping[str, object] | None) -> pd.DataFrame | None:
@@ -125,11 +167,13 @@ def _write_markdown(
     if notes is not None:
         parts += ["## Run", "", _markdown(notes), ""]
     parts += ["## Costs", "", _markdown(summary), ""]
+    if "luts" in set(summary["cost"]):
+        parts += [LUT_NOTE, ""]
     if figures:
         parts += ["## Figures", ""]
         parts += [f"![{name}]({p.name})" for name, p in figures.items()]
         parts.append("")
-    parts += ["## Layers", "", _markdown(table), ""]
+    parts += ["## Layers", "", _markdown(compact_layers(table)), ""]
     _write_text(path, "\n".join(parts))
     return path
 
@@ -157,6 +201,8 @@ def _write_html(
     if notes is not None:
         parts += ["<h2>Run</h2>", _html_table(notes)]
     parts += ["<h2>Costs</h2>", _html_table(summary)]
+    if "luts" in set(summary["cost"]):
+        parts.append(f"<p>{html.escape(LUT_NOTE)}</p>")
     if figures:
         parts.append("<h2>Figures</h2>")
         for name, p in figures.items():
@@ -165,7 +211,7 @@ def _write_html(
                 f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
                 f"<figcaption>{html.escape(name)}</figcaption></figure>"
             )
-    parts += ["<h2>Layers</h2>", _html_table(table), "</body>", "</html>", ""]
+    parts += ["<h2>Layers</h2>", _html_table(compact_layers(table)), "</body>", "</html>", ""]
     _write_text(path, "\n".join(parts))
     return path
 

@@ -12,11 +12,9 @@ line.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import time
 import warnings
-from collections.abc import Iterator, Sized
+from collections.abc import Sized
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from hwnas._internal.files import (
     load_torch_file,
     remove_stale_parts,
 )
+from hwnas.cli.console import step
 from hwnas.cli.report import fit_profiles, write_report
 from hwnas.cli.schema import DEMO_CONFIG, SearchConfig, load_factory, parse_config
 from hwnas.cost.profile import profile
@@ -50,7 +49,7 @@ from hwnas.training.fit import FitResult, TargetsNotMetWarning, fit, relative_ta
 
 __all__ = ["Loaders", "RunSummary", "build_data", "build_model", "build_search",
            "check_output_file", "demo_config", "export_search_result", "leaf_module_keys",
-           "load", "profile_factory", "run_search", "step", "with_overrides", "write_outputs"]
+           "load", "profile_factory", "run_search", "with_overrides", "write_outputs"]
 
 #: Files a search writes into its output folder (besides the report's figures and CSVs).
 OUTPUTS = ("checkpoint.pt", "search.pt", "model.onnx", "report.md", "report.html",
@@ -256,15 +255,6 @@ def write_outputs(summary: RunSummary, config: SearchConfig, result: FitResult) 
         summary.paths = write_report(result, out, title=f"hwnas search: {config.model.factory}",
                                      notes=_notes(summary, config),
                                      profiles=(summary.before, summary.after))
-
-
-@contextlib.contextmanager
-def step(what: str) -> Iterator[None]:
-    """One line before a step of the command line that takes a while, one after it."""
-    start = time.perf_counter()
-    print(f"{what} ...", flush=True)
-    yield
-    print(f"  done in {time.perf_counter() - start:.1f} s", flush=True)
 
 
 def _notes(summary: RunSummary, config: SearchConfig) -> dict[str, str]:

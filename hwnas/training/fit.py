@@ -377,10 +377,17 @@ def _stops_early(run: FitRun, stopper: EarlyStopping | None, row: dict[str, Any]
             f"early stopping monitors {stopper.monitor!r}, but the history has no such "
             f"column (it has {', '.join(map(str, row))})")
     model = run.current_model(phase)
-    if not (stopper.step(row[stopper.monitor], model) or run.epoch == run.schedule.end(phase)):
+    early = stopper.step(row[stopper.monitor], model)
+    if not (early or run.epoch == run.schedule.end(phase)):
         return False
     stopper.restore(model)
     row["restored_best"] = stopper.best_state is not None and stopper.restore_best
+    if early and run.config.lines and is_rank0():
+        kept = (f"; the best epoch's weights are restored ({stopper.monitor} "
+                f"{stopper.best:.4f})" if row["restored_best"] else "")
+        done = row["epoch"] + 1 - run.schedule.bounds()[phase][0]
+        print(f"early stopping ends the {phase} after {done} epoch(s): {stopper.monitor} "
+              f"did not improve for {stopper.patience}{kept}", flush=True)
     stopper.reset()
     return True
 

@@ -32,13 +32,15 @@ __all__ = ["train_epoch", "train_step"]
 
 def _postfix(search: SearchModel, targets: Mapping[str, float], sums: Mapping[str, float],
              seen: int, right: int, counted: int) -> dict[str, str]:
-    """The progress bar's loss, accuracy and exported cost / target of each target."""
+    """The progress bar's loss, accuracy and each exported cost as a share of its target
+    (``params 112% of target``)."""
     out = {"loss": f"{sums['loss'] / max(seen, 1):.3f}"}
     if counted:
         out["acc"] = f"{right / counted:.3f}"
     with torch.no_grad():
         for name, target in targets.items():
-            out[name] = f"{float(search.cost(name, 'deterministic')) / target:.2f}xT"
+            share = float(search.cost(name, "deterministic")) / target
+            out[name] = f"{share:.0%} of target"
     return out
 
 
@@ -106,7 +108,9 @@ def train_epoch(run: FitRun, phase: str, e: int, n: int) -> dict[str, Any]:
     seen, right, counted = 0, 0, 0
     n_batches = len(run.train_data) if isinstance(run.train_data, Sized) else None
     show = run.config.bars and is_rank0()
-    bar = tqdm(run.train_data, total=n_batches, desc=f"{phase} {e + 1}/{n}",
+    # the epoch as the epoch lines count it (global), the phase's own count beside it
+    bar = tqdm(run.train_data, total=n_batches,
+               desc=f"[{phase}] epoch {run.epoch + 1}/{run.schedule.total} ({e + 1}/{n})",
                disable=not show, leave=False)
     for step, batch in enumerate(bar):
         (loss, task, reg, good), _, size = train_step(run, forward, batch, phase, e, n, step,
