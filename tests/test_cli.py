@@ -671,3 +671,22 @@ def test_export_onnx_removes_what_a_killed_export_left(tmp_path: Path) -> None:
     other.write_bytes(b"someone else's")
     hwnas.export_onnx(torch.nn.Linear(3, 2), tmp_path / "m.onnx", torch.randn(1, 3))
     assert not stale.exists() and other.exists()
+
+
+def test_help_version_and_argparse_errors_do_not_import_torch() -> None:
+    """`hwnas --help`, `--version` and a mistyped command answer at once: building the
+    parser imports neither torch nor the package's layers (importing torch alone takes
+    seconds on a cold machine)."""
+    code = ("import sys, contextlib, io\n"
+            "from hwnas.cli.main import main\n"
+            "for argv in (['--help'], ['--version'], ['serach'], ['demo', '--help']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()), "
+            "contextlib.redirect_stderr(io.StringIO()):\n"
+            "        try:\n"
+            "            main(argv)\n"
+            "        except SystemExit:\n"
+            "            pass\n"
+            "print(sorted(m for m in ('torch', 'numpy', 'pandas') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

@@ -560,3 +560,16 @@ def test_a_finished_run_is_extended_by_more_finetune_epochs(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="holds a run of 3 fine-tune epochs; this call "
                                               "asks for 1: a run can be extended, not shortened"):
         fit(search, train, val, targets={"params": 300.0}, checkpoint=ckpt, config=_cfg())
+
+
+def test_data_that_does_not_fit_is_a_training_error_everywhere_in_fit():
+    """A loader whose inputs do not fit the model fails with a TrainingError naming where
+    (here: the task loss DUCCIO measures at the start of the search), not a bare
+    RuntimeError of the model."""
+    search, train, val = _search()
+    bad = [(torch.randn(8, 5), torch.randint(0, 2, (8,)))]  # 5 features, the model takes 6
+    with pytest.raises(TrainingError, match=r"training stopped in the search phase.*: "
+                                            r"measuring the task loss at the start of the "
+                                            r"search raised RuntimeError: .*; check that the "
+                                            r"data fit the model and the loss"):
+        fit(search, bad, targets={"params": 300.0}, config=_cfg(warmup_epochs=0))

@@ -12,8 +12,9 @@ The public entry point is :func:`hwnas.fit`; nothing here is part of ``hwnas.__a
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -229,7 +230,8 @@ class FitRun:
         """
         if self.start_loss is not None:
             return self.start_loss
-        with eval_mode(self.search), autocast(self.device, self.config.precision):
+        with self.guarded("measuring the task loss at the start of the search", "search"), \
+                eval_mode(self.search), autocast(self.device, self.config.precision):
             loss = metrics(partial(self.search, gates="sample"), self.train_data,
                            self.loss_fn, self.device, what="train_data")["loss"]
         if not math.isfinite(loss):
@@ -255,7 +257,8 @@ class FitRun:
             row["closed_by_projection"] = self.search.enforce_targets_(targets)
             row.update({f"cost_{k}": v for k, v in self.search.costs().items()})
         if self.config.recalibrate_bn:
-            recalibrate_batchnorm_(self.search, self.train_data, str(self.device))
+            with self.guarded("recalibrating BatchNorm on the training data", phase):
+                recalibrate_batchnorm_(self.search, self.train_data, str(self.device))
             broadcast_buffers(self.search)
             if self.val_data is not None:
                 row.update(self.validate(self.search, phase, row["epoch"], {}))
@@ -289,6 +292,19 @@ class FitRun:
         hint = hint or f"lower the learning rate (lr={self.config.lr:g}, " \
                        f"arch_lr={self.config.arch_lr:g})"
         return TrainingError(f"{where}: {what}; {hint}; {kept}; no model was exported")
+
+    @contextlib.contextmanager
+    def guarded(self, what: str, phase: str) -> Iterator[None]:
+        """An error of the user's model, data or loss while ``what`` becomes a TrainingError
+        that names the phase, the epoch and ``what`` (hwnas's own errors pass as they are)."""
+        try:
+            yield
+        except HwnasError:
+            raise
+        except Exception as err:
+            raise self.failure(f"{what} raised {type(err).__name__}: {err}", phase,
+                               min(self.epoch, self.schedule.total - 1),
+                               hint="check that the data fit the model and the loss") from err
 
     def validate(self, model: nn.Module, phase: str, epoch: int,
                  kwargs: Mapping[str, Any]) -> dict[str, float]:
