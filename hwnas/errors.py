@@ -19,6 +19,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "ExportError",
+    "FrozenChannelsWarning",
     "HwnasError",
     "InvalidTypeError",
     "InvalidValueError",
@@ -98,3 +99,8 @@ class UntrustedFileError(HwnasError, ValueError):
 
 class ToolError(HwnasError, RuntimeError):
     """An external tool (yosys, a simulator, nextpnr) is missing or failed."""
+
+
+class FrozenChannelsWarning(UserWarning):
+    """Channels were frozen (not searched) because the model uses ops hwnas has no channel
+    rule for; the message names the ops and how many channels they freeze."""

@@ -479,7 +479,7 @@ def test_leaf_modules_make_it_traceable_and_frozen(leaf) -> None:
 
 def test_wrong_input_shape_names_the_node() -> None:
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
-    with pytest.raises(ValueError, match=r"failed at node %_0 .*call_module\[target=0\]"):
+    with pytest.raises(ValueError, match=r"^input 1x4x8x8 does not fit layer '0' \(Conv2d\)"):
         trace(net, torch.randn(1, 4, 8, 8))
     with pytest.raises(ValueError, match=r"expected input\[1, 4, 8, 8\] to have 3 channels"):
         trace(net, torch.randn(1, 4, 8, 8))
@@ -669,3 +669,183 @@ def test_parameters_take_the_channels_they_meet() -> None:
     assert params["conv_w"].dims == (0, 1)  # out: the GroupNorm group; in: the (frozen) input
     assert params["w_out"].dims == (0, 1) and params["w_out"].scaled[1].all()
     assert infos["linear"].scaled_params == ("w_out",)
+
+
+# ------------------------------------------------------------- tracing traps (issues 23, 25)
+
+
+class _ShapeBranch(nn.Module):
+    """Branches on a shape (symbolic tracing fails) and reads the batch size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(x)
+        if y.shape[-1] % 2 == 0:  # TensorFlow-style "same" padding of even sizes
+            y = F.pad(y, (0, 1, 0, 1))
+        batch = y.shape[0]
+        return self.conv2(y).reshape(batch, -1)
+
+
+def test_shape_dependent_control_flow_is_specialised_on_the_example() -> None:
+    import hwnas
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8, 8)
+    total = hwnas.profile(_ShapeBranch(), x).iloc[-1]
+    # conv1 8 * (27 + 1) at 8x8, conv2 4 * (8 + 1) at 9x9 (the padded size)
+    assert (int(total["params"]), int(total["ops"])) == (260, 224 * 64 + 36 * 81)
+    search = hwnas.wrap(_ShapeBranch(), x)
+    assert [g.frozen for g in search.groups] == ["model input", None, "model output"]
+    search.gate(1).set_deterministic_([1.0, 0.0] * 4)
+    search.eval()
+    pruned = hwnas.materialize(search).eval()
+    x3 = torch.randn(3, 3, 8, 8)  # the batch stays free
+    with torch.no_grad():
+        assert pruned(x3).shape == (3, 324)
+        assert float((pruned(x3) - search(x3)).abs().max()) < 1e-5
+    assert pruned.get_submodule("conv1").out_channels == 4
+
+
+class _WithDefaults(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                double: bool = False) -> torch.Tensor:
+        y = self.fc(x)
+        if mask is not None:
+            y = y * mask
+        return y * 2 if double else y
+
+
+def test_example_inputs_may_omit_arguments_with_defaults() -> None:
+    import hwnas
+
+    x = torch.randn(1, 4)
+    gm = trace(_WithDefaults(), x)
+    assert [n.name for n in gm.graph.nodes if n.op == "placeholder"] == ["x"]
+    assert [n.op for n in gm.graph.nodes] == ["placeholder", "call_module", "output"]
+    search = hwnas.wrap(_WithDefaults(), x)
+    assert search.costs() == {"params": 30.0, "ops": 30.0}
+
+
+class _MyLinear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class _StdConv(nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return self._conv_forward(x, w, self.bias)
+
+
+def test_layer_subclasses_computing_their_base_stay_layers() -> None:
+    import hwnas
+
+    net = nn.Sequential(_MyLinear(4, 8), nn.ReLU(), _MyLinear(8, 2))
+    gm = trace(net, torch.randn(1, 4))
+    assert [(n.op, n.target) for n in gm.graph.nodes if n.op != "placeholder"][:3] == [
+        ("call_module", "0"), ("call_module", "1"), ("call_module", "2")]
+    search = hwnas.wrap(net, torch.randn(1, 4))
+    search.gate(1).set_deterministic_([1.0, 0.0] * 4)
+    pruned = hwnas.materialize(search.eval())
+    assert type(pruned.get_submodule("0")) is _MyLinear
+    assert pruned.get_submodule("0").out_features == 4
+    # a weight computed from the parameter (weight standardisation) is traced through
+    gm = trace(nn.Sequential(_StdConv(3, 8, 3)), torch.randn(1, 3, 8, 8))
+    assert "conv2d" in [getattr(n.target, "__name__", n.target) for n in gm.graph.nodes]
+
+
+class _SignSTE(torch.autograd.Function):
+    """Straight-through sign: forward sign(x), backward the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: ANN001, ANN205
+        return torch.sign(x)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        return grad
+
+
+class _BinaryCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 4, 3)
+        self.fc = nn.Linear(64, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _SignSTE.apply(self.bn(self.conv1(x)))
+        return self.fc(self.conv2(y).flatten(1))
+
+
+def _conv1_grad(model: nn.Module, x: torch.Tensor) -> float:
+    model(x).square().sum().backward()
+    return next(float(p.grad.norm()) for n, p in model.named_parameters()
+                if n.endswith("conv1.weight"))
+
+
+def test_custom_autograd_function_keeps_its_backward() -> None:
+    import hwnas
+
+    torch.manual_seed(0)
+    net, x = _BinaryCNN().eval(), torch.randn(4, 1, 8, 8)
+    plain = _conv1_grad(net, x)
+    search = hwnas.wrap(net, x[:1])
+    assert [g.frozen for g in search.groups] == ["model input", None, None, "model output"]
+    for g in search.free_groups:
+        search.gate(g).set_deterministic_(torch.ones(search.gate(g).n))
+    search.eval()
+    wrapped = _conv1_grad(search, x)
+    exported = _conv1_grad(hwnas.materialize(search).eval(), x)
+    assert plain > 0.1 and wrapped == pytest.approx(plain, rel=1e-5)
+    assert exported == pytest.approx(plain, rel=1e-5)
+
+
+def test_unknown_ops_freezing_channels_warn_once() -> None:
+    import hwnas
+    from hwnas.errors import FrozenChannelsWarning
+
+    class Flip(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv1(x)
+            y = y * (y > 0)  # an element-wise comparison: channels pass through
+            return self.conv2(torch.flip(y, dims=[1]))
+
+    with pytest.warns(FrozenChannelsWarning) as caught:
+        search = hwnas.wrap(Flip(), torch.randn(1, 3, 8, 8))
+    assert len(caught) == 1
+    assert str(caught[0].message).startswith(
+        "8 channels in 1 group are frozen by ops without a channel rule: unknown op 'flip' "
+        "at node flip (8 channels)")
+    assert search.groups[1].frozen == "unknown op 'flip' at node flip"
+
+
+def test_error_messages_name_the_layer_and_shapes() -> None:
+    import hwnas
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    with pytest.raises(ValueError) as info:
+        hwnas.wrap(net, torch.randn(1, 1, 8, 8))
+    message = str(info.value)
+    assert len(message) < 200 and "\n" not in message
+    assert message.startswith("input 1x1x8x8 does not fit layer '0' (Conv2d) (expected input"
+                              "[1, 1, 8, 8] to have 3 channels, but got 1 channels instead)")
+    with pytest.raises(TypeError) as info:
+        hwnas.wrap(net, (1, 1, 8, 8))  # type: ignore[arg-type]
+    assert str(info.value) == (
+        "`example_inputs` must be a tensor or a tuple of tensors, but got the tuple of ints "
+        "(1, 1, 8, 8); pass a tensor of that shape, like torch.randn(1, 1, 8, 8)")

@@ -87,9 +87,26 @@ class UnionFind:
             self.parent[max(ri, rj)] = min(ri, rj)
 
 
-def _is_shape_error(e: BaseException) -> bool:
+def is_shape_error(e: BaseException) -> bool:
     return isinstance(e, (RuntimeError, ValueError, IndexError)) and bool(
         _SHAPE_MESSAGE.search(str(e)))
+
+
+def shape_message(n: fx.Node, module: nn.Module | None, shapes: list[Any],
+                  e: BaseException) -> str:
+    """One line under 200 characters: the layer, the shapes it got, torch's complaint."""
+    what = f"layer {n.target!r} ({type(module).__name__})" if module is not None \
+        else f"{_name(n.target)} at {n.name}"
+    got = ", ".join("x".join(map(str, s)) for s in shapes if s is not None) or "no tensor"
+    head = f"input {got} does not fit {what}"
+    tail = ". Check that example_inputs have the shape the model expects"
+    detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "expected" in detail:  # conv: "Given groups=1, weight of size ..., expected input..."
+        detail = detail[detail.index("expected"):]
+    room = 199 - len(head) - len(tail) - 3
+    if room < 20:
+        return (head + tail)[:199]
+    return f"{head} ({detail if len(detail) <= room else detail[:room - 3] + '...'}){tail}"
 
 
 def _where(n: fx.Node) -> str:
@@ -169,11 +186,11 @@ class ChannelProp(fx.Interpreter):
             result = super().run_node(n)
         except Exception as e:
             what = f"running the model on the example inputs failed at node {n.format_node()}"
-            if _is_shape_error(e):
-                raise ShapeError(
-                    f"{what}{_where(n)}: {type(e).__name__}: {e}. Check that example_inputs "
-                    "have the shape the model expects (batch first)."
-                ) from e
+            if is_shape_error(e):
+                module = self.module.get_submodule(str(n.target)) \
+                    if n.op == "call_module" else None
+                shapes = [self.shapes.get(a) for a in n.all_input_nodes]
+                raise ShapeError(shape_message(n, module, shapes, e)) from e
             raise TraceError(f"{what}{_where(n)}: {type(e).__name__}: {e}") from e
         self.shapes[n] = tuple(result.shape) if isinstance(result, torch.Tensor) else None
         if isinstance(result, torch.Tensor):

@@ -27,7 +27,7 @@ from hwnas.graph.ir import (
     ParamSlots,
 )
 
-__all__ = ["finalize"]
+__all__ = ["finalize", "unknown_ops_note"]
 
 
 def _numbering(prop: ChannelProp) -> tuple[np.ndarray, np.ndarray, dict[int, list[int]],
@@ -130,3 +130,31 @@ def finalize(gm: fx.GraphModule, prop: ChannelProp) -> tuple[ChannelGroup, ...]:
 def _target_name(node: fx.Node) -> str:
     target = node.target
     return target if isinstance(target, str) else getattr(target, "__name__", str(target))
+
+
+#: Frozen reasons that come from ops hwnas has no rule for (not from the model's structure).
+_UNKNOWN = ("unknown op ", "custom autograd.Function ")
+
+
+def unknown_ops_note(groups: tuple[ChannelGroup, ...] | list[ChannelGroup]) -> str | None:
+    """One line naming the ops without a channel rule that froze groups and the channels
+    they froze, or None when there are none.
+
+    Example:
+        >>> g = ChannelGroup(3, 16, ("conv",), ("gt",), "unknown op 'gt' at node gt")
+        >>> unknown_ops_note([g])
+        "16 channels in 1 group are frozen by ops without a channel rule: unknown op 'gt' \
+at node gt (16 channels); register one with hwnas.register_channel_rule, or see \
+search.summary(by='group')"
+    """
+    frozen = [g for g in groups if g.frozen and g.frozen.startswith(_UNKNOWN)]
+    if not frozen:
+        return None
+    by_reason: dict[str, int] = {}
+    for g in frozen:
+        by_reason[g.frozen or ""] = by_reason.get(g.frozen or "", 0) + g.size
+    listed = "; ".join(f"{why} ({n} channels)" for why, n in by_reason.items())
+    total = sum(g.size for g in frozen)
+    return (f"{total} channels in {len(frozen)} group{'s' * (len(frozen) > 1)} are frozen by "
+            f"ops without a channel rule: {listed}; register one with "
+            "hwnas.register_channel_rule, or see search.summary(by='group')")

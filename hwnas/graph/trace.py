@@ -7,9 +7,9 @@ never imports ``cost``.
 
 from __future__ import annotations
 
+import inspect
 import os
 import traceback
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,30 +18,13 @@ from torch import nn
 
 from hwnas.errors import InvalidTypeError, ShapeError, TraceError
 from hwnas.graph.channel_prop import ChannelProp
+from hwnas.graph.concrete import ShapeTracer
 from hwnas.graph.groups import finalize
 from hwnas.graph.ir import GROUPS_KEY, LAYER_KEY, ChannelGroup, LayerInfo
 from hwnas.graph.rules import rule_for
+from hwnas.graph.tracer import LeafPredicate, Tracer
 
 __all__ = ["channel_groups", "layers", "trace"]
-
-LeafPredicate = Callable[[nn.Module], bool]
-
-
-class _Tracer(fx.Tracer):
-    def __init__(self, leaf_modules: tuple[type | str, ...], is_leaf: LeafPredicate | None) -> None:
-        super().__init__()
-        self.leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
-        self.leaf_names = {m for m in leaf_modules if isinstance(m, str)}
-        self.is_leaf = is_leaf
-        self.record_stack_traces = True
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, self.leaf_types) or module_qualified_name in self.leaf_names:
-            return True
-        if self.is_leaf is not None and self.is_leaf(m):
-            return True
-        return super().is_leaf_module(m, module_qualified_name)
-
 
 def _user_frame(exc: BaseException) -> str:
     torch_dir = os.path.dirname(torch.__file__)
@@ -53,38 +36,114 @@ def _user_frame(exc: BaseException) -> str:
     return f"\n  at {f.filename}:{f.lineno}: {f.line}"
 
 
-def _symbolic_trace(model: nn.Module, leaf_modules: tuple[type | str, ...],
-                    is_leaf: LeafPredicate | None) -> fx.GraphModule:
-    tracer = _Tracer(leaf_modules, is_leaf)
-    try:
-        graph = tracer.trace(model)
-    except Exception as e:
-        stack = list(tracer.module_stack.items())
-        where = ""
-        suggestion = "a submodule and pass its class in leaf_modules="
-        if stack:  # the root module is not on the stack, only submodules
-            qualname, mtype = stack[-1]
-            cls = mtype[1] if isinstance(mtype, tuple) else mtype
-            cls_name = getattr(cls, "__name__", str(cls))
-            where = f" inside module {qualname!r} ({cls_name})"
-            suggestion = (
-                f"a leaf module: pass leaf_modules=({cls_name},) or leaf_modules=({qualname!r},)"
-            )
-        raise TraceError(
-            f"torch.fx cannot trace {type(model).__name__}{where}: {e}{_user_frame(e)}\n"
+def _trace_message(model: nn.Module, tracer: Tracer, e: Exception) -> str:
+    stack = list(tracer.module_stack.items())
+    where = ""
+    suggestion = "a submodule and pass its class in leaf_modules="
+    if stack:  # the root module is not on the stack, only submodules
+        qualname, mtype = stack[-1]
+        cls = mtype[1] if isinstance(mtype, tuple) else mtype
+        cls_name = getattr(cls, "__name__", str(cls))
+        where = f" inside module {qualname!r} ({cls_name})"
+        suggestion = (
+            f"a leaf module: pass leaf_modules=({cls_name},) or leaf_modules=({qualname!r},)"
+        )
+    return (f"torch.fx cannot trace {type(model).__name__}{where}, not even specialised on "
+            f"the example inputs' shapes: {e}{_user_frame(e)}\n"
             f"Make the part with data-dependent control flow {suggestion}; hwnas then treats "
-            f"it as one opaque layer whose channels are frozen."
-        ) from e
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+            f"it as one opaque layer whose channels are frozen.")
+
+
+def _omitted(model: nn.Module, n_inputs: int) -> dict[str, Any]:
+    """Default values of the forward's positional parameters after the ``n_inputs`` given
+    (they are specialised: traced as constants, not inputs)."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # no Python signature: nothing to specialise
+        return {}
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    rest = [p for p in params if p.kind in kinds][n_inputs:]
+    if not rest or any(p.default is inspect.Parameter.empty for p in rest):
+        return {}
+    return {p.name: p.default for p in rest}
+
+
+def _drop_specialised(graph: fx.Graph, n_inputs: int) -> None:
+    """Remove the placeholders of specialised parameters and fx's checks of their values."""
+    for p in [n for n in graph.nodes if n.op == "placeholder"][n_inputs:]:
+        users, todo = [], list(p.users)
+        while todo:
+            u = todo.pop()
+            if u not in users:
+                users.append(u)
+                todo.extend(u.users)
+        if any(getattr(u.target, "__name__", "") not in _CHECKS for u in users):
+            continue
+        for u in reversed([n for n in graph.nodes if n in users]):
+            graph.erase_node(u)
+        graph.erase_node(p)
+
+
+_CHECKS = frozenset({"_assert_is_none", "_assert", "eq"})
+
+
+def _symbolic_trace(model: nn.Module, inputs: tuple[torch.Tensor, ...],
+                    leaf_modules: tuple[type | str, ...],
+                    is_leaf: LeafPredicate | None) -> fx.GraphModule:
+    """fx's symbolic trace; where it fails, the trace specialised on the inputs' shapes
+    (:mod:`hwnas.graph.concrete`)."""
+    concrete = _omitted(model, len(inputs)) or None
+    tracer = Tracer(leaf_modules, is_leaf)
+    try:
+        try:
+            graph = tracer.trace(model, concrete)
+        except Exception:  # shape-dependent control flow: specialise on the example
+            graph, tracer = _trace_with_shapes(model, inputs, leaf_modules, is_leaf, concrete)
+        if concrete:
+            _drop_specialised(graph, len(inputs))
+        return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    finally:
+        for name in tracer.function_calls:  # copied into the graph module; not the user's
+            if name in model._modules:
+                delattr(model, name)
+
+
+def _trace_with_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...],
+                       leaf_modules: tuple[type | str, ...], is_leaf: LeafPredicate | None,
+                       concrete: dict[str, Any] | None) -> tuple[fx.Graph, Tracer]:
+    """The trace specialised on the inputs' shapes, the batch kept free where the model
+    runs at batch 2 (:mod:`hwnas.graph.concrete`)."""
+    tracer = ShapeTracer(leaf_modules, is_leaf, inputs)
+    try:
+        try:
+            return tracer.trace(model, concrete), tracer
+        except TraceError:
+            if not tracer.unbatched:
+                raise
+            tracer = ShapeTracer(leaf_modules, is_leaf, inputs, batched=False)
+            return tracer.trace(model, concrete), tracer
+    except ShapeError:
+        raise
+    except Exception as e:
+        raise TraceError(_trace_message(model, tracer, e)) from e
 
 
 def _check_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
+            isinstance(v, int) for v in example_inputs):
+        shape = ", ".join(map(str, example_inputs))
+        raise InvalidTypeError(
+            f"`example_inputs` must be a tensor or a tuple of tensors, but got the tuple of "
+            f"ints ({shape}); pass a tensor of that shape, like torch.randn({shape})")
     if not isinstance(example_inputs, (tuple, list)) or not all(
             isinstance(t, torch.Tensor) for t in example_inputs):
+        got = type(example_inputs).__name__ if not isinstance(example_inputs, (tuple, list)) \
+            else f"a {type(example_inputs).__name__} of " + ", ".join(
+                sorted({type(t).__name__ for t in example_inputs}))
         raise InvalidTypeError("`example_inputs` must be a tensor or a tuple of tensors, but "
-                               f"got {type(example_inputs).__name__}")
+                               f"got {got}")
     return tuple(example_inputs)
 
 
@@ -135,7 +194,7 @@ def trace(
         if not isinstance(m, (type, str)):
             raise InvalidTypeError(
                 f"`leaf_modules` entries must be classes or names, but got {m!r}")
-    gm = _symbolic_trace(model, tuple(leaf_modules), is_leaf)
+    gm = _symbolic_trace(model, inputs, tuple(leaf_modules), is_leaf)
     names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     if len(inputs) != len(names):
         raise ShapeError(

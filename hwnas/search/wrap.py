@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -15,15 +16,23 @@ from torch import nn
 from hwnas import cost as cost_registry
 from hwnas._internal.devices import device_of, to_device
 from hwnas.cost.target import Target, load_target
-from hwnas.errors import InvalidTypeError, InvalidValueError, UnknownNameError
+from hwnas.errors import (
+    FrozenChannelsWarning,
+    InvalidTypeError,
+    InvalidValueError,
+    UnknownNameError,
+)
 from hwnas.graph import channel_groups, trace
+from hwnas.graph.groups import unknown_ops_note
 from hwnas.search.gates import DROPRATE_INIT
 from hwnas.search.model import SearchModel
+from hwnas.search.precision import BitSearch, PrecisionSpace
 
 __all__ = ["wrap"]
 
 
-def _check_wrap_args(model: Any, exclude: Any, droprate_init: Any, channel_multiple: Any) -> None:
+def _check_wrap_args(model: Any, exclude: Any, droprate_init: Any, channel_multiple: Any,
+                     precision: Any = None) -> None:
     if not isinstance(model, nn.Module):
         raise InvalidTypeError(f"`model` must be an nn.Module, but got {type(model).__name__}")
     if isinstance(model, SearchModel):
@@ -36,6 +45,9 @@ def _check_wrap_args(model: Any, exclude: Any, droprate_init: Any, channel_multi
             or channel_multiple < 1:
         raise InvalidValueError(
             f"`channel_multiple` must be an integer >= 1, but got {channel_multiple!r}")
+    if precision is not None and not isinstance(precision, (bool, PrecisionSpace)):
+        raise InvalidTypeError(f"`precision` must be a PrecisionSpace, True or None, but got "
+                               f"{type(precision).__name__}")
     if isinstance(droprate_init, bool) or not isinstance(droprate_init, (int, float)) \
             or not 0.0 < droprate_init < 1.0:
         raise InvalidValueError(f"`droprate_init` must be in (0, 1), but got {droprate_init!r}")
@@ -51,6 +63,7 @@ def wrap(
     per_example: bool = False,
     leaf_modules: tuple[type | str, ...] = (),
     channel_multiple: int = 1,
+    precision: PrecisionSpace | bool | None = None,
 ) -> SearchModel:
     """Wrap a copy of ``model`` for channel search.
 
@@ -74,6 +87,12 @@ def wrap(
         channel_multiple: Channels per gate. With 16, every group keeps a multiple of 16
             channels (its last block may be shorter): the blocked layouts of CPU/GPU
             kernels (e.g. onnxruntime's NCHWc) then run the pruned layers at full speed.
+        precision: Also search bit widths (:class:`~hwnas.search.precision.PrecisionSpace`;
+            ``True``: its defaults, candidates ``(2, 3, 4, 6, 8)`` for weights and
+            activations): every conv / linear module is fake-quantised, ``search.precision``
+            holds the bit-width parameters, and ``bitops``, ``weight_memory`` and ``luts``
+            are costed at the searched bits. Not to be confused with
+            ``FitConfig(precision=...)``, the autocast dtype of training.
 
     Returns:
         A :class:`SearchModel`.
@@ -87,7 +106,7 @@ def wrap(
         >>> search.summary(by="group")["kept"].tolist()
         [4, 16, 2]
     """
-    _check_wrap_args(model, exclude, droprate_init, channel_multiple)
+    _check_wrap_args(model, exclude, droprate_init, channel_multiple, precision)
     costs = tuple(costs)
     exclude = tuple(exclude)
     target = load_target(target)
@@ -115,8 +134,15 @@ def wrap(
             for g in np.unique(info.out_slots[0]):
                 if groups[int(g)].frozen is None:
                     groups[int(g)] = replace(groups[int(g)], frozen=f"excluded: {node.target}")
+    note = unknown_ops_note(groups)
+    if note is not None:
+        warnings.warn(note, FrozenChannelsWarning, stacklevel=2)
     search = SearchModel(gm, tuple(groups), costs, target, droprate_init, per_example,
                          channel_multiple)
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     search.example_inputs = tuple(x.detach()[:1].cpu().clone() for x in inputs)
+    if precision is not None and precision is not False:
+        BitSearch.attach(search, PrecisionSpace() if precision is True else precision,
+                         tuple(example_inputs) if isinstance(example_inputs, (tuple, list))
+                         else (example_inputs,))
     return search.train(was_training)

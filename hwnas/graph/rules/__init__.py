@@ -11,7 +11,12 @@
 Importing this package registers every built-in rule.
 """
 
-from hwnas.graph.rules import attention, ops, shape  # noqa: F401  (they register rules)
+from hwnas.graph.rules import (  # noqa: F401  (they register rules)
+    attention,
+    functions,
+    ops,
+    shape,
+)
 from hwnas.graph.rules.base import register_channel_rule
 from hwnas.graph.rules.layers import rule_for
 

@@ -264,9 +264,11 @@ _FUNCTIONS: dict[Rule, tuple[str, ...]] = {
         "hardsigmoid", "hardtanh", "leaky_relu", "elu", "mish", "softplus", "dropout",
         "dropout1d", "dropout2d", "contiguous", "clone", "float", "to", "detach", "abs", "neg",
         "clamp", "clip", "exp", "sqrt", "square", "type_as", "expand", "expand_as",
-        "stochastic_depth"),
+        "stochastic_depth", "sign", "round", "floor", "ceil", "trunc", "log", "rsqrt",
+        "reciprocal", "logical_not", "isfinite", "isnan"),
     _binary_rule: ("add", "sub", "mul", "truediv", "div", "iadd", "isub", "imul", "maximum",
-                   "minimum", "where"),
+                   "minimum", "where", "gt", "lt", "ge", "le", "eq", "ne", "pow",
+                   "logical_and", "logical_or", "floordiv", "mod"),
     _softmax_rule: ("softmax", "log_softmax", "normalize"),
     _spatial_rule: (
         "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
