@@ -33,7 +33,8 @@ def _net() -> nn.Module:
 
 def test_columns_and_rows() -> None:
     df = profile(_net(), torch.randn(1, 3, 4, 4))
-    assert list(df.columns) == INFO_COLUMNS + ["norm_params", "ops", "params", "group", "frozen"]
+    assert list(df.columns) == INFO_COLUMNS + ["bitops", "norm_params", "ops", "params",
+                                               "weight_memory", "group", "frozen"]
     assert df["layer"].tolist() == ["0", "1", "4", "total"]
     assert df["type"].tolist() == ["Conv2d", "BatchNorm2d", "Linear", ""]
     assert df["kernel"].tolist() == ["3x3", "", "", ""]
@@ -43,6 +44,11 @@ def test_columns_and_rows() -> None:
     assert df["params"].tolist() == [8 * 28, 0, 10 * 129, 224 + 1290]
     assert df["ops"].tolist() == [8 * 28 * 16, 0, 10 * 129, 3584 + 1290]
     assert df["norm_params"].tolist() == [0, 16, 0, 16]
+    # generic: 32-bit weights and activations (hwnas/cost/bits.py)
+    assert df["bitops"].tolist() == [v * 32 * 32
+                                     for v in (8 * 28 * 16, 0, 1290, 3584 + 1290)]
+    assert df["weight_memory"].tolist() == [8 * 27 * 32, 0, 10 * 128 * 32,
+                                            (216 + 1280) * 32]
     # the reason of the group a layer writes (the first conv reads the frozen input)
     assert df["frozen"].tolist() == ["", "", "model output", ""]
 
@@ -55,8 +61,10 @@ def test_lut_column_on_lut_targets_only() -> None:
         assert "luts" in df.columns
         assert df["luts"].iloc[1] == 0.0  # BatchNorm: no LUT cost registered
         assert df["luts"].iloc[-1] == pytest.approx(df["luts"].iloc[:-1].sum())
-        assert metrics_for(load_target(target)) == ["luts", "norm_params", "ops", "params"]
-    assert metrics_for(load_target("generic")) == ["norm_params", "ops", "params"]
+        assert metrics_for(load_target(target)) == ["bitops", "luts", "norm_params", "ops",
+                                                    "params", "weight_memory"]
+    assert metrics_for(load_target("generic")) == ["bitops", "norm_params", "ops", "params",
+                                                   "weight_memory"]
 
 
 @pytest.mark.parametrize("name", LIGHT)

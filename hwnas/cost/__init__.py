@@ -167,5 +167,6 @@ def evaluate(metric: str, info: LayerInfo, alive: dict[str, torch.Tensor], targe
     return fn(info, alive, target)
 
 
+from hwnas.cost import bits as _bits  # noqa: E402,F401  (bitops, weight_memory)
 from hwnas.cost import formulas as _formulas  # noqa: E402,F401  (registers the defaults)
 from hwnas.cost import luts as _luts  # noqa: E402,F401  (registers the LUT costs)

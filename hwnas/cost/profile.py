@@ -15,6 +15,7 @@ from torch import nn
 
 from hwnas import cost
 from hwnas._internal.modes import eval_mode
+from hwnas.cost.bits import QuantizedLayer, bits_label
 from hwnas.cost.target import Target, load_target
 from hwnas.graph import layers, trace
 from hwnas.graph.ir import LayerInfo
@@ -53,6 +54,9 @@ def profile_traced(gm, target: Target) -> pd.DataFrame:
         for metric in names:
             value = cost.evaluate(metric, info, alive, target)
             row[metric] = 0.0 if value is None else float(value)
+        if isinstance(info.module, QuantizedLayer):  # an exported quantised layer
+            w_bits, a_bits = info.module.bits()
+            row["weight_bits"], row["activation_bits"] = bits_label(w_bits), str(a_bits)
         row["group"] = int(info.out_slots[0, 0]) if info.out_slots is not None else None
         row["frozen"] = info.frozen or ""
         rows.append(row)
@@ -78,8 +82,11 @@ def profile(
     """One row per layer with its channels, shapes and costs, plus a ``total`` row.
 
     Columns: layer, type, in/out channels, kernel, groups, output shape, one column per
-    cost metric (``params``, ``ops`` = MACs, ``norm_params``, and ``luts`` on LUT targets),
-    the channel group of the layer's outputs and why it is frozen (empty when prunable).
+    cost metric (``bitops``, ``norm_params``, ``ops`` = MACs, ``params``, ``weight_memory``,
+    and ``luts`` on LUT targets), the channel group of the layer's outputs and why it is
+    frozen (empty when prunable). A model with quantised layers
+    (:class:`~hwnas.cost.bits.QuantizedLayer`, e.g. a precision search's export) also has
+    ``weight_bits`` and ``activation_bits`` columns, and is costed at those bits.
 
     Args:
         model: The model (not modified).
@@ -97,6 +104,9 @@ def profile(
         {'layer': 'total', 'params': 1514, 'ops': 4874}
     """
     target = load_target(target)
+    # a layer that carries its own bits is costed at them: one leaf, whatever its forward
+    own_bits = tuple({type(m) for m in model.modules() if isinstance(m, QuantizedLayer)})
+    leaf_modules = (*leaf_modules, *own_bits)
     with eval_mode(model):
         gm = trace(model, example_inputs, leaf_modules=leaf_modules, is_leaf=cost.is_costed)
     return profile_traced(gm, target)

@@ -9,7 +9,7 @@ the graph as its last input; the masks of :mod:`hwnas.search.masks` read them th
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 import torch
@@ -28,6 +28,9 @@ from hwnas.search.summary import group_table, kept_table, layer_table
 from hwnas.search.surgery import insert_masks
 
 __all__ = ["COST_MODES", "DEFAULT_COST_MODE", "GATE_MODES", "SearchModel"]
+if TYPE_CHECKING:
+    from hwnas.search.precision import BitSearch
+
 
 #: How :meth:`SearchModel.cost` reads the gates.
 COST_MODES = ("expected", "straight_through", "deterministic")
@@ -89,6 +92,12 @@ class SearchModel(nn.Module):
         self.run_origins: dict[str, str] = {}
         self._gated_inputs = self._find_gated_inputs()
         self.to(device_of(gm))  # the model's device decides (gates, masks' index buffers)
+        #: Whether a mask reads entry ``n_gates`` of the gate vector (the constant 1 of a
+        #: frozen channel beside gated ones); without one, the vector has no such entry.
+        self._reads_one = any(bool((buf == self.index.n_gates).any())
+                              for m in gm.modules() if isinstance(m, GateReader)
+                              for buf in m.buffers(recurse=False))
+        self.precision: BitSearch | None = None  # the searched bits (wrap(precision=...))
 
     def _apply(self, fn: Any, recurse: bool = True) -> SearchModel:
         """``.to()``, ``.cuda()``, ``.half()``, ...: everything moves, but the gate logits
@@ -150,9 +159,9 @@ class SearchModel(nn.Module):
         mode = gates or ("sample" if self.training else "deterministic")
         batch = inputs[0].shape[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
         z = self.gate_values(mode, batch)
-        if not self.needs_keep:
-            return self.gm(*inputs, z)
-        return self.gm(*inputs, z, self.keep_values(mode, z))
+        keep = (self.keep_values(mode, z),) if self.needs_keep else ()
+        bits = () if self.precision is None else (self.precision.values(mode),)
+        return self.gm(*inputs, z, *keep, *bits)
 
     def keep_values(self, mode: str, z: torch.Tensor | None) -> torch.Tensor | None:
         """1 for a kept channel's gate entry, 0 for a pruned one (what a masked norm reads):
@@ -169,9 +178,11 @@ class SearchModel(nn.Module):
     def arch_parameters(self) -> Iterator[nn.Parameter]:
         """The gate logits (``log_alpha``): train them without weight decay.
 
-        Empty when the model has no free channel group (nothing to search).
+        Empty when the model has no free channel group (nothing to search). With a
+        precision search, the bit-width parameters follow.
         """
-        return iter([cast(nn.Parameter, self.gates.log_alpha)] if self.index.n_gates else [])
+        gates = [cast(nn.Parameter, self.gates.log_alpha)] if self.index.n_gates else []
+        return iter(gates + ([] if self.precision is None else [*self.precision.arch_parameters()]))
 
     def weight_parameters(self) -> Iterator[nn.Parameter]:
         """Every parameter of the wrapped model (not the gates)."""
@@ -258,7 +269,9 @@ class SearchModel(nn.Module):
         """The costs ``names`` as one float64 vector, evaluated together (see :meth:`cost`)."""
         for name in names:
             self.check_cost(name)
-        alive = self.alive_vector(self._cost_mode if mode is None else mode)
+        alive = self.alive_vector(mode := self._cost_mode if mode is None else mode)
+        if self.precision is not None:  # bitops, weight_memory, luts at the searched bits
+            return self.precision.totals(self, list(names), alive, mode)
         return self.index.totals(list(names), alive, self.target)
 
     def cost(self, name: str, mode: str | None = None) -> torch.Tensor:
@@ -333,7 +346,8 @@ class SearchModel(nn.Module):
         return kept_table(self.layer_costs("deterministic"), self.layer_infos, self.groups)
 
     def export(self) -> fx.GraphModule:
-        """The pruned plain model; see :func:`hwnas.materialize`."""
+        """The pruned plain model; see :func:`hwnas.materialize` (with a precision search:
+        quantised at the chosen bits, :func:`hwnas.search.quant_graph.export_quantized`)."""
         from hwnas.search.materialize import materialize  # the bridge to hwnas.pruning
 
-        return materialize(self)
+        return materialize(self) if self.precision is None else self.precision.export(self)

@@ -192,6 +192,8 @@ class FitRun:
         return self.search
 
     def enter(self, phase: str) -> None:
+        if self.search.precision is not None:  # quantiser ranges from data, once a phase
+            self.search.precision.prepare(phase, self.search, self.train_data, self.device)
         if phase != "warmup" and self.baseline is None:
             self.baseline = self.accuracies(self.search, gates="off")
         if self.optimizer_phase != phase:
