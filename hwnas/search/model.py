@@ -92,11 +92,6 @@ class SearchModel(nn.Module):
         self.run_origins: dict[str, str] = {}
         self._gated_inputs = self._find_gated_inputs()
         self.to(device_of(gm))  # the model's device decides (gates, masks' index buffers)
-        #: Whether a mask reads entry ``n_gates`` of the gate vector (the constant 1 of a
-        #: frozen channel beside gated ones); without one, the vector has no such entry.
-        self._reads_one = any(bool((buf == self.index.n_gates).any())
-                              for m in gm.modules() if isinstance(m, GateReader)
-                              for buf in m.buffers(recurse=False))
         self.precision: BitSearch | None = None  # the searched bits (wrap(precision=...))
 
     def _apply(self, fn: Any, recurse: bool = True) -> SearchModel:
