@@ -149,7 +149,8 @@ def test_per_example_masks() -> None:
     search.train()
     assert _mask_values(search, same) == [torch.Size([2, 32]), torch.Size([2, 64]),
                                           torch.Size([2, 64])]
-    assert search.gate_values("sample", 5).shape == (5, search.index.n_gates + 1)
+    # no mask of this model reads a frozen channel: the vector has no constant-1 entry
+    assert search.gate_values("sample", 5).shape == (5, search.index.n_gates)
     y = search(same)
     assert not torch.allclose(y[0], y[1], atol=1e-4)
     # in eval mode one deterministic mask serves the whole batch
@@ -252,7 +253,8 @@ def test_summary_by_layer_and_group() -> None:
     search.gate(2).set_deterministic_([0.0, 0.0, 0.0, 1.0] * 16)  # 16 of 64 kept
     layer = search.summary()
     assert list(layer.columns) == ["layer", "type", "group", "in_channels", "in_kept",
-                                   "out_channels", "out_kept", *METRICS, "frozen"]
+                                   "out_channels", "out_kept", "bitops", *METRICS,
+                                   "weight_memory", "frozen"]
     rows = layer.set_index("layer")
     assert rows.loc["features.0", ["in_kept", "out_kept", "group"]].tolist() == [1, 16, 1]
     assert rows.loc["features.1", ["in_kept", "out_kept", "norm_params"]].tolist() == [16, 16, 32]
