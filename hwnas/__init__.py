@@ -43,10 +43,13 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "FitResult": ("hwnas.training.fit", "FitResult"),
     "HardConcreteGate": ("hwnas.search.gates", "HardConcreteGate"),
     "L0": ("hwnas.search.l0", "L0"),
+    "PrecisionSpace": ("hwnas.search.bitspace", "PrecisionSpace"),
     "SearchModel": ("hwnas.search.model", "SearchModel"),
     "Target": ("hwnas.cost.target", "Target"),
     "TargetsNotMetWarning": ("hwnas.training.fit", "TargetsNotMetWarning"),
     "export_onnx": ("hwnas.export.onnx", "export_onnx"),
+    "export_qdq": ("hwnas.export.qdq", "export_qdq"),
+    "export_qonnx": ("hwnas.export.qonnx", "export_qonnx"),
     "fit": ("hwnas.training.fit", "fit"),
     "known_targets": ("hwnas.cost.target", "known_targets"),
     "load": ("hwnas.cli.runs", "load"),
@@ -76,6 +79,7 @@ __all__ = [
     "HardConcreteGate",
     "HwnasError",
     "L0",
+    "PrecisionSpace",
     "SearchModel",
     "ShapeError",
     "Target",
@@ -85,6 +89,8 @@ __all__ = [
     "__version__",
     "cost",
     "export_onnx",
+    "export_qdq",
+    "export_qonnx",
     "fit",
     "graph",
     "known_targets",
@@ -126,11 +132,14 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from hwnas.cost.profile import profile
     from hwnas.cost.target import Target, known_targets, load_target
     from hwnas.export.onnx import ExportResult, export_onnx
+    from hwnas.export.qdq import export_qdq
+    from hwnas.export.qonnx import export_qonnx
     from hwnas.graph.rules.base import register_channel_rule
     from hwnas.pruning.slicers import register_slicer
     from hwnas.regularizers.base import BaseRegularizer
     from hwnas.regularizers.duccio import DUCCIO
     from hwnas.search.gates import HardConcreteGate
+    from hwnas.search.bitspace import PrecisionSpace
     from hwnas.search.l0 import L0
     from hwnas.search.materialize import materialize
     from hwnas.search.model import SearchModel
