@@ -378,3 +378,23 @@ def test_ddp_ranks_hold_the_same_bits_and_scales():
     assert {k for k in a if "precision" in k or "scale_param" in k}
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_synthesize_a_quantised_layer_at_its_bits(tmp_path):
+    """hwnas.hw.synthesize writes a quantised layer at its own bits (its integer weights,
+    its activation bits), and yosys's LUTs are near the estimate from those integers."""
+    from hwnas.cost.bits import layer_lut_estimates
+    from hwnas.hw import synthesize
+    from hwnas.hw.macs import layer_verilog
+
+    torch.manual_seed(0)
+    q = quantize_layer(nn.Linear(8, 3), torch.tensor([3, 4, 6]), torch.full((3,), -5.0), 3,
+                       torch.tensor(-3.0), False, pow2=False)
+    path, top = layer_verilog(q, "xc7-lut6", tmp_path / "q.v")
+    assert f"input wire [{8 * 3 - 1}:0] x" in path.read_text()  # 8 inputs of 3 bits
+    qp = q.quant_params()
+    assert qp.w_int.abs().amax(1).tolist() <= [3, 7, 31]
+    result = synthesize(q, "xc7-lut6")
+    exact, smooth = layer_lut_estimates(qp, hwnas.load_target("xc7-lut6"))
+    assert result.luts > 0 and abs(exact - result.luts) <= 0.3 * result.luts
+    assert smooth > 0

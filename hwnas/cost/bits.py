@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from hwnas.cost import lookup, register
-from hwnas.cost.luts import _weight_moments, fan_in
+from hwnas.cost.luts import _weight_moments, fan_in, mac_features_exact
 from hwnas.cost.tables import _calibration, lut_model
 from hwnas.cost.target import Target
 from hwnas.errors import InvalidValueError
@@ -43,8 +43,8 @@ from hwnas.errors import InvalidValueError
 if TYPE_CHECKING:
     from hwnas.graph.ir import LayerInfo
 
-__all__ = ["BITS_METRICS", "QuantParams", "QuantizedLayer", "bits_label", "mac_luts_grid",
-           "weighted_bitops", "weighted_memory"]
+__all__ = ["BITS_METRICS", "QuantParams", "QuantizedLayer", "bits_label", "layer_lut_estimates",
+           "mac_luts_grid", "weighted_bitops", "weighted_memory"]
 
 Alive = dict[str, torch.Tensor]
 
@@ -197,3 +197,26 @@ def mac_luts_grid(n: Tensor, w_bits: Sequence[int], a_bits: Sequence[int], targe
     operand = nn_ * moments[:, 1, None] * (torch.log2(reach + 1.0) + 1.0)
     total = coef[0] * pp + coef[1] * operand + coef[2] * pp * torch.log2(1.0 + rows)
     return torch.where(nn_ > 0, total, torch.zeros_like(total))
+
+
+def layer_lut_estimates(params: QuantParams, target: Target) -> tuple[float, float]:
+    """LUT estimates of a quantised layer's unrolled datapath (one output position):
+    ``(with its integer weights, smooth at its bits)``.
+
+    The first costs each output channel by the exact features of its integers (zero and
+    power-of-two weights are cheaper), the second by :func:`mac_luts_grid` at the channel's
+    bits for random weights (what a precision search optimises). Both use the target's
+    calibrated coefficients.
+    """
+    coef = _calibration(target, "mac").mac
+    rows = params.w_int.flatten(1)
+    exact = 0.0
+    for row in rows.tolist():
+        if any(row):
+            feats = mac_features_exact(row, params.a_bits)
+            exact += sum(c * f for c, f in zip(coef, feats, strict=True))
+    n = torch.tensor(float(rows.shape[1]), dtype=torch.float64)
+    smooth = 0.0
+    for bits in params.w_bits.tolist():
+        smooth += float(mac_luts_grid(n, [int(bits)], [params.a_bits], target)[0, 0])
+    return exact, smooth

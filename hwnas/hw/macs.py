@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from hwnas._internal.files import atomic_write, ensure_writable_dir
+from hwnas.cost.bits import QuantizedLayer
 from hwnas.cost.luts import quantize_weights
 from hwnas.cost.target import Target, load_target
 from hwnas.errors import InvalidTypeError, InvalidValueError
@@ -97,17 +98,27 @@ def layer_verilog(module: nn.Module, target: Target | str,
     """Write one output position of a Linear / conv layer, weights quantised to the target's.
 
     Weights: :func:`quantize_weights` to ``target.weight_bits``; activations unsigned
-    ``target.activation_bits``. A conv's inputs are its ``cin * prod(kernel)`` taps (one
+    ``target.activation_bits``. A quantised layer (:class:`~hwnas.cost.bits.QuantizedLayer`,
+    e.g. of a precision search's export) is written at its own bits: its integer weights
+    and its activation bits. A conv's inputs are its ``cin * prod(kernel)`` taps (one
     output position; the others reuse the hardware); output channel ``o`` of group ``g``
     reads group ``g``'s taps. Returns the path and the module name.
     """
     target = load_target(target)
+    act_bits = target.activation_bits
+    own: Tensor | None = None
+    if isinstance(module, QuantizedLayer):
+        qp = module.quant_params()
+        if qp.a_signed:
+            raise InvalidValueError("the unrolled datapath takes unsigned activations, but the "
+                                    "quantised layer's input is signed")
+        own, act_bits = qp.w_int, qp.a_bits
     if isinstance(module, nn.Linear):
-        q = quantize_weights(module.weight, target.weight_bits)
+        q = own if own is not None else quantize_weights(module.weight, target.weight_bits)
         rows = [(row, list(range(module.in_features))) for row in q.tolist()]
         n_inputs = module.in_features
     elif isinstance(module, nn.modules.conv._ConvNd):
-        q = quantize_weights(module.weight, target.weight_bits)
+        q = own if own is not None else quantize_weights(module.weight, target.weight_bits)
         per_group = module.in_channels // module.groups
         taps = int(torch.tensor(module.kernel_size).prod())
         out_per_group = module.out_channels // module.groups
@@ -124,5 +135,5 @@ def layer_verilog(module: nn.Module, target: Target | str,
     path = Path(path)
     ensure_writable_dir(path.parent)
     with atomic_write(path) as tmp:
-        tmp.write_text(_mac_verilog(rows, n_inputs, target.activation_bits, top))
+        tmp.write_text(_mac_verilog(rows, n_inputs, act_bits, top))
     return path, top
