@@ -196,7 +196,7 @@ class DUCCIO:
         else:
             costs = torch.stack([torch.as_tensor(model.cost(n)) for n in names])
         strengths, targets = self._constants(names, current, costs)
-        return (strengths * torch.relu(costs - targets)).sum()
+        return torch.dot(strengths, torch.relu(costs - targets))
 
     def _constants(self, names: tuple[str, ...], current: Mapping[str, float],
                    costs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

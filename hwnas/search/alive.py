@@ -30,7 +30,8 @@ from hwnas import cost as cost_registry
 from hwnas.cost.target import Target
 from hwnas.errors import HwnasError
 from hwnas.graph.ir import CHANNELS_KEY, ChannelGroup, ChannelSlots, LayerInfo
-from hwnas.search.gates import hard_concrete_deterministic
+from hwnas.search.fused import QUADRATIC_LIMIT, SET_LIMIT, DenseSets, QuadraticCosts
+from hwnas.search.gates import KEEP_THRESHOLD, hard_concrete_deterministic
 
 __all__ = ["AliveIndex", "bilinear_coefficients"]
 
@@ -100,8 +101,10 @@ class AliveIndex:
             dtype=torch.long)
         self._sets = self._keep_sets(gm)
         self._sets_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor, int]] = {}
-        self._counts: dict[torch.device, _Counts] = {}
-        self._plans: dict[tuple[tuple[str, ...], Target, int, torch.device], _Plan] = {}
+        self._dense_sets: dict[torch.device, DenseSets | None] = {}
+        self._forms: dict[tuple[object, ...], QuadraticCosts | None] = {}
+        self._counts: dict[tuple[torch.device, torch.dtype], _Counts] = {}
+        self._plans: dict[tuple[object, ...], _Plan] = {}
 
     # ------------------------------------------------------------------ layout
     def slot_index(self, slots: np.ndarray | None) -> torch.Tensor:
@@ -158,8 +161,13 @@ class AliveIndex:
         info = self.layers[k]
         return (info.in_channels if which == 0 else info.out_channels) or 0
 
-    def _counts_on(self, device: torch.device) -> _Counts:
-        found = self._counts.get(device)
+    def _counts_on(self, device: torch.device, dtype: torch.dtype = torch.float64) -> _Counts:
+        found = self._counts.get((device, dtype))
+        if found is None and dtype != torch.float64:
+            c = self._counts_on(device)
+            found = _Counts(c.const.to(dtype), None if c.dense is None else c.dense.to(dtype),
+                            c.flat, c.row)
+            self._counts[(device, dtype)] = found
         if found is None:
             n_layers, n = len(self.layers), self.n_gates
             rows, flat = [], []
@@ -181,37 +189,54 @@ class AliveIndex:
                                  accumulate=True)
                 dense = dense.to(device)
             found = _Counts(const.to(device), dense, flat_t.to(device), row_t.to(device))
-            self._counts[device] = found
+            self._counts[(device, dtype)] = found
         return found
 
     # ------------------------------------------------------------------ keep
     def keep(self, log_alpha: torch.Tensor) -> torch.Tensor:
         """Per-gate keep mask (bool, on ``log_alpha``'s device) of the deterministic
-        architecture, computed without reading a value back to the host.
+        architecture: :meth:`keep_values` > 0."""
+        return self.keep_values(log_alpha) > 0
 
-        A gate is kept when its deterministic value is > 0. Every keep set (a layer's
-        inputs or outputs, a group, a split piece) that would keep nothing keeps its gate
-        with the largest ``log_alpha`` (the first one on a tie); its value stays 0, so it
+    def keep_values(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        """1 for each gate the deterministic architecture keeps, 0 for a pruned one (in
+        ``log_alpha``'s dtype and device), computed without reading a value back to the
+        host.
+
+        A gate is kept when its deterministic value is > 0, i.e. ``log_alpha >``
+        :data:`~hwnas.search.gates.KEEP_THRESHOLD`. Every keep set (a layer's inputs or
+        outputs, a group, a split piece) that would keep nothing keeps its gate with the
+        largest ``log_alpha`` (the first one on a tie); its value stays 0, so it
         contributes nothing. All sets are fixed at once, from the same gates.
         """
         la = log_alpha.detach()
-        keep = hard_concrete_deterministic(la) > 0
+        keep = (la > KEEP_THRESHOLD).to(la.dtype)
         set_index, set_id, n_sets = self._sets_on(la.device)
         if not n_sets:
             return keep
-        kept = la.new_zeros(n_sets, dtype=torch.float32).index_add_(
-            0, set_id, keep[set_index].float())
-        values = la[set_index].float()
+        dense = self._dense_sets_on(la.device)
+        if dense is not None:
+            return dense.keep(keep, la)
+        kept = torch.zeros(n_sets, dtype=la.dtype, device=la.device).index_add_(
+            0, set_id, keep[set_index])
+        values = la[set_index]
         best = values.new_full((n_sets,), -math.inf).scatter_reduce(
             0, set_id, values, "amax", include_self=True)
         position = torch.arange(len(set_index), device=la.device)
         candidate = torch.where(values == best[set_id], position, len(set_index))
         first = torch.full((n_sets,), len(set_index), device=la.device).scatter_reduce(
             0, set_id, candidate, "amin", include_self=True)
-        chosen = (position == first[set_id]) & (kept[set_id] == 0)
-        fixes = keep.new_zeros(keep.shape, dtype=torch.float32).index_add_(
-            0, set_index, chosen.float())
-        return keep | (fixes > 0)
+        chosen = ((position == first[set_id]) & (kept[set_id] == 0)).to(la.dtype)
+        return torch.maximum(keep, torch.zeros_like(keep).scatter_reduce_(
+            0, set_index, chosen, "amax"))
+
+    def _dense_sets_on(self, device: torch.device) -> DenseSets | None:
+        if device not in self._dense_sets:
+            set_index, set_id, n_sets = self._sets
+            self._dense_sets[device] = (
+                DenseSets(set_index, set_id, n_sets, self.n_gates, device)
+                if n_sets * self.n_gates <= SET_LIMIT else None)
+        return self._dense_sets[device]
 
     def _sets_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
         found = self._sets_cache.get(device)
@@ -229,9 +254,14 @@ class AliveIndex:
         n = len(self.layers)
         return a[:n], a[n:]
 
-    def _plan(self, names: tuple[str, ...], target: Target, device: torch.device) -> _Plan:
-        key = (names, target, cost_registry.version(), device)
+    def _plan(self, names: tuple[str, ...], target: Target, device: torch.device,
+              dtype: torch.dtype = torch.float64) -> _Plan:
+        key = (names, target, cost_registry.version(), device, dtype)
         found = self._plans.get(key)
+        if found is None and dtype != torch.float64:
+            p = self._plan(names, target, device)
+            found = _Plan(p.c0.to(dtype), p.coef.to(dtype), p.others)
+            self._plans[key] = found
         if found is None:
             n = len(self.layers)
             c0 = torch.zeros(len(names), dtype=torch.float64)
@@ -254,27 +284,47 @@ class AliveIndex:
         return found
 
     def totals(self, names: Sequence[str], alive: torch.Tensor, target: Target) -> torch.Tensor:
-        """Costs ``names`` (float64 vector) for per-gate values ``alive`` (``n_gates``).
+        """Costs ``names`` for per-gate values ``alive`` (``n_gates``), in ``alive``'s
+        dtype: float64 for the exact costs, float32 in the search step.
 
-        The layers whose cost is bilinear in (in, out) cost one matrix-vector product for
-        all metrics at once; the others are evaluated layer by layer.
+        Where every costed layer is bilinear in (in, out) and the search is small, the
+        costs are one quadratic form (:class:`~hwnas.search.fused.QuadraticCosts`);
+        otherwise the bilinear layers cost one matrix-vector product for all metrics at
+        once and the others are evaluated layer by layer.
         """
         names = tuple(names)
-        a = self._counts_on(alive.device).apply(alive.double())
+        form = self._form(names, target, alive.device, alive.dtype)
+        if form is not None:
+            return form(alive)
+        a = self._counts_on(alive.device, alive.dtype).apply(alive)
         n = len(self.layers)
-        plan = self._plan(names, target, alive.device)
+        plan = self._plan(names, target, alive.device, alive.dtype)
         out = torch.addmv(plan.c0, plan.coef, torch.cat([a, a[:n] * a[n:]]))
         if plan.others:
-            extra = [torch.zeros((), dtype=torch.float64, device=alive.device)
-                     for _ in names]
+            extra = [alive.new_zeros(()) for _ in names]
             for m, k in plan.others:
                 info = self.layers[k]
                 fn = cost_registry.lookup(names[m], info.cost_key)
                 assert fn is not None
                 value = fn(info, {"in": a[k], "out": a[n + k]}, target)
-                extra[m] = extra[m] + torch.as_tensor(value, device=alive.device).double()
+                extra[m] = extra[m] + torch.as_tensor(value, device=alive.device).to(out.dtype)
             out = out + torch.stack(extra)
         return out
+
+    def _form(self, names: tuple[str, ...], target: Target, device: torch.device,
+              dtype: torch.dtype) -> QuadraticCosts | None:
+        """The quadratic form of ``names``, or None where it does not apply (a layer whose
+        cost is not bilinear, a search too large to store ``Q`` densely)."""
+        key = (names, target, cost_registry.version(), device, dtype)
+        if key not in self._forms:
+            plan = self._plan(names, target, torch.device("cpu"))
+            counts = self._counts_on(torch.device("cpu"))
+            fits = len(names) * self.n_gates ** 2 <= QUADRATIC_LIMIT
+            self._forms[key] = (
+                QuadraticCosts.from_counts(counts.const, counts.dense, plan.c0, plan.coef,
+                                           dtype).to(device)
+                if fits and not plan.others and counts.dense is not None else None)
+        return self._forms[key]
 
     # ------------------------------------------------------------------ projection
     def enforce(self, log_alpha: torch.Tensor, costs: Callable[[], Mapping[str, float]],

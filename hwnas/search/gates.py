@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hwnas._internal.checks import check_int, check_number
@@ -31,6 +32,7 @@ from hwnas.errors import InvalidValueError
 __all__ = [
     "DROPRATE_INIT",
     "EPS",
+    "KEEP_THRESHOLD",
     "LIMIT_A",
     "LIMIT_B",
     "TEMPERATURE",
@@ -71,18 +73,24 @@ def hard_concrete_sample(log_alpha: Tensor, shape: tuple[int, ...] | torch.Size)
 
     Returns:
         ``clamp(sigmoid((log u - log(1 - u) + log_alpha) / T) * (b - a) + a, 0, 1)`` with
-        ``u ~ U(EPS, 1 - EPS)``.
+        ``u ~ U(0, 1)`` clamped to ``[EPS, 1 - EPS]``.
     """
     u = torch.rand(shape, dtype=log_alpha.dtype, device=log_alpha.device)
-    noise = torch.logit(u.mul_(1.0 - 2.0 * EPS).add_(EPS))  # log u - log(1 - u), no grad
-    # in-place ops only on fresh intermediates whose values backward does not read
+    noise = torch.logit(u, EPS)  # log u - log(1 - u), u clamped to [EPS, 1 - EPS]; no grad
+    # in-place ops only on fresh intermediates whose values backward does not read; few
+    # operations (a launch-bound GPU pays per kernel): hardtanh's backward is one kernel
     s = torch.sigmoid((log_alpha + noise).div_(TEMPERATURE))
-    return torch.clamp(s.mul(LIMIT_B - LIMIT_A).add_(LIMIT_A), 0.0, 1.0)
+    return F.hardtanh(s.mul(LIMIT_B - LIMIT_A).add_(LIMIT_A), 0.0, 1.0)
 
 
 def hard_concrete_deterministic(log_alpha: Tensor) -> Tensor:
     """The eval/export gate ``clamp(sigmoid(log_alpha) * (b - a) + a, 0, 1)``; 0 means pruned."""
     return torch.clamp(torch.sigmoid(log_alpha) * (LIMIT_B - LIMIT_A) + LIMIT_A, 0.0, 1.0)
+
+
+#: ``log_alpha`` above which the deterministic gate is > 0 (the channel is kept):
+#: ``sigmoid(log_alpha) * (b - a) + a > 0``, i.e. ``log_alpha > log(-a / b)``.
+KEEP_THRESHOLD = math.log(-LIMIT_A / LIMIT_B)
 
 
 def prob_nonzero(log_alpha: Tensor) -> Tensor:

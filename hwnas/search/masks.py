@@ -53,11 +53,32 @@ KEEP_INPUT = "hwnas_keep"
 
 
 
-def _gather(z: torch.Tensor, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return z.index_select(-1, index).to(dtype)
+def _span(index: torch.Tensor) -> tuple[int, int] | None:
+    """``(start, length)`` when ``index`` is the run ``start, start + 1, ...``, else None."""
+    if index.numel() == 0:
+        return None
+    start = int(index[0])
+    run = torch.arange(start, start + index.numel(), dtype=index.dtype)
+    return (start, index.numel()) if torch.equal(index.cpu(), run) else None
 
 
-class ChannelMask(nn.Module):
+class GateReader(nn.Module):
+    """A module that reads entries of the gate vector through index buffers. Where an index
+    is a contiguous run (a group's own gates, in order), the entries are a slice, a view:
+    one kernel less, forward and backward, than a gather (``reports/gpu.md``)."""
+
+    def _index(self, name: str, index: torch.Tensor) -> None:
+        self.register_buffer(name, index.clone(), persistent=False)
+        spans: dict[str, tuple[int, int] | None] = self.__dict__.setdefault("_spans", {})
+        spans[name] = _span(index)
+
+    def _take(self, z: torch.Tensor, name: str, dtype: torch.dtype) -> torch.Tensor:
+        span = self.__dict__.get("_spans", {}).get(name)
+        values = z.narrow(-1, *span) if span else z.index_select(-1, getattr(self, name))
+        return values.to(dtype)
+
+
+class ChannelMask(GateReader):
     """Multiplies its input's channels along ``dim`` by their gate values.
 
     Args:
@@ -70,12 +91,12 @@ class ChannelMask(nn.Module):
     def __init__(self, index: torch.Tensor, dim: int) -> None:
         super().__init__()
         self.dim = dim
-        self.register_buffer("index", index.clone(), persistent=False)
+        self._index("index", index)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         if z is None:
             return x
-        values = _gather(z, self.index, x.dtype)
+        values = self._take(z, "index", x.dtype)
         shape = [1] * x.dim()
         shape[self.dim % x.dim()] = values.shape[-1]
         if values.dim() == 2:  # one gate draw per example
@@ -83,7 +104,7 @@ class ChannelMask(nn.Module):
         return x * values.reshape(shape)
 
 
-class WeightMasked(nn.Module):
+class WeightMasked(GateReader):
     """A conv or linear layer whose weight's input channels are scaled by their gates.
 
     conv(x * z) == conv_{W * z}(x), and a weight is far smaller than an activation, so with
@@ -98,20 +119,20 @@ class WeightMasked(nn.Module):
     def __init__(self, layer: nn.Linear | nn.modules.conv._ConvNd, index: torch.Tensor) -> None:
         super().__init__()
         self.layer = layer
-        self.register_buffer("index", index[: layer.weight.shape[1]].clone(), persistent=False)
+        self._index("index", index[: layer.weight.shape[1]])
         self._shape = [1, -1] + [1] * (layer.weight.dim() - 2)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         layer = self.layer
         weight = layer.weight
         if z is not None:
-            weight = weight * _gather(z, self.index, weight.dtype).reshape(self._shape)
+            weight = weight * self._take(z, "index", weight.dtype).reshape(self._shape)
         if isinstance(layer, nn.Linear):
             return nn.functional.linear(x, weight, layer.bias)
         return layer._conv_forward(x, weight, layer.bias)  # type: ignore[operator]
 
 
-class GatedBatchNorm(nn.Module):
+class GatedBatchNorm(GateReader):
     """A BatchNorm whose output channels are scaled by their gates through its affine.
 
     ``gated(x, z) == z[index] * bn(x)`` along the channel dim, computed as one
@@ -126,13 +147,13 @@ class GatedBatchNorm(nn.Module):
     def __init__(self, layer: nn.modules.batchnorm._BatchNorm, index: torch.Tensor) -> None:
         super().__init__()
         self.layer = layer
-        self.register_buffer("index", index.clone(), persistent=False)
+        self._index("index", index)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         bn = self.layer
         if z is None:
             return bn(x)
-        g = _gather(z, self.index, x.dtype)
+        g = self._take(z, "index", x.dtype)
         if type(bn) not in BATCH_NORMS:  # replaced since (e.g. by a SyncBatchNorm): its own
             return bn(x) * g.reshape([1, -1] + [1] * (x.dim() - 2))  # forward, then the gates
         weight = g if bn.weight is None else bn.weight * g
@@ -151,7 +172,7 @@ class GatedBatchNorm(nn.Module):
                             batch_stats, momentum, bn.eps)
 
 
-class ParamMask(nn.Module):
+class ParamMask(GateReader):
     """Multiplies a parameter by the gate values of the channels a layer reads through it.
 
     Args:
@@ -163,7 +184,7 @@ class ParamMask(nn.Module):
         super().__init__()
         self.dims = [d for d, _ in dims]
         for k, (_, index) in enumerate(dims):
-            self.register_buffer(f"index{k}", index.clone(), persistent=False)
+            self._index(f"index{k}", index)
 
     def forward(self, p: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         if z is None:
@@ -171,11 +192,11 @@ class ParamMask(nn.Module):
         for k, dim in enumerate(self.dims):
             shape = [1] * p.dim()
             shape[dim] = -1
-            p = p * _gather(z, getattr(self, f"index{k}"), p.dtype).reshape(shape)
+            p = p * self._take(z, f"index{k}", p.dtype).reshape(shape)
         return p
 
 
-class MaskedAttention(nn.Module):
+class MaskedAttention(GateReader):
     """``nn.MultiheadAttention`` with its input channels (which are also its q/k/v and output
     channels, tied across heads) masked in its projection weights: the input columns of the
     in-projection, the q rows (the scores contract q with k) and the output projection's
@@ -186,14 +207,14 @@ class MaskedAttention(nn.Module):
     def __init__(self, layer: nn.MultiheadAttention, index: torch.Tensor) -> None:
         super().__init__()
         self.layer = layer
-        self.register_buffer("index", index.clone(), persistent=False)
+        self._index("index", index)
 
     def forward(self, *args: Any, hwnas_gates: torch.Tensor | None = None, **kwargs: Any) -> Any:
         layer = self.layer
         if hwnas_gates is None:
             return layer(*args, **kwargs)
         w = layer.in_proj_weight
-        v = _gather(hwnas_gates, self.index, w.dtype)
+        v = self._take(hwnas_gates, "index", w.dtype)
         rows = torch.cat([v, v.new_ones(2 * v.shape[0])])
         params = {"in_proj_weight": w * v[None, :] * rows[:, None],
                   "out_proj.weight": layer.out_proj.weight * v[None, :]}
@@ -202,7 +223,7 @@ class MaskedAttention(nn.Module):
         return torch.func.functional_call(layer, params, args, kwargs, strict=False)
 
 
-class MaskedNorm(nn.Module):
+class MaskedNorm(GateReader):
     """LayerNorm / GroupNorm over the channel dim with statistics of the kept channels only.
 
     A pruned channel takes no part in the mean and variance, so the search model normalises
@@ -225,7 +246,7 @@ class MaskedNorm(nn.Module):
         super().__init__()
         self.dim, self.start, self.groups, self.eps = dim, start, groups, eps
         self.layer = layer
-        self.register_buffer("index", index.clone(), persistent=False)
+        self._index("index", index)
 
     def forward(self, x: torch.Tensor, *rest: Any) -> torch.Tensor:
         if self.layer is not None:
@@ -239,7 +260,7 @@ class MaskedNorm(nn.Module):
         # many channels lose the variance), the result in the activations' dtype
         dtype = x.dtype
         x = x.to(torch.promote_types(dtype, torch.float32))
-        m = _gather(keep, self.index, x.dtype)
+        m = self._take(keep, "index", x.dtype)
         if self.start is None:
             return self._group(x, m, weight, bias).to(dtype)
         return self._layer(x, m, self.start, weight, bias).to(dtype)

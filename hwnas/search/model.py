@@ -24,13 +24,14 @@ from hwnas.graph import layers
 from hwnas.graph.ir import ChannelGroup, LayerInfo
 from hwnas.search.alive import AliveIndex
 from hwnas.search.gates import GateSlice, HardConcreteGate, prob_nonzero
+from hwnas.search.masks import GateReader
 from hwnas.search.summary import group_table, kept_table, layer_table
 from hwnas.search.surgery import insert_masks
 
-__all__ = ["COST_MODES", "DEFAULT_COST_MODE", "GATE_MODES", "SearchModel"]
 if TYPE_CHECKING:
     from hwnas.search.precision import BitSearch
 
+__all__ = ["COST_MODES", "DEFAULT_COST_MODE", "GATE_MODES", "SearchModel"]
 
 #: How :meth:`SearchModel.cost` reads the gates.
 COST_MODES = ("expected", "straight_through", "deterministic")
@@ -91,8 +92,13 @@ class SearchModel(nn.Module):
         #: checkpoint began (hwnas.training.checkpoint.start_fingerprint).
         self.run_origins: dict[str, str] = {}
         self._gated_inputs = self._find_gated_inputs()
-        self.to(device_of(gm))  # the model's device decides (gates, masks' index buffers)
+        #: Whether a mask reads entry ``n_gates`` of the gate vector (the constant 1 of a
+        #: frozen channel beside gated ones); without one, the vector has no such entry.
+        self._reads_one = any(bool((buf == self.index.n_gates).any())
+                              for m in gm.modules() if isinstance(m, GateReader)
+                              for buf in m.buffers(recurse=False))
         self.precision: BitSearch | None = None  # the searched bits (wrap(precision=...))
+        self.to(device_of(gm))  # the model's device decides (gates, masks' index buffers)
 
     def _apply(self, fn: Any, recurse: bool = True) -> SearchModel:
         """``.to()``, ``.cuda()``, ``.half()``, ...: everything moves, but the gate logits
@@ -126,7 +132,8 @@ class SearchModel(nn.Module):
         return la if la.numel() == self.index.n_gates else la[: self.index.n_gates]
 
     def gate_values(self, mode: str, batch: int | None = None) -> torch.Tensor | None:
-        """The gate vector a forward passes to the graph, with the trailing constant 1.
+        """The gate vector a forward passes to the graph, with the trailing constant 1 where
+        a mask reads it.
 
         ``"sample"`` draws hard-concrete gates (``(batch, n + 1)`` for per-example gates),
         ``"deterministic"`` gives the eval gates, ``"off"`` gives None (no masking).
@@ -142,6 +149,8 @@ class SearchModel(nn.Module):
             z = self.gates.deterministic()
         if z.shape[-1] != n:
             z = z[..., :n]
+        if not self._reads_one:  # no mask reads a frozen channel: no constant needed
+            return z
         return nn.functional.pad(z, (0, 1), value=1.0)  # the constant 1 frozen channels read
 
     def forward(self, *inputs: torch.Tensor, gates: str | None = None) -> Any:
@@ -167,7 +176,7 @@ class SearchModel(nn.Module):
         if mode == "sample":
             return (z > 0).to(z.dtype)
         keep = self._keep().to(device=z.device, dtype=z.dtype)
-        return nn.functional.pad(keep, (0, 1), value=1.0)
+        return nn.functional.pad(keep, (0, 1), value=1.0) if self._reads_one else keep
 
     # ------------------------------------------------------------------ parameters
     def arch_parameters(self) -> Iterator[nn.Parameter]:
@@ -244,11 +253,12 @@ class SearchModel(nn.Module):
                 for g in self.free_groups}
 
     def alive_vector(self, mode: str) -> torch.Tensor:
-        """Per-gate alive values for ``mode`` (see :meth:`cost`), float64.
+        """Per-gate alive values for ``mode`` (see :meth:`cost`).
 
-        The deterministic values (the exported architecture: 0/1, no gradient) are on the
-        CPU, so exact costs are counted in float64 there on any device; the others on the
-        gates' device."""
+        The deterministic values (the exported architecture: 0/1, no gradient) are float64
+        on the CPU, so exact costs are counted exactly there on any device; the
+        differentiable ones are float32 on the gates' device (what the search step uses:
+        no float64 and no host read on a GPU)."""
         if mode not in COST_MODES:
             raise InvalidValueError(f"`mode` must be one of {COST_MODES}, but got {mode!r}")
         la = self._log_alpha()
@@ -257,11 +267,13 @@ class SearchModel(nn.Module):
         p = prob_nonzero(la)
         if mode == "straight_through":
             # exactly the 0/1 keep value, with the gradient of P(z != 0)
-            p = self._keep().to(p) + (p - p.detach())
-        return p.double()
+            p = p + (self.index.keep_values(la) - p).detach()
+        return p
 
     def costs_of(self, names: Sequence[str], mode: str | None = None) -> torch.Tensor:
-        """The costs ``names`` as one float64 vector, evaluated together (see :meth:`cost`)."""
+        """The costs ``names`` as one vector, evaluated together (see :meth:`cost`): float32
+        on the gates' device for the differentiable modes, float64 (exact) for
+        ``"deterministic"``."""
         for name in names:
             self.check_cost(name)
         alive = self.alive_vector(mode := self._cost_mode if mode is None else mode)
@@ -270,7 +282,8 @@ class SearchModel(nn.Module):
         return self.index.totals(list(names), alive, self.target)
 
     def cost(self, name: str, mode: str | None = None) -> torch.Tensor:
-        """Differentiable total cost ``name`` of the architecture (float64).
+        """Differentiable total cost ``name`` of the architecture (float32; float64 for
+        ``"deterministic"``).
 
         Args:
             name: A registered metric (``params``, ``ops``, ``luts``, ...).

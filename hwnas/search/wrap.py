@@ -139,10 +139,17 @@ def wrap(
         warnings.warn(note, FrozenChannelsWarning, stacklevel=2)
     search = SearchModel(gm, tuple(groups), costs, target, droprate_init, per_example,
                          channel_multiple)
-    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    search.example_inputs = tuple(x.detach()[:1].cpu().clone() for x in inputs)
+    search.example_inputs = _cpu_examples(example_inputs)
     if precision is not None and precision is not False:
         BitSearch.attach(search, PrecisionSpace() if precision is True else precision,
                          tuple(example_inputs) if isinstance(example_inputs, (tuple, list))
                          else (example_inputs,))
     return search.train(was_training)
+
+
+def _cpu_examples(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    """The example inputs as a search keeps them: batch 1, on the CPU (zeros of the same
+    shape for ``meta`` tensors, which have no values)."""
+    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    return tuple(torch.zeros(x[:1].shape, dtype=x.dtype) if x.device.type == "meta"
+                 else x.detach()[:1].cpu().clone() for x in inputs)

@@ -142,12 +142,21 @@ class StepGuard:
 def make_optimizer(params_w: Iterable[nn.Parameter], params_a: Iterable[nn.Parameter],
                    config: FitConfig) -> torch.optim.Optimizer:
     """Adam (AdamW with weight decay) over the weights; the gates in their own group with
-    their own learning rate and no weight decay."""
+    their own learning rate and no weight decay.
+
+    The fused implementation (one kernel per parameter group and step) where every
+    parameter is a CPU or CUDA floating-point tensor: the step of a small network is
+    launch-bound on a GPU, and a for-loop Adam costs several kernels per parameter
+    (``reports/gpu.md``)."""
     groups = [{"params": list(params_w), "lr": config.lr, "weight_decay": config.weight_decay}]
     arch = list(params_a)
     if arch:
         groups.append({"params": arch, "lr": config.arch_lr, "weight_decay": 0.0})
-    return torch.optim.AdamW(groups) if config.weight_decay else torch.optim.Adam(groups)
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                                 for p in params) and len({p.device for p in params}) == 1
+    kind = torch.optim.AdamW if config.weight_decay else torch.optim.Adam
+    return kind(groups, fused=fused or None)
 
 
 class FitRun:
