@@ -44,15 +44,17 @@ def _weights_per_output(info: LayerInfo, alive: Alive) -> torch.Tensor:
 @register("params", nn.modules.conv._ConvNd)
 @register("params", nn.Linear)
 def weighted_params(info: LayerInfo, alive: Alive, target: Target) -> torch.Tensor:
-    """Weights plus biases of a conv or linear layer."""
-    return alive["out"] * (_weights_per_output(info, alive) + float(info.bias))
+    """Weights plus biases of a conv or linear layer (a fixed weight, a buffer such as a
+    blur filter, is no parameter)."""
+    weights = _weights_per_output(info, alive) * float(not info.fixed_weight)
+    return alive["out"] * (weights + float(info.bias))
 
 
 @register("ops", nn.modules.conv._ConvNd)
 @register("ops", nn.Linear)
 def weighted_ops(info: LayerInfo, alive: Alive, target: Target) -> torch.Tensor:
     """MACs of a conv or linear layer, one per output for the bias, at batch 1."""
-    return weighted_params(info, alive, target) * info.positions
+    return alive["out"] * (_weights_per_output(info, alive) + float(info.bias)) * info.positions
 
 
 @register("norm_params", nn.modules.batchnorm._NormBase)

@@ -279,6 +279,16 @@ class ChannelProp(fx.Interpreter):
                 self.scaled.setdefault(self._current.name, []).append(target)
         return True
 
+    def is_parameter(self, arg: Any) -> bool:
+        """True when ``arg`` is computed from parameters only (no buffer, no activation)."""
+        if not isinstance(arg, fx.Node) or arg not in self.origin:
+            return False
+        for target, _ in self.origin[arg]:
+            owner, _, name = target.rpartition(".")
+            if name not in self.module.get_submodule(owner)._parameters:
+                return False
+        return True
+
     def shape(self, arg: Any) -> tuple[int, ...] | None:
         """The output shape of node ``arg`` (None for non-tensors and non-nodes)."""
         return self.shapes.get(arg) if isinstance(arg, fx.Node) else None

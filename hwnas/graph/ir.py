@@ -128,6 +128,8 @@ class LayerInfo:
         param_positions: Weight elements per (input, output) channel pair of a matmul on a
             parameter, or per channel of a functional normalisation's affine (0: none).
         attn_positions: Query x key positions of an attention layer (per example).
+        fixed_weight: A functional conv / linear whose weight is a buffer or a constant (a
+            blur filter): it costs MACs but no parameters.
     """
 
     name: str
@@ -152,6 +154,7 @@ class LayerInfo:
     scaled_params: tuple[str, ...] = ()
     param_positions: int = 0
     attn_positions: int = 0
+    fixed_weight: bool = False
 
     @property
     def label(self) -> str:

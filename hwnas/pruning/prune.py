@@ -104,6 +104,8 @@ def _rewrite_constants(gm: fx.GraphModule, keep: Mapping[int, np.ndarray]) -> No
                     node.args[0], *shape_args)
         elif name == "layer_norm":
             _rewrite_layer_norm(node, keep)
+        elif name in ("conv1d", "conv2d", "conv3d"):
+            _rewrite_conv_groups(node, keep)
         elif name == "scaled_dot_product_attention":
             _rewrite_attention_scale(node, keep)
 
@@ -123,6 +125,18 @@ def _rewrite_layer_norm(node: fx.Node, keep: Mapping[int, np.ndarray]) -> None:
         node.args = tuple(args)
     else:
         node.kwargs = {**node.kwargs, "normalized_shape": tuple(shape)}
+
+
+def _rewrite_conv_groups(node: fx.Node, keep: Mapping[int, np.ndarray]) -> None:
+    """A functional depthwise conv (a blur filter per channel): ``groups`` is its channels."""
+    info: LayerInfo | None = node.meta.get(LAYER_KEY)
+    if info is None or not info.depthwise or info.out_slots is None:
+        return
+    groups = _kept_count(info.out_slots, keep)
+    if len(node.args) > 6:
+        node.args = (*node.args[:6], groups, *node.args[7:])
+    else:
+        node.kwargs = {**node.kwargs, "groups": groups}
 
 
 def _rewrite_attention_scale(node: fx.Node, keep: Mapping[int, np.ndarray]) -> None:

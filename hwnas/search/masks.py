@@ -127,9 +127,15 @@ class WeightMasked(GateReader):
         weight = layer.weight
         if z is not None:
             weight = weight * self._take(z, "index", weight.dtype).reshape(self._shape)
+        if type(layer).forward not in _BASE_FORWARDS:  # a subclass that pads first (timm)
+            return torch.func.functional_call(layer, {"weight": weight}, (x,))
         if isinstance(layer, nn.Linear):
             return nn.functional.linear(x, weight, layer.bias)
         return layer._conv_forward(x, weight, layer.bias)  # type: ignore[operator]
+
+
+#: The forwards WeightMasked computes itself; a layer subclass runs its own.
+_BASE_FORWARDS = (nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
 
 
 class GatedBatchNorm(GateReader):

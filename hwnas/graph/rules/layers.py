@@ -231,7 +231,8 @@ def _pad_rule(prop: ChannelProp, n: fx.Node, m: Any, out: Any) -> Any:
     pad = arg(n, "pad", 1)
     chan = prop.info(first(n))
     if chan is not None and chan.dim + chan.ids.ndim > len(shape_of(out)) - len(pad) // 2:
-        prop.freeze(chan.ids, "pad over the channel dim")
+        prop.freeze(chan.ids, f"pad over the channel dim at {n.name}")
+        return None
     return chan
 
 

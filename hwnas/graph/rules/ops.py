@@ -49,6 +49,7 @@ def linear_rule(prop: ChannelProp, n: fx.Node, m: Any, out: Any) -> Any:
         prop.freeze(ids_in, reason)
         ids_out = prop.new_ids(n, cout, frozen=reason)
     prop.layer(n, "linear", ids_in, ids_out, bias=b is not None, reads=(0, last),
+               fixed_weight=not prop.is_parameter(w),
                positions=math.prod(shape[1:-1]) if len(shape) > 2 else 1)
     return Chan(last, ids_out)
 
@@ -86,7 +87,7 @@ def conv_rule(prop: ChannelProp, n: fx.Node, m: Any, out: Any) -> Any:
     prop.layer(n, "conv", ids_in, ids_out, kernel=tuple(w_shape[2:]), groups=g,
                stride=tuple(stride) if isinstance(stride, (list, tuple)) else (stride,),
                depthwise=depthwise, bias=b is not None, positions=math.prod(shape[2:]),
-               reads=(0, 1))
+               reads=None if depthwise else (0, 1), fixed_weight=not prop.is_parameter(w))
     return Chan(1, ids_out)
 
 
