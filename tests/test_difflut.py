@@ -467,3 +467,51 @@ def test_seeded_layers_and_sensitivity_keep_their_values():
     assert random == pytest.approx(0.07718378, abs=1e-7)
     functional_sensitivity(layer, p=2, mode="input").backward()
     assert layer.logits.grad.abs().sum().item() == pytest.approx(0.12640150, abs=1e-7)
+
+
+# ------------------------------------------------------------- one analysis, one protocol
+def test_the_json_export_describes_what_the_verilog_builds(tmp_path):
+    """The truth-table JSON and the Verilog come from one analysis: a node that reads only
+    a constant node of the layer before is itself constant, so neither is built, and the
+    JSON's `used` flags and inputs say exactly what the Verilog wires."""
+    from hwnas.hw import export_verilog
+
+    first, last = LUTLayer(6, 4, k=2, seed=0), LUTLayer(4, 3, k=2, seed=1)
+    with torch.no_grad():
+        first.logits[0].fill_(5.0)  # node 0 of the first layer: constant 1
+        last.connections.copy_(torch.tensor([[0, 0], [1, 2], [2, 3]]))  # node 0 reads it only
+    model = nn.Sequential(first, last).eval()
+    paths = export_truth_tables(model, tmp_path / "json")
+    docs = read_truth_tables(tmp_path / "json")
+    v = export_verilog(model, tmp_path / "net.v")
+    for doc, inputs in zip(docs, v.node_inputs, strict=True):
+        built = [len(n["inputs"]) for n in doc["nodes"] if n["used"]]
+        assert built == list(inputs)
+    assert len(paths) == 3
+    assert [u.tolist() for u in used_nodes(model)] == [
+        [n["used"] for n in doc["nodes"]] for doc in docs]
+    assert not docs[0]["nodes"][0]["used"] and not docs[1]["nodes"][0]["used"]
+
+
+def test_sensitivity_follows_the_regularizer_protocol():
+    """fit calls a regularizer as reg(model, epoch, n_epochs): the positions after the model
+    are the epochs, never the exponent or the sample count."""
+    layer = LUTLayer(6, 4, k=3, seed=0)
+    want = functional_sensitivity(layer, mode="exact")
+    assert functional_sensitivity(layer, 3, 10, mode="exact").item() == want.item()
+    for name in ("functional", "functional_l1", "functional_l2", "functional_exact"):
+        assert float(registry.get(name)(layer, 3, 10).detach()) >= 0
+
+
+def test_sensitivity_mode_none_is_one_mode_for_the_model():
+    recorded = LUTLayer(6, 4, k=2, seed=0, record_inputs=True)
+    plain = LUTLayer(4, 2, k=2, seed=1)
+    model = nn.Sequential(recorded, plain).train()
+    model(torch.rand(8, 6))
+    with pytest.raises(ValueError, match=r"LUT layers \[1\] have not recorded inputs and the "
+                                         r"others have: pass mode='exact'"):
+        functional_sensitivity(model)
+    exact = functional_sensitivity(model, mode="exact")
+    assert functional_sensitivity(nn.Sequential(LUTLayer(6, 4, k=2, seed=0),
+                                                LUTLayer(4, 2, k=2, seed=1))).item() == \
+        pytest.approx(exact.item())

@@ -2,7 +2,7 @@
 
 - :func:`input_dependence`, :func:`effective_inputs`: the inputs a node's binarised table
   depends on (pruned inputs cost nothing).
-- :func:`used_nodes`: nodes some later node reads.
+- :func:`used_nodes`: the nodes the Verilog builds.
 - :func:`group_sum_luts`: a GroupSum's popcounts; the node, comparator and popcount formulas
   are in :mod:`hwnas.cost.luts` (``hwnas/cost/targets/DIFFLUT.md``).
 - Registered costs: ``luts`` of :class:`LUTLayer` (``pure=False``: it reads the truth
@@ -29,7 +29,7 @@ from hwnas.cost.luts import (
     whole,
 )
 from hwnas.cost.target import Target, load_target
-from hwnas.difflut.layers import ENCODERS, GroupSum, LUTLayer, ThermometerEncoder, lut_layers
+from hwnas.difflut.layers import ENCODERS, GroupSum, LUTLayer, ThermometerEncoder
 from hwnas.difflut.network import LUTTable, Node, lut_network, reduce_layer, simplify
 from hwnas.errors import InvalidTypeError, InvalidValueError
 
@@ -48,38 +48,17 @@ __all__ = [
 ]
 
 
-def _dependence_with_duplicates(row: Tensor, sources: list[int]) -> Tensor:
-    """Dependence (k,) of one node whose inputs repeat a source.
-
-    The node's function of its distinct sources is tabulated; each source it depends on is
-    marked on the first position that reads it.
-    """
-    k = len(sources)
-    distinct: list[int] = []
-    slot = []
-    for s in sources:
-        if s not in distinct:
-            distinct.append(s)
-        slot.append(distinct.index(s))
-    m = len(distinct)
-    r = torch.arange(2**m)
-    source_bits = (r[:, None] >> torch.arange(m)) & 1  # (2^m, m)
-    address = (source_bits[:, slot] << torch.arange(k)).sum(1)
-    t = row[address]
-    dep = torch.zeros(k, dtype=torch.bool)
-    for j in range(m):
-        if bool((t != t[r ^ (1 << j)]).any()):
-            dep[slot.index(j)] = True
-    return dep
+def _table(layer: LUTLayer) -> LUTTable:
+    return LUTTable("", layer.connection_indices().cpu(), layer.truth_table().cpu())
 
 
 def input_dependence(layer: LUTLayer) -> Tensor:
     """Which inputs each node's binarised table depends on: bool (nodes, k).
 
-    Input ``i`` counts when flipping bit ``i`` changes the table bit at some address. When a
-    node reads the same source on several inputs (possible with learnable connections), the
-    node's function of its distinct sources is analysed and each needed source is marked
-    once.
+    Read off the one table reduction every export and count uses
+    (:func:`hwnas.difflut.reduce_layer`): input ``i`` counts when the reduced node keeps its
+    source. When a node reads the same source on several inputs (possible with learnable
+    connections), the source is marked once, on the first input that reads it.
 
     Example:
         >>> import torch
@@ -89,18 +68,11 @@ def input_dependence(layer: LUTLayer) -> Tensor:
         >>> input_dependence(layer).tolist()
         [[True, False]]
     """
-    bits, k = layer.truth_table().cpu(), layer.k
-    nodes = bits.shape[0]
-    dep = []
-    for i in range(k):
-        v = bits.reshape(nodes, 2 ** (k - 1 - i), 2, 2**i)
-        dep.append((v[:, :, 0] != v[:, :, 1]).flatten(1).any(1))
-    out = torch.stack(dep, 1)
-    conn = layer.connection_indices().cpu()
-    if k > 1:
-        srt = conn.sort(1).values
-        for n in (srt[:, 1:] == srt[:, :-1]).any(1).nonzero().flatten().tolist():
-            out[n] = _dependence_with_duplicates(bits[n], conn[n].tolist())
+    conn = layer.connection_indices().cpu().tolist()
+    out = torch.zeros(layer.out_features, layer.k, dtype=torch.bool)
+    for n, node in enumerate(reduce_layer(_table(layer))):
+        for s in node.sources:
+            out[n, conn[n].index(s)] = True
     return out
 
 
@@ -119,13 +91,13 @@ def effective_inputs(layer: LUTLayer) -> Tensor:
 
 
 def used_nodes(model: nn.Module) -> list[Tensor]:
-    """Per LUT layer of ``model``, which nodes some consumer reads: bool (nodes,) each.
+    """Per LUT layer of ``model``, which nodes are built: bool (nodes,) each.
 
-    LUT layers are taken in ``model.modules()`` order as a chain (each reads the previous
-    one's output). Every node of the last layer is used (the GroupSum head reads them all);
-    a node of an earlier layer is used when a used node of the next layer depends on it
-    (:func:`input_dependence`). If consecutive layers do not chain (``in_features`` differs
-    from the previous ``out_features``) the earlier layer's nodes all count as used.
+    What the Verilog builds, from the same analysis (:func:`hwnas.difflut.simplify`):
+    constants are propagated (a node whose table no longer depends on anything is folded
+    into its readers), inputs a table ignores are dropped, and a node of an earlier layer
+    is used when a used node of the next layer reads it. Every non-constant node of the
+    last layer is used (the GroupSum head reads them all).
 
     Example:
         >>> import torch
@@ -134,22 +106,11 @@ def used_nodes(model: nn.Module) -> list[Tensor]:
         >>> with torch.no_grad():   # the last node is a constant: it reads nothing
         ...     _ = last.logits.fill_(1.0)
         >>> [u.tolist() for u in used_nodes(nn.Sequential(first, last))]
-        [[False, False, False], [True]]
+        [[False, False, False], [False]]
     """
-    layers = lut_layers(model)
-    used = [torch.ones(m.out_features, dtype=torch.bool) for m in layers]
-    for j in range(len(layers) - 1, 0, -1):
-        if layers[j].in_features == layers[j - 1].out_features:
-            used[j - 1] = _read_inputs(layers[j], used[j])
-    return used
-
-
-def _read_inputs(layer: LUTLayer, used: Tensor) -> Tensor:
-    """Which of ``layer``'s inputs some used node depends on: bool (in_features,)."""
-    dep = input_dependence(layer) & used[:, None]
-    mask = torch.zeros(layer.in_features, dtype=torch.bool)
-    mask[layer.connection_indices().cpu()[dep]] = True
-    return mask
+    layers, _ = simplify(lut_network(model))
+    return [torch.tensor([i in set(layer.live()) for i in range(len(layer.nodes))],
+                         dtype=torch.bool) for layer in layers]
 
 
 # --------------------------------------------------------------------------- LUT cost
@@ -189,8 +150,7 @@ def lut_layer_luts(info: LayerInfo, alive: dict[str, Tensor], target: Target) ->
     layer = info.module
     if not isinstance(layer, LUTLayer):
         raise InvalidTypeError(f"`info.module` must be a LUTLayer, but got {type(layer).__name__}")
-    table = LUTTable("", layer.connection_indices().cpu(), layer.truth_table().cpu())
-    return whole(torch.tensor(_layer_luts(reduce_layer(table), target)))
+    return whole(torch.tensor(_layer_luts(reduce_layer(_table(layer)), target)))
 
 
 @_cost.register("params", LUTLayer)

@@ -15,9 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from hwnas._internal.files import atomic_write, ensure_writable_dir
-from hwnas.difflut.cost import input_dependence, used_nodes
 from hwnas.difflut.layers import ENCODERS, GroupSum, lut_layers
-from hwnas.difflut.network import LUTNetwork, lut_network
+from hwnas.difflut.network import LUTNetwork, lut_network, simplify
 from hwnas.errors import InvalidTypeError, InvalidValueError
 
 __all__ = [
@@ -159,20 +158,6 @@ def _write_json(path: Path, doc: Any, indent: int | None = None) -> None:
         tmp.write_text(json.dumps(doc, indent=indent))
 
 
-def _node_table(row: Tensor, conn: Tensor, dep: Tensor) -> tuple[list[int], str]:
-    """Effective sources and the truth table over them ('0'/'1' per address) of one node."""
-    k = conn.shape[0]
-    positions = dep.nonzero().flatten().tolist()
-    sources = [int(conn[i]) for i in positions]
-    slot = [sources.index(int(s)) if int(s) in sources else -1 for s in conn.tolist()]
-    r = torch.arange(2 ** len(sources))
-    address = torch.zeros_like(r)
-    for i in range(k):
-        if slot[i] >= 0:
-            address |= ((r >> slot[i]) & 1) << i
-    return sources, "".join("1" if b else "0" for b in row[address].tolist())
-
-
 def export_truth_tables(model: nn.Module, folder: str | os.PathLike[str]) -> list[Path]:
     """Write one JSON file per LUT layer (``lut_layer_<i>.json``) plus ``network.json``.
 
@@ -183,10 +168,13 @@ def export_truth_tables(model: nn.Module, folder: str | os.PathLike[str]) -> lis
          "bit_order": "lsb-first",
          "nodes": [{"node": n, "used": true, "inputs": [s0, s1, ...], "table": "0110..."}]}
 
-    ``inputs`` are the node's effective inputs (indices into the layer's input vector; pruned
-    inputs removed) and ``table`` has ``2^len(inputs)`` characters: character ``a`` is the
-    output bit at address ``a = sum_j bit(inputs[j]) * 2^j``. ``used`` is False for nodes no
-    later layer reads (:func:`used_nodes`). ``network.json`` lists the layer files in order,
+    The nodes are those the Verilog builds, from the same analysis
+    (:func:`hwnas.difflut.simplify`): ``inputs`` are the node's effective inputs (indices
+    into the layer's input vector; ignored inputs removed, constant nodes of the layer
+    before folded into the table) and ``table`` has ``2^len(inputs)`` characters: character
+    ``a`` is the output bit at address ``a = sum_j bit(inputs[j]) * 2^j``. ``used`` is False
+    for the nodes that are not built: constant, or read by no built node
+    (:func:`used_nodes`). ``network.json`` lists the layer files in order,
     the encoder (``{"type", "thresholds": [[...] per feature], "rule": "x > threshold"}`` or
     null) and the head (``{"k_classes", "tau"}`` or null).
 
@@ -203,16 +191,15 @@ def export_truth_tables(model: nn.Module, folder: str | os.PathLike[str]) -> lis
     """
     folder = ensure_writable_dir(folder)
     layers = lut_layers(model)
-    used = used_nodes(model)
+    simple, _ = simplify(lut_network(model))
     names = {id(m): n for n, m in model.named_modules()}
     paths = []
-    for i, (layer, mask) in enumerate(zip(layers, used, strict=True)):
-        bits, conn = layer.truth_table().cpu(), layer.connection_indices().cpu()
-        dep = input_dependence(layer)
-        nodes = []
-        for n in range(layer.out_features):
-            sources, table = _node_table(bits[n], conn[n], dep[n])
-            nodes.append({"node": n, "used": bool(mask[n]), "inputs": sources, "table": table})
+    for i, (layer, reduced) in enumerate(zip(layers, simple, strict=True)):
+        live = set(reduced.live())
+        nodes = [{"node": n, "used": n in live, "inputs": list(node.sources),
+                  "table": "".join(str((node.table >> a) & 1)
+                                   for a in range(2 ** len(node.sources)))}
+                 for n, node in enumerate(reduced.nodes)]
         doc = {
             "format": "hwnas-lut-v1",
             "index": i,

@@ -71,13 +71,25 @@ def _node_bits_from(layer: LUTLayer, inputs: Tensor) -> Tensor:
     )
 
 
+def _one_mode(layers: list[LUTLayer], inputs: Tensor | None) -> str:
+    """``mode=None``: "input" when every layer has inputs, "exact" when none has."""
+    recorded = [m.last_inputs is not None for m in layers]
+    if inputs is not None or all(recorded):
+        return "input"
+    if not any(recorded):
+        return "exact"
+    missing = [i for i, r in enumerate(recorded) if not r]
+    raise InvalidValueError(
+        f"mode=None needs one mode for every LUT layer, but LUT layers {missing} have not "
+        "recorded inputs and the others have: pass mode='exact', or build every layer with "
+        "record_inputs=True and run a training forward for mode='input'")
+
+
 def _layer_sensitivity(
-    layer: LUTLayer, p: float, num_samples: int, inputs: Tensor | None, mode: str | None
+    layer: LUTLayer, p: float, num_samples: int, inputs: Tensor | None, mode: str
 ) -> Tensor:
     if inputs is None and mode != "exact":
         inputs = layer.last_inputs
-    if mode is None:
-        mode = "input" if inputs is not None else "exact"
     k, table = layer.k, layer.table().float()  # a regularizer term is float32
     if mode == "exact":
         return _exact_sensitivity(table, k, p)
@@ -104,13 +116,14 @@ _REDUCTIONS = ("mean", "sum")
 @_register_regularizer("functional")
 def functional_sensitivity(
     node: nn.Module,
+    epoch: int | None = None,
+    n_epochs: int | None = None,
+    *,
     p: float = 2,
     num_samples: int = 64,
     inputs: Tensor | None = None,
     mode: str | None = None,
     reduction: str = "mean",
-    epoch: int | None = None,
-    n_epochs: int | None = None,
 ) -> Tensor:
     """Functional sensitivity penalty of LUT nodes (DiffLUT's L regularizer), ``"functional"``.
 
@@ -125,18 +138,21 @@ def functional_sensitivity(
       ``last_inputs`` recorded with ``record_inputs=True``) and their ``k`` Hamming
       neighbours, all read from the table in one batched gather.
     - ``"exact"``: all ``2^k`` addresses in closed form over the table.
-    - ``None``: ``"input"`` when inputs are available, else ``"exact"``.
+    - ``None``: one mode for every layer: ``"input"`` when ``inputs`` are given or every
+      LUT layer has recorded its inputs, ``"exact"`` when none has; a model where some
+      layers recorded inputs and others did not is an error (say which mode you mean).
 
     Args:
         node: A :class:`LUTLayer` or a module containing LUT layers (summed over them).
+        epoch / n_epochs: The regularizer protocol's arguments (``reg(model, epoch,
+            n_epochs)``, how :func:`hwnas.fit` calls a regularizer); the penalty has no
+            schedule, so they change nothing. Everything after them is keyword-only.
         p: Exponent, > 0 (use ``p >= 1`` for finite gradients at equal entries).
         num_samples: Samples per node in random mode.
         inputs: For a single layer: its node bits (batch, nodes, k) or its layer inputs
             (batch, in_features), thresholded at 0.5.
         mode: ``"random"``, ``"input"``, ``"exact"`` or ``None``.
         reduction: ``"mean"`` over all nodes of all layers, or ``"sum"``.
-        epoch: Ignored (the regularizer protocol's signature).
-        n_epochs: Ignored.
 
     Returns:
         A scalar tensor, differentiable in the tables.
@@ -162,12 +178,14 @@ def functional_sensitivity(
             "`inputs` can only be given for a single LUTLayer; for a model, "
             "build its layers with record_inputs=True"
         )
+    mode = mode or _one_mode(layers, inputs)
     per_node = torch.cat([_layer_sensitivity(m, p, num_samples, inputs, mode) for m in layers])
     return per_node.mean() if reduction == "mean" else per_node.sum()
 
 
 @_register_regularizer("functional_l1")
-def functional_l1(node: nn.Module, **kwargs: Any) -> Tensor:
+def functional_l1(node: nn.Module, epoch: int | None = None, n_epochs: int | None = None,
+                  **kwargs: Any) -> Tensor:
     """:func:`functional_sensitivity` with ``p=1``.
 
     Example:
@@ -178,7 +196,8 @@ def functional_l1(node: nn.Module, **kwargs: Any) -> Tensor:
 
 
 @_register_regularizer("functional_l2")
-def functional_l2(node: nn.Module, **kwargs: Any) -> Tensor:
+def functional_l2(node: nn.Module, epoch: int | None = None, n_epochs: int | None = None,
+                  **kwargs: Any) -> Tensor:
     """:func:`functional_sensitivity` with ``p=2``.
 
     Example:
@@ -189,7 +208,8 @@ def functional_l2(node: nn.Module, **kwargs: Any) -> Tensor:
 
 
 @_register_regularizer("functional_input")
-def functional_input(node: nn.Module, **kwargs: Any) -> Tensor:
+def functional_input(node: nn.Module, epoch: int | None = None, n_epochs: int | None = None,
+                     **kwargs: Any) -> Tensor:
     """:func:`functional_sensitivity` with ``mode="input"``.
 
     Example:
@@ -203,7 +223,8 @@ def functional_input(node: nn.Module, **kwargs: Any) -> Tensor:
 
 
 @_register_regularizer("functional_exact")
-def functional_exact(node: nn.Module, **kwargs: Any) -> Tensor:
+def functional_exact(node: nn.Module, epoch: int | None = None, n_epochs: int | None = None,
+                     **kwargs: Any) -> Tensor:
     """:func:`functional_sensitivity` with ``mode="exact"``.
 
     Example:

@@ -148,11 +148,12 @@ def make_optimizer(params_w: Iterable[nn.Parameter], params_a: Iterable[nn.Param
     parameter is a CPU or CUDA floating-point tensor: the step of a small network is
     launch-bound on a GPU, and a for-loop Adam costs several kernels per parameter
     (``reports/gpu.md``)."""
-    groups = [{"params": list(params_w), "lr": config.lr, "weight_decay": config.weight_decay}]
-    arch = list(params_a)
+    weights, arch = list(params_w), list(params_a)
+    groups: list[dict[str, Any]] = [{"params": weights, "lr": config.lr,
+                                     "weight_decay": config.weight_decay}]
     if arch:
         groups.append({"params": arch, "lr": config.arch_lr, "weight_decay": 0.0})
-    params = [p for g in groups for p in g["params"]]
+    params = weights + arch
     fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
                                  for p in params) and len({p.device for p in params}) == 1
     kind = torch.optim.AdamW if config.weight_decay else torch.optim.Adam
