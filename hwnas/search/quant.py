@@ -80,32 +80,28 @@ def theta_of(log2_scale: Tensor) -> Tensor:
 
 class _MixedQuant(torch.autograd.Function):
     """``sum_k p_k * s_k * clamp(round(x / s_k), lo_k, hi_k)`` with LSQ's gradients (the
-    autograd of :func:`fake_quant` per candidate, without its intermediate tensors)."""
+    autograd of :func:`fake_quant` per candidate), the K candidates as one ``(K, N)``
+    matrix: the backward is three matrix-vector products over the saved codes."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, scale: Tensor, lo: Tensor, hi: Tensor,
                 p: Tensor) -> Tensor:
-        y = torch.zeros_like(x)
-        for k in range(scale.shape[0]):
-            r = torch.clamp(torch.round(x / scale[k]), lo[k], hi[k])
-            y.add_(r.mul_(scale[k] * p[k]))
-        ctx.save_for_backward(x, scale, lo, hi, p)
-        return y
+        flat = x.reshape(1, -1)
+        raw = torch.round(flat / scale[:, None])                              # (K, N)
+        inside = (raw >= lo[:, None]) & (raw <= hi[:, None])
+        codes = torch.clamp(raw, lo[:, None], hi[:, None])
+        ctx.save_for_backward(x, scale, p, codes, inside)
+        return ((p * scale) @ codes).reshape(x.shape)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
-        x, scale, lo, hi, p = ctx.saved_tensors
-        gx = torch.zeros_like(x)
-        gs, gp = [], []
-        for k in range(scale.shape[0]):
-            v = x / scale[k]
-            r = torch.round(v)
-            inside = (r >= lo[k]) & (r <= hi[k])
-            r = torch.clamp(r, lo[k], hi[k])
-            gx += g * inside.to(g.dtype) * p[k]
-            gs.append((g * (r - v * inside.to(v.dtype))).sum() * p[k])
-            gp.append((g * r).sum() * scale[k])
-        return gx, torch.stack(gs), None, None, torch.stack(gp)
+        x, scale, p, codes, inside = ctx.saved_tensors
+        flat_g = g.reshape(-1)
+        mask = inside.to(g.dtype)
+        g_codes = codes @ flat_g                                                # (K,)
+        g_inside_x = mask @ (flat_g * x.reshape(-1))                            # (K,)
+        gx = (flat_g * (p @ mask)).reshape(x.shape)
+        return gx, p * (g_codes - g_inside_x / scale), None, None, scale * g_codes
 
 
 def mixed_fake_quant(x: Tensor, scale: Tensor, lo: Tensor, hi: Tensor, p: Tensor) -> Tensor:

@@ -48,7 +48,7 @@ from hwnas.search.quant import (
 )
 
 __all__ = ["BITS_INPUT", "BitChoices", "QuantHost", "SearchQuantized", "calibrate",
-           "export_quantized", "fold_batchnorm",
+           "export_quantized", "fold_batchnorm", "quantized_call",
            "insert_quantizers", "quantizable_layers", "strip_quantizers"]
 
 #: Name of the graph input that carries the bit mixing weights.
@@ -89,42 +89,48 @@ class BitChoices(Protocol):
 
 
 class SearchQuantized(nn.Module):
-    """A conv / linear of the searched graph on quantised inputs and weights.
+    """The quantisers of one conv / linear of the searched graph, and its quantised call.
 
-    ``forward(x, *gates, bits)``: ``bits`` is the flat mixing vector (``None``: the
-    wrapped module as it is); ``w_span`` / ``a_span`` locate this layer's weight rows
-    ``(rows, Kw)`` and activation row ``(Ka,)`` in it.
+    The graph calls :func:`quantized_call` with the layer's module (the user's layer, or the
+    :class:`~hwnas.search.masks.WeightMasked` that gates it), this module, the input, the
+    gates and ``bits``, the flat mixing vector; ``w_span`` / ``a_span`` locate this layer's
+    weight rows ``(rows, Kw)`` and activation row ``(Ka,)`` in it.
     """
 
-    def __init__(self, inner: nn.Module, weights: WeightCandidates, acts: ActCandidates,
+    def __init__(self, weights: WeightCandidates, acts: ActCandidates,
                  w_span: tuple[int, int, int], a_span: tuple[int, int]) -> None:
         super().__init__()
-        self.inner, self.weights, self.acts = inner, weights, acts
+        self.weights, self.acts = weights, acts
         self.w_span, self.a_span = w_span, a_span
 
-    @property
-    def layer(self) -> Any:
-        """The user's conv / linear module."""
-        return self.inner.layer if isinstance(self.inner, WeightMasked) else self.inner
-
-    def forward(self, x: Tensor, *rest: Any) -> Tensor:
-        *gates, bits = rest
-        if bits is None:
-            return self.inner(x, *gates)
+    def forward(self, module: nn.Module, x: Tensor, z: Tensor | None, bits: Tensor) -> Tensor:
         w0, w1, rows = self.w_span
         p_w = bits[w0:w1].reshape(rows, -1)
         p_a = bits[self.a_span[0]:self.a_span[1]]
-        layer = self.layer
+        layer: Any = module.layer if isinstance(module, WeightMasked) else module
         weight = layer.weight
-        z = gates[0] if gates else None
-        if z is not None and isinstance(self.inner, WeightMasked):
+        if z is not None and isinstance(module, WeightMasked):
             shape = [1, -1] + [1] * (weight.dim() - 2)
-            weight = weight * z.index_select(-1, self.inner.index).to(weight.dtype).reshape(shape)
+            weight = weight * z.index_select(-1, module.index).to(weight.dtype).reshape(shape)
         xq = self.acts(x, p_a)
         wq = self.weights(weight, p_w)
         if isinstance(layer, nn.Linear):
             return F.linear(xq, wq, layer.bias)
         return layer._conv_forward(xq, wq, layer.bias)
+
+
+def quantized_call(module: nn.Module, quant: SearchQuantized, x: Tensor, *rest: Any) -> Tensor:
+    """What the searched graph calls for a quantised layer: ``rest`` is the gates (when the
+    layer reads them) and the bits. Without bits (``None``: a graph whose masks were
+    stripped, :func:`hwnas.search.surgery.unpruned`) the layer runs in float, as before."""
+    *gates, bits = rest
+    if bits is None:
+        return module(x, *gates)
+    return quant(module, x, gates[0] if gates else None, bits)
+
+
+def _quant_path(j: int) -> str:
+    return f"hwnas_quant_{j}"
 
 
 def quantizable_layers(gm: fx.GraphModule, infos: list[LayerInfo]) -> list[tuple[int, fx.Node]]:
@@ -142,22 +148,22 @@ def quantizable_layers(gm: fx.GraphModule, infos: list[LayerInfo]) -> list[tuple
         if node is None or node.op != "call_module" or info.kind not in ("conv", "linear") \
                 or uses[str(node.target)] != 1:
             continue
-        module = gm.get_submodule(str(node.target))
-        layer = module.layer if isinstance(module, WeightMasked) else module
-        if quantizable(layer):
+        if quantizable(_layer_of(gm, str(node.target))):
             found.append((k, node))
     return found
 
 
-def _layer_of(gm: fx.GraphModule, node: fx.Node) -> Any:
-    module = gm.get_submodule(str(node.target))
+def _layer_of(gm: fx.GraphModule, target: str) -> Any:
+    module = gm.get_submodule(target)
     return module.layer if isinstance(module, WeightMasked) else module
 
 
 def insert_quantizers(gm: fx.GraphModule, found: list[tuple[int, fx.Node]],
                       w_bits: tuple[int, ...], a_bits: tuple[int, ...], per_channel: bool,
                       pow2: bool) -> list[tuple[int, str, int, int, int, bool]]:
-    """Wrap the layers ``found`` (:func:`quantizable_layers`) in :class:`SearchQuantized`.
+    """Quantise the layers ``found`` (:func:`quantizable_layers`): each node becomes a
+    :func:`quantized_call` of its module and a :class:`SearchQuantized` (``hwnas_quant_j``),
+    with the graph input ``hwnas_bits`` (default None) last.
 
     Returns ``(k, target, out_channels, first weight row, weight rows, bias)`` per layer;
     ``bias``: the layer has one, or the export folds a BatchNorm into it (one then).
@@ -165,27 +171,28 @@ def insert_quantizers(gm: fx.GraphModule, found: list[tuple[int, fx.Node]],
     graph = gm.graph
     last = [n for n in graph.nodes if n.op == "placeholder"][-1]
     with graph.inserting_after(last):
-        bits = graph.placeholder(BITS_INPUT)
+        bits = graph.placeholder(BITS_INPUT, default_value=None)
     kw, ka = len(w_bits), len(a_bits)
+    n_rows = sum(_layer_of(gm, str(n.target)).weight.shape[0] if per_channel else 1
+                 for _, n in found)
     records, row = [], 0
-    n_rows = 0
-    for _, node in found:
-        n_rows += _layer_of(gm, node).weight.shape[0] if per_channel else 1
     for j, (k, node) in enumerate(found):
-        module = gm.get_submodule(str(node.target))
-        layer = _layer_of(gm, node)
+        target = str(node.target)
+        layer = _layer_of(gm, target)
         out = int(layer.weight.shape[0])
         rows = out if per_channel else 1
-        like = layer.weight
-        weights = WeightCandidates(out, w_bits, pow2).to(like.device)
-        acts = ActCandidates(a_bits, pow2).to(like.device)
+        weights = WeightCandidates(out, w_bits, pow2).to(layer.weight.device)
+        acts = ActCandidates(a_bits, pow2).to(layer.weight.device)
         a0 = n_rows * kw + j * ka
-        wrapped = SearchQuantized(module, weights, acts, (row * kw, (row + rows) * kw, rows),
-                                  (a0, a0 + ka))
-        gm.set_submodule(str(node.target), wrapped)
-        node.args = (*node.args, bits)
-        records.append((k, str(node.target), out, row, rows,
+        gm.add_submodule(_quant_path(j), SearchQuantized(
+            weights, acts, (row * kw, (row + rows) * kw, rows), (a0, a0 + ka)))
+        records.append((k, target, out, row, rows,
                         layer.bias is not None or _folds(gm, node)))
+        with graph.inserting_before(node):
+            module_node = graph.get_attr(target)
+            quant_node = graph.get_attr(_quant_path(j))
+        node.op, node.target = "call_function", quantized_call
+        node.args = (module_node, quant_node, *node.args, bits)
         row += rows
     graph.lint()
     gm.recompile()
@@ -212,14 +219,21 @@ def _batchnorm_after(gm: fx.GraphModule, node: fx.Node) -> Any:
 
 
 def strip_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
-    """Undo :func:`insert_quantizers` in place (the wrapped modules back, no bits input)."""
-    for name, module in list(gm.named_modules()):
+    """Undo :func:`insert_quantizers` in place: each layer called as a module again, the
+    quantisers and the bits input gone."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target is quantized_call:
+            module_node, quant_node, *args = node.args
+            node.op, node.target = "call_module", module_node.target
+            node.args = tuple(args[:-1])
+            for attr in (module_node, quant_node):
+                if not attr.users:
+                    gm.graph.erase_node(attr)
+    for name, module in list(gm.named_children()):
         if isinstance(module, SearchQuantized):
-            gm.set_submodule(name, module.inner)
+            gm.delete_submodule(name)
     for node in list(gm.graph.nodes):
         if node.op == "placeholder" and node.target == BITS_INPUT:
-            for user in list(node.users):
-                user.args = tuple(a for a in user.args if a is not node)
             gm.graph.erase_node(node)
     gm.graph.lint()
     gm.recompile()
@@ -245,13 +259,14 @@ def calibrate(search: QuantHost, batches: Iterable[Any], max_batches: int,
     the largest bits; in training mode by default, as training sees them: BatchNorm
     normalises with the batch's statistics, and its running statistics are put back). An
     activation that goes negative is quantised signed."""
-    modules = [m for m in search.gm.modules() if isinstance(m, SearchQuantized)]
+    modules = [cast(SearchQuantized, search.gm.get_submodule(_quant_path(j)))
+               for j in range(len(search.precision.layers))]
     model = cast(nn.Module, search)
     device = torch.device(device) if device is not None else device_of(model)
     seen: dict[int, list[Tensor]] = {id(m): [] for m in modules}
 
     def record(module: nn.Module, args: tuple[Any, ...]) -> None:
-        flat = args[0].detach().float().flatten()
+        flat = args[1].detach().float().flatten()  # (layer, x, gates, bits)
         step = max(1, flat.numel() // _SAMPLE)
         seen[id(module)].append(flat[::step].cpu())
 
@@ -271,8 +286,8 @@ def calibrate(search: QuantHost, batches: Iterable[Any], max_batches: int,
             h.remove()
         for b, saved in buffers:
             b.copy_(saved)
-    for m in modules:
-        m.weights.calibrate_(m.layer.weight.detach())
+    for q, m in zip(search.precision.layers, modules, strict=True):
+        m.weights.calibrate_(_layer_of(search.gm, q.target).weight.detach())
         if seen[id(m)]:
             m.acts.calibrate_(torch.cat(seen[id(m)]).to(m.acts.scale_param.device))
     _broadcast(modules)
@@ -328,7 +343,8 @@ def export_quantized(search: QuantHost, bs: BitChoices) -> fx.GraphModule:
         factors = fold_batchnorm(pruned, [q.target for q in bs.layers])
         w_index, a_index = bs.candidate_index()
         for q, (w_bits, a_bits) in zip(bs.layers, bs.choices(), strict=True):
-            wrapper = search.gm.get_submodule(q.target)
+            j = bs.layers.index(q)
+            wrapper = search.gm.get_submodule(_quant_path(j))
             assert isinstance(wrapper, SearchQuantized)
             info = search.layer_infos[q.k]
             kept = np.ones(q.out_channels, dtype=bool)
@@ -341,7 +357,6 @@ def export_quantized(search: QuantHost, bs: BitChoices) -> fx.GraphModule:
             if q.target in factors:
                 w_log2 = w_log2 + torch.log2(factors[q.target].cpu().abs().clamp(min=1e-30))
             acts = wrapper.acts
-            j = bs.layers.index(q)
             a_log2 = log2_of(acts.scale_param).cpu()[a_index[j]]
             layer = pruned.get_submodule(q.target)
             new = quantize_layer(layer, w_bits[kept_t], w_log2, a_bits, a_log2,
