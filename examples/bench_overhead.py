@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 import hwnas
 from hwnas.regularizers import DUCCIO
-from hwnas.search import masks
+from hwnas.search import surgery
 from hwnas.training.config import FitConfig
 from hwnas.training.evaluation import evaluate, metrics
 from hwnas.training.fit import TargetsNotMetWarning, fit
@@ -59,12 +59,12 @@ def _step(model, opt, x, y, reg=None, search=None):
 def _wrap_with_weight_masks(base, example):
     """The wrap before the BatchNorm fold: every gate masks the readers' weights (for the
     side-by-side comparison only; hwnas.wrap folds where it can)."""
-    fold = masks._Surgery._fold_into_norm
-    masks._Surgery._fold_into_norm = lambda self, node, info: False
+    fold = surgery._Surgery._fold_into_norm
+    surgery._Surgery._fold_into_norm = lambda self, node, info: False
     try:
         return hwnas.wrap(base, example)
     finally:
-        masks._Surgery._fold_into_norm = fold
+        surgery._Surgery._fold_into_norm = fold
 
 
 def bench(name, factory, shape, batch, steps, seed=0):
