@@ -31,18 +31,6 @@ from hwnas.graph.ir import LayerInfo
 from hwnas.hw import export_verilog
 
 
-def _devices() -> list:
-    cuda = pytest.param("cuda", marks=pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="no CUDA device"))
-    return ["cpu", cuda]
-
-
-@pytest.fixture(params=_devices())
-def device(request) -> str:
-    """``cpu`` always, ``cuda`` when present (skipped with a reason otherwise)."""
-    return request.param
-
-
 def _model(seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(seed)
     data = torch.rand(32, 5) * 10
