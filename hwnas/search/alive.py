@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.fx as fx
+from torch import nn
 
 from hwnas import cost as cost_registry
 from hwnas.cost.target import Target
@@ -117,6 +118,20 @@ class AliveIndex:
             sel = slots[0] == g
             out[sel] = off + slots[1][sel] // m
         return torch.from_numpy(out)
+
+    def gated_inputs(self) -> list[tuple[nn.Module, torch.Tensor]]:
+        """The conv/linear layers whose input channels are gated (grouped convs read the
+        same gates in every group): ``(module, gate entry of each weight input column)``."""
+        found = []
+        for info, (idx_in, _) in zip(self.layers, self.layer_index, strict=True):
+            if info.kind not in ("conv", "linear") or info.depthwise or info.module is None:
+                continue
+            weight = info.module.weight
+            if not isinstance(weight, torch.Tensor) or not bool((idx_in < self.n_gates).any()) \
+                    or weight.shape[1] * info.groups != len(idx_in):
+                continue
+            found.append((info.module, idx_in[: weight.shape[1]].clone()))
+        return found
 
     def group_gates(self, g: int) -> slice:
         """The gate entries of free group ``g``."""

@@ -91,7 +91,7 @@ class SearchModel(nn.Module):
         #: Checkpoint path -> fingerprint of this search when the fit writing that
         #: checkpoint began (hwnas.training.checkpoint.start_fingerprint).
         self.run_origins: dict[str, str] = {}
-        self._gated_inputs = self._find_gated_inputs()
+        self._gated_inputs = self.index.gated_inputs()
         #: Whether a mask reads entry ``n_gates`` of the gate vector (the constant 1 of a
         #: frozen channel beside gated ones); without one, the vector has no such entry.
         self._reads_one = any(bool((buf == self.index.n_gates).any())
@@ -175,7 +175,7 @@ class SearchModel(nn.Module):
             return None
         if mode == "sample":
             return (z > 0).to(z.dtype)
-        keep = self._keep().to(device=z.device, dtype=z.dtype)
+        keep = self.index.keep_values(self._log_alpha()).to(device=z.device, dtype=z.dtype)
         return nn.functional.pad(keep, (0, 1), value=1.0) if self._reads_one else keep
 
     # ------------------------------------------------------------------ parameters
@@ -211,21 +211,6 @@ class SearchModel(nn.Module):
         """Expected number of open gate entries, differentiable (Louizos' L0)."""
         return prob_nonzero(self._log_alpha()).sum()
 
-    def _find_gated_inputs(self) -> list[tuple[nn.Module, torch.Tensor]]:
-        """The conv/linear layers whose input channels are gated (grouped convs read the
-        same gates in every group): ``(module, gate entry of each weight input column)``."""
-        n = self.index.n_gates
-        found = []
-        for info, (idx_in, _) in zip(self.layer_infos, self.index.layer_index, strict=True):
-            if info.kind not in ("conv", "linear") or info.depthwise or info.module is None:
-                continue
-            weight = info.module.weight
-            if not isinstance(weight, torch.Tensor) or not bool((idx_in < n).any()) \
-                    or weight.shape[1] * info.groups != len(idx_in):
-                continue
-            found.append((info.module, idx_in[: weight.shape[1]].clone()))
-        return found
-
     def gated_weights(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(weight, P(z != 0))`` pairs for every gated layer input, broadcastable."""
         la = self._log_alpha()
@@ -237,9 +222,6 @@ class SearchModel(nn.Module):
             yield weight, alive[idx].reshape(shape)
 
     # ------------------------------------------------------------------ costs
-    def _keep(self) -> torch.Tensor:
-        return self.index.keep(self._log_alpha())
-
     def keep_masks(self) -> dict[int, torch.Tensor]:
         """Channels the deterministic architecture keeps, per free group.
 
@@ -248,7 +230,7 @@ class SearchModel(nn.Module):
         network): where the gates close all of them, the gate with the largest
         ``log_alpha`` is kept. Its gate value stays 0, so it contributes nothing.
         """
-        keep = self._keep()
+        keep = self.index.keep(self._log_alpha())
         return {g: self.index.to_channels(g, keep[self.index.group_gates(g)])
                 for g in self.free_groups}
 
