@@ -78,6 +78,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         from hwnas.cli.lut_demo import cmd_demo_lut
 
         return cmd_demo_lut(args)
+    if args.precision:
+        from hwnas.cli.precision_demo import demo_precision
+
+        return _print_summary(demo_precision(args), args.allow_unmet)
     from hwnas.cli.runs import demo_config, run_search, with_overrides
 
     config = with_overrides(demo_config(out=args.out, quick=args.quick), args.device,
@@ -206,6 +210,11 @@ def _add_demo(sub: Any) -> None:
                    help="the DiffLUT variant: train a LUT network on digits, export Verilog, "
                         "simulate it, synthesize it with yosys (report folder reports/demo-lut)")
     p.add_argument("--target", default=None, help="with --lut: target (default xc7-lut6)")
+    p.add_argument("--precision", action="store_true",
+                   help="search bit widths too (2-8 bits per layer, weights and activations) "
+                        "to 10%% of the 8-bit model's LUTs; writes the QONNX and QDQ files and "
+                        "the bits per layer beside the report (folder reports/demo-precision); "
+                        "not --amp, the dtype of training")
     _add_device_arguments(p)
     p.set_defaults(func=_cmd_demo)
 

@@ -104,6 +104,9 @@ def compact_layers(table: pd.DataFrame) -> pd.DataFrame:
                 cell += f" ({k:.0%})"
             cells.append(cell)
         out[label] = cells
+    if "weight_bits" in table.columns:  # a quantised export: its bits per layer
+        out["bits (w/a)"] = [f"{_fmt(w)}/{_fmt(a)}" if _fmt(w) else "" for w, a in
+                             zip(table["weight_bits"], table["activation_bits"], strict=True)]
     out["frozen"] = table["frozen"] if "frozen" in table.columns else ""
     return out
 

@@ -43,7 +43,7 @@ from hwnas.errors import (
 )
 from hwnas.export.onnx import ExportResult, export_onnx
 from hwnas.export.program import ProgramResult, export_program, load_program
-from hwnas.search import SearchModel, materialize, wrap
+from hwnas.search import SearchModel, wrap
 from hwnas.training.distributed import device_for_rank, init_from_env, is_distributed, shard_loader
 from hwnas.training.fit import FitResult, TargetsNotMetWarning, fit, relative_targets
 
@@ -93,6 +93,8 @@ class RunSummary:
     resumed_from: int | None = None
     test_accuracy_before: float | None = None
     early_stopping: bool = False
+    #: With a [precision] table: what :func:`hwnas.cli.quantized.write_quantized` wrote.
+    quantized: dict[str, Any] = field(default_factory=dict)
 
     @property
     def all_met(self) -> bool:
@@ -154,7 +156,8 @@ def build_search(config: SearchConfig, model: nn.Module) -> tuple[SearchModel, t
     example = torch.randn(config.model.input_shape)
     search = wrap(model, example, costs=tuple(s.targets), target=config.hardware_target,
                   droprate_init=s.droprate_init, channel_multiple=s.channel_multiple,
-                  leaf_modules=leaf_module_keys(model, config.model.leaf_modules))
+                  leaf_modules=leaf_module_keys(model, config.model.leaf_modules),
+                  precision=config.precision)
     return search, example
 
 
@@ -234,6 +237,16 @@ def run_search(config: SearchConfig, progress: bool = True, resume: bool = True,
                          early_stopping=bool(config.search.patience))
     if rank0:  # only rank 0 writes files
         write_outputs(summary, config, result)
+        if config.precision is not None:  # QONNX, QDQ and the bits, beside the report
+            from hwnas.cli.quantized import check_inputs, write_quantized
+
+            assert result.model is not None
+            with step(f"exporting and verifying {out / 'model.qonnx.onnx'} (qonnx executor) "
+                      f"and {out / 'model.qdq.onnx'} (onnxruntime)"):
+                summary.quantized = write_quantized(out, result.search, result.model.cpu(),
+                                                    check_inputs(loaders))
+            summary.quantized["model"] = result.model
+            summary.paths.update(summary.quantized["paths"])
     return summary
 
 
@@ -370,7 +383,7 @@ def _load(path: str | os.PathLike, trust: bool) -> tuple[nn.Module, tuple[torch.
     config = SearchConfig.from_dict(state["config"])
     search, _ = build_search(config, build_model(config))
     search.load_state_dict(state["search"])
-    exported = materialize(search.eval())
+    exported = search.eval().export()  # materialize (quantised with a [precision] table)
     exported.load_state_dict(state["model"])
     return exported, search.example_inputs
 

@@ -30,7 +30,17 @@ Schema (every key optional unless marked required)::
     device = "auto"                        # "auto" (CUDA when available), "cpu", "cuda",
                                            # "cuda:N"; under torchrun each rank takes
                                            # cuda:LOCAL_RANK
-    precision = "fp32"                     # "fp32", "bf16" or "fp16" (torch.autocast)
+    precision = "fp32"                     # "fp32", "bf16" or "fp16" (torch.autocast),
+                                           # not the bit widths: those are [precision]
+
+    [precision]                            # optional: search bit widths too (the keys and
+    weight_bits = [2, 3, 4, 6, 8]          # defaults of hwnas.PrecisionSpace; targets on
+    activation_bits = [2, 3, 4, 6, 8]      # luts, bitops or weight_memory then cost the
+    per_channel = false                    # searched bits); the outputs add the QONNX
+    scale = "lsq"                          # and QDQ files of the quantised model and its
+    relaxation = "softmax"                 # bits per layer
+    temperature = 1.0
+    calibration_batches = 8
 
     [output]
     folder = "runs/search"                 # relative to the config file's folder
@@ -55,6 +65,7 @@ from typing import Any
 
 from hwnas.errors import ConfigError, HwnasError, InvalidValueError, MissingFileError
 from hwnas.search import wrap
+from hwnas.search.bitspace import PrecisionSpace
 from hwnas.training.config import EarlyStopping, FitConfig
 
 __all__ = ["DEMO_CONFIG", "SearchConfig", "load_config", "load_factory", "parse_config"]
@@ -285,6 +296,8 @@ class SearchConfig:
     search: SearchSection
     output: OutputSection
     base_dir: Path = Path(".")
+    #: The [precision] table (bit widths searched too), or None.
+    precision: PrecisionSpace | None = None
 
     @property
     def output_dir(self) -> Path:
@@ -309,9 +322,12 @@ class SearchConfig:
         def section(obj: Any) -> dict[str, Any]:
             return {f.name: getattr(obj, f.name) for f in fields(obj)}
 
-        return {"model": section(self.model), "data": section(self.data),
-                "search": section(self.search), "output": section(self.output),
-                "base_dir": str(self.base_dir.resolve())}
+        out = {"model": section(self.model), "data": section(self.data),
+               "search": section(self.search), "output": section(self.output),
+               "base_dir": str(self.base_dir.resolve())}
+        if self.precision is not None:
+            out["precision"] = section(self.precision)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SearchConfig:
@@ -329,6 +345,7 @@ class SearchConfig:
             "data factory": self.data.factory, "data kwargs": self.data.kwargs,
             "target fractions": dict(s.targets), "droprate_init": s.droprate_init,
             "channel_multiple": s.channel_multiple, "patience": s.patience,
+            "precision": None if self.precision is None else repr(self.precision),
         }}
 
 
@@ -349,7 +366,7 @@ def _section(raw: Mapping[str, Any], name: str, cls: type, required: bool) -> An
 
 
 def _from_raw(raw: Mapping[str, Any], base_dir: Path) -> SearchConfig:
-    allowed = {"model", "data", "search", "output"}
+    allowed = {"model", "data", "search", "output", "precision"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"unknown table(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
@@ -359,7 +376,20 @@ def _from_raw(raw: Mapping[str, Any], base_dir: Path) -> SearchConfig:
         search=_section(raw, "search", SearchSection, True),
         output=_section(raw, "output", OutputSection, False),
         base_dir=base_dir,
+        precision=_precision(raw),
     )
+
+
+def _precision(raw: Mapping[str, Any]) -> PrecisionSpace | None:
+    """The [precision] table as a PrecisionSpace (its checks, worded for the table)."""
+    if raw.get("precision") is None:
+        return None
+    try:
+        return _section(raw, "precision", PrecisionSpace, False)
+    except ConfigError:
+        raise
+    except HwnasError as e:
+        raise ConfigError(f"[precision] {e}") from e
 
 
 def parse_config(text: str, base_dir: Path = Path(".")) -> SearchConfig:

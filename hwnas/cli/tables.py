@@ -58,8 +58,9 @@ def layer_table(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     Columns: ``layer``, ``type``, ``out_channels_before``, ``out_channels_after``,
     ``kept_fraction`` (after / before), ``params_before``, ``params_after``,
     ``ops_before``, ``ops_after``, ``luts_before`` and ``luts_after`` when both profiles
-    have LUT costs, and ``frozen`` (from ``before``). Layers keep the order of ``before``;
-    a layer only one side has gets empty cells on the other. The last row, ``total``,
+    have LUT costs, ``weight_bits`` and ``activation_bits`` when ``after`` is quantised (a
+    precision search's export), and ``frozen`` (from ``before``). Layers keep the order of
+    ``before``; a layer only one side has gets empty cells on the other. The last row, ``total``,
     holds the sums of the cost columns; its channel cells are empty.
 
     Args:
@@ -89,6 +90,7 @@ def layer_table(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     b = _layer_rows(_check_profile(before, "before"))
     a = _layer_rows(_check_profile(after, "after"))
     metrics = [m for m in LAYER_METRICS if m in b.columns and m in a.columns]
+    bits = [c for c in ("weight_bits", "activation_bits") if c in a.columns]  # quantised
     frozen = b["frozen"] if "frozen" in b.columns else pd.Series("", index=b.index)
     left = pd.DataFrame({
         "layer": b["layer"],
@@ -102,6 +104,7 @@ def layer_table(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
         "type_after": a["type"].astype(str),
         "out_channels_after": a["out_channels"],
         **{f"{m}_after": a[m] for m in metrics},
+        **{c: a[c] for c in bits},
     })
     joined = left.merge(right, on="layer", how="left")
     only_after = right.loc[~right["layer"].isin(left["layer"])]
@@ -117,13 +120,14 @@ def layer_table(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     columns = ["layer", "type", "out_channels_before", "out_channels_after", "kept_fraction"]
     for m in metrics:
         columns += [f"{m}_before", f"{m}_after"]
-    columns.append("frozen")
+    columns += [*bits, "frozen"]
     table = joined[columns].reset_index(drop=True)
     numeric = [c for c in columns if c.endswith(("_before", "_after"))]
     _tidy_numbers(table, numeric)
 
     total: dict[str, Any] = {c: pd.NA for c in columns}
-    total.update({"layer": "total", "type": "", "frozen": "", "kept_fraction": math.nan})
+    total.update({"layer": "total", "type": "", "frozen": "", "kept_fraction": math.nan,
+                  **{c: "" for c in bits}})
     for m in metrics:
         for side in ("before", "after"):
             total[f"{m}_{side}"] = table[f"{m}_{side}"].sum()
