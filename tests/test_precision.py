@@ -398,3 +398,37 @@ def test_synthesize_a_quantised_layer_at_its_bits(tmp_path):
     exact, smooth = layer_lut_estimates(qp, hwnas.load_target("xc7-lut6"))
     assert result.luts > 0 and abs(exact - result.luts) <= 0.3 * result.luts
     assert smooth > 0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_precision_search_on_the_device(device, precision):
+    """wrap -> fit -> export on the device (cpu, and cuda where present; bf16 autocast too):
+    every parameter and buffer of the search lives there, the search step never waits on the
+    GPU (CUDA's sync debug mode raises on a host read), and the quantised exports verify a
+    float32 CPU copy bit for bit."""
+    from hwnas.export.qdq import export_qdq
+
+    torch.manual_seed(0)
+    s = hwnas.wrap(digits_cnn(2).to(device), torch.rand(1, 1, 8, 8), costs=("luts",),
+                   target="xc7-lut6", precision=PrecisionSpace(scale="pow2", per_channel=True))
+    assert {t.device.type for t in (*s.parameters(), *s.buffers())} == {device}
+    cfg = hwnas.FitConfig(warmup_epochs=1, search_epochs=1, finetune_epochs=1, progress=False,
+                          device=device, precision=precision)
+    result = hwnas.fit(s, _data(64), targets=hwnas.relative_targets(s, {"luts": 0.3}),
+                       config=cfg)
+    reg = hwnas.DUCCIO({"luts": 1000.0}, task_loss=1.0)
+    reg(s, 0, 2)
+    x = torch.rand(8, 1, 8, 8, device=device)
+    s.train()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        (s(x).float().sum() + reg(s, 1, 2)).backward()
+    finally:
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+    assert s.precision.weight_arch.grad.device.type == device
+    table = hwnas.profile(result.model.cpu(), torch.rand(1, 1, 8, 8), "xc7-lut6")
+    assert float(table["luts"].iloc[-1]) == result.costs["luts"]
+    assert export_qdq(result.model, tempfile.mkdtemp() + "/m.onnx", x.cpu()).bit_exact

@@ -81,7 +81,8 @@ def theta_of(log2_scale: Tensor) -> Tensor:
 class _MixedQuant(torch.autograd.Function):
     """``sum_k p_k * s_k * clamp(round(x / s_k), lo_k, hi_k)`` with LSQ's gradients (the
     autograd of :func:`fake_quant` per candidate), the K candidates as one ``(K, N)``
-    matrix: the backward is three matrix-vector products over the saved codes."""
+    matrix: the backward is three weighted sums over the saved codes (elementwise products
+    and sums, which autocast leaves in float32, not matrix products, which it would cast)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, scale: Tensor, lo: Tensor, hi: Tensor,
@@ -91,16 +92,16 @@ class _MixedQuant(torch.autograd.Function):
         inside = (raw >= lo[:, None]) & (raw <= hi[:, None])
         codes = torch.clamp(raw, lo[:, None], hi[:, None])
         ctx.save_for_backward(x, scale, p, codes, inside)
-        return ((p * scale) @ codes).reshape(x.shape)
+        return (codes * (p * scale)[:, None]).sum(0).reshape(x.shape)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         x, scale, p, codes, inside = ctx.saved_tensors
         flat_g = g.reshape(-1)
         mask = inside.to(g.dtype)
-        g_codes = codes @ flat_g                                                # (K,)
-        g_inside_x = mask @ (flat_g * x.reshape(-1))                            # (K,)
-        gx = (flat_g * (p @ mask)).reshape(x.shape)
+        g_codes = (codes * flat_g).sum(1)                                       # (K,)
+        g_inside_x = (mask * (flat_g * x.reshape(-1))).sum(1)                   # (K,)
+        gx = (flat_g * (mask * p[:, None]).sum(0)).reshape(x.shape)
         return gx, p * (g_codes - g_inside_x / scale), None, None, scale * g_codes
 
 
