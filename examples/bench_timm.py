@@ -230,20 +230,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--merge", type=Path, help="rows (.json) of an earlier run: its rows "
                         "for models not run now are kept")
     parser.add_argument("--why", type=Path, help="JSON: model -> cause of its exception")
+    parser.add_argument("--from-rows", type=Path, help="write the report from a run's rows "
+                        "(.json, or the .rows.jsonl a stopped run leaves) instead of running")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         _child(args)
         return
+    if args.from_rows:
+        _write(args, *_saved(args.from_rows))
+        return
     models = args.models or [representative(v) for v in families().values()]
     command = "python " + " ".join(shlex.quote(a) for a in ["examples/bench_timm.py",
                                                               *sys.argv[1:]])
     start = time.perf_counter()
 
+    partial = args.out.with_suffix(".rows.jsonl")  # each row as it comes (a stopped run)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_text("")
+
     def one(name: str) -> dict[str, Any]:
         row = _subprocess_row(name, args)
         print(f"{name}: {row.get('error') or all(checks(row).values())}", flush=True)
+        with partial.open("a") as f:
+            f.write(json.dumps(row, default=float) + "\n")
         return row
 
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -255,12 +266,26 @@ def main(argv: list[str] | None = None) -> None:
         rows = [fresh.pop(r["model"], r) for r in saved["rows"]] + list(fresh.values())
         command, wall = f"{saved['command']}, then `{command}` for the models it names", \
             saved["wall"] + wall
-    why = json.loads(args.why.read_text()) if args.why else {}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(
         {"command": command, "wall": wall, "rows": rows}, indent=1, default=float))
+    _write(args, rows, command, wall)
+
+
+def _saved(path: Path) -> tuple[list[dict[str, Any]], str, float]:
+    """Rows, command and wall time of a run's .json (or its partial .rows.jsonl)."""
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return rows, "(a stopped run)", sum(r.get("wall", 0.0) for r in rows) / 2
+    saved = json.loads(path.read_text())
+    return saved["rows"], saved["command"], saved["wall"]
+
+
+def _write(args: argparse.Namespace, rows: list[dict[str, Any]], command: str,
+           wall: float) -> None:
+    why = json.loads(args.why.read_text()) if args.why else {}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(to_markdown(rows, command, args.threads, wall, why))
-    print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -849,3 +849,30 @@ def test_error_messages_name_the_layer_and_shapes() -> None:
     assert str(info.value) == (
         "`example_inputs` must be a tensor or a tuple of tensors, but got the tuple of ints "
         "(1, 1, 8, 8); pass a tensor of that shape, like torch.randn(1, 1, 8, 8)")
+
+
+class _Caching(nn.Module):
+    """Caches a tensor in a dict in eval mode (timm's LeViT attention biases)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.bias = nn.Parameter(torch.randn(4))
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = str(x.device)
+        if key not in self.cache:
+            self.cache[key] = self.bias * 2
+        return self.fc(x) + self.cache[key]
+
+
+def test_tracing_leaves_no_proxy_in_the_model() -> None:
+    import hwnas
+
+    model = _Caching()
+    total = hwnas.profile(model, torch.randn(1, 4)).iloc[-1]
+    assert int(total["params"]) == 20 and model.cache == {}
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        assert float((model(x) - (model.fc(x) + model.bias * 2)).abs().max()) == 0.0

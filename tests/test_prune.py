@@ -284,3 +284,56 @@ def test_parameters_combined_into_a_per_channel_scale_are_sliced() -> None:
     # constant) are all sliced with the channels
     assert read == {"1.weight": (kept,), "1.bias": (kept,), "1.running_mean": (kept,),
                     "_tensor_constant0": (kept,)}
+
+
+# ------------------------------------------------------------ timm patterns (issue 25)
+
+
+class _GhostLike(nn.Module):
+    """GhostNet / DPN: a cat of two convs' outputs, then a slice of the channels; SKNet: a
+    stack of branches; a layer scale reshaped with a stored shape (PoolFormer); a depthwise
+    conv with a channel multiplier (FastViT); reshape_as (LeViT)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.primary = nn.Conv2d(3, 6, 1)
+        self.cheap = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.mult = nn.Conv2d(8, 16, 3, padding=1, groups=8)
+        self.branch = nn.Conv2d(16, 16, 1)
+        self.scale = nn.Parameter(torch.rand(16))
+        self.shape = (16, 1, 1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.primary(x)
+        y = torch.cat([a, self.cheap(a)], dim=1)[:, :8]  # 12 channels, the first 8 kept
+        y = self.mult(y)
+        z = torch.stack([y, self.branch(y)], dim=1).sum(1)
+        z = z * self.scale.view(self.shape)
+        return self.head(z.reshape(z.shape[0], -1).reshape_as(z))
+
+
+def test_timm_patterns_are_pruned_exactly() -> None:
+    import hwnas
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8, 8)
+    search = hwnas.wrap(_GhostLike(), x)
+    # the cheap depthwise conv, the slice, the multiplier conv's outputs, the stacked
+    # branch and the layer scale all carry primary's 6 channels: one group
+    assert [(g.size, g.frozen) for g in search.groups] == [
+        (3, "model input"), (6, None), (4, "model output")]
+    search.gate(1).set_deterministic_([1.0, 0.5, 0.0, 1.0, 0.0, 0.7])
+    search.eval()
+    pruned = hwnas.materialize(search).eval()
+    with torch.no_grad():
+        assert float((pruned(x) - search(x)).abs().max()) < 1e-5
+    # primary keeps 4 of 6; the slice keeps the first 8 of the 12: primary's 4 kept and
+    # cheap's channels 0 and 1 (kept too); the multiplier conv 2 outputs per input
+    assert pruned.get_submodule("primary").out_channels == 4
+    mult = pruned.get_submodule("mult")
+    assert (mult.in_channels, mult.groups, mult.out_channels) == (6, 6, 12)
+    assert pruned.get_parameter("scale").shape == (12,)
+    costs = search.costs()
+    total = hwnas.profile(pruned, x).iloc[-1]
+    assert (costs["params"], costs["ops"]) == (float(total["params"]), float(total["ops"]))

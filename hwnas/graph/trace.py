@@ -7,6 +7,7 @@ never imports ``cost``.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 import traceback
@@ -94,6 +95,10 @@ def _symbolic_trace(model: nn.Module, inputs: tuple[torch.Tensor, ...],
     (:mod:`hwnas.graph.concrete`)."""
     concrete = _omitted(model, len(inputs)) or None
     tracer = Tracer(leaf_modules, is_leaf)
+    # a forward that caches into its module (LeViT's attention biases) must not keep the
+    # tracer's proxies: every dict / list attribute is put back as it was
+    saved = [(m, k, copy.copy(v)) for m in model.modules() for k, v in vars(m).items()
+             if isinstance(v, (dict, list)) and not k.startswith("_")]
     try:
         try:
             graph = tracer.trace(model, concrete)
@@ -103,6 +108,8 @@ def _symbolic_trace(model: nn.Module, inputs: tuple[torch.Tensor, ...],
             _drop_specialised(graph, len(inputs))
         return fx.GraphModule(tracer.root, graph, type(model).__name__)
     finally:
+        for m, k, v in saved:
+            setattr(m, k, v)
         for name in tracer.function_calls:  # copied into the graph module; not the user's
             if name in model._modules:
                 delattr(model, name)

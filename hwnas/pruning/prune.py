@@ -48,6 +48,7 @@ from hwnas.graph.ir import (
     ParamSlots,
     kept_slots,
 )
+from hwnas.graph.rules.shape import channel_slice
 from hwnas.pruning.slicers import SLICERS, first_tensor, like, param
 
 __all__ = ["prune_graph"]
@@ -106,6 +107,10 @@ def _rewrite_constants(gm: fx.GraphModule, keep: Mapping[int, np.ndarray]) -> No
             _rewrite_layer_norm(node, keep)
         elif name in ("conv1d", "conv2d", "conv3d"):
             _rewrite_conv_groups(node, keep)
+        elif name == "getitem":
+            _rewrite_channel_slice(node, keep)
+        elif name in _SHAPE_NAMES:
+            _rewrite_param_view(node, keep)
         elif name == "scaled_dot_product_attention":
             _rewrite_attention_scale(node, keep)
 
@@ -132,11 +137,48 @@ def _rewrite_conv_groups(node: fx.Node, keep: Mapping[int, np.ndarray]) -> None:
     info: LayerInfo | None = node.meta.get(LAYER_KEY)
     if info is None or not info.depthwise or info.out_slots is None:
         return
-    groups = _kept_count(info.out_slots, keep)
+    multiplier = (info.out_channels or 1) // (info.in_channels or 1)
+    groups = _kept_count(info.out_slots, keep) // max(multiplier, 1)
     if len(node.args) > 6:
         node.args = (*node.args[:6], groups, *node.args[7:])
     else:
         node.kwargs = {**node.kwargs, "groups": groups}
+
+
+def _rewrite_channel_slice(node: fx.Node, keep: Mapping[int, np.ndarray]) -> None:
+    """``x[:, a:b]`` over tracked channels: the kept channels of ``a:b`` in the pruned x."""
+    x, index = node.args[0], node.args[1]
+    chan = x.meta.get(CHANNELS_KEY) if isinstance(x, fx.Node) else None
+    if not isinstance(chan, ChannelSlots) or not chan.flat:
+        return
+    rank = len((x.meta[LAYER_KEY].out_shape or ())) if LAYER_KEY in x.meta else 0
+    part = channel_slice(index, rank, chan.dim)
+    if part is None or part == slice(None):
+        return
+    kept = kept_slots(chan.slots, dict(keep))
+    start, stop, _ = part.indices(len(kept))
+    new = slice(int(kept[:start].sum()), int(kept[:stop].sum()))
+    idx = list(index) if isinstance(index, tuple) else [index]
+    real = [k for k, i in enumerate(idx) if i is not None and i is not Ellipsis]
+    if Ellipsis in idx or chan.dim >= len(real):
+        return
+    idx[real[chan.dim]] = new
+    node.args = (x, tuple(idx) if isinstance(index, tuple) else idx[0])
+
+
+def _rewrite_param_view(node: fx.Node, keep: Mapping[int, np.ndarray]) -> None:
+    """``scale.view(C, 1, 1)`` of a sliced parameter (a layer scale with a stored shape)."""
+    x = node.args[0]
+    ps: ParamSlots | None = x.meta.get(PARAMS_KEY) if isinstance(x, fx.Node) else None
+    if ps is None or len(ps.dims) != 1 or node.meta.get(CHANNELS_KEY) is not None:
+        return
+    packed = len(node.args) == 2 and isinstance(node.args[1], (list, tuple))
+    shape = list(node.args[1] if packed else node.args[1:])
+    size = ps.slots[0].shape[1]
+    if not all(isinstance(v, int) for v in shape) or shape.count(size) != 1:
+        return
+    shape[shape.index(size)] = _kept_count(ps.slots[0], keep)
+    node.args = (x, tuple(shape)) if packed else (x, *shape)
 
 
 def _rewrite_attention_scale(node: fx.Node, keep: Mapping[int, np.ndarray]) -> None:
@@ -222,12 +264,22 @@ def prune_graph(
                 if len(kept_out) < info.out_slots.shape[1]:
                     out_fn(module, torch.as_tensor(kept_out, dtype=torch.long,
                                                    device=ref.device))
+                    _depthwise_multiplier(module, info)
         _slice_params(gm, keep, scale)
         _scale_activations(gm, keep, scale)
         _fix_window_attention(gm, keep)
         _rewrite_constants(gm, keep)
     _strip_annotations(gm)
     return gm
+
+
+def _depthwise_multiplier(module: nn.Module, info: LayerInfo) -> None:
+    """A depthwise conv with a channel multiplier k keeps the k outputs of each kept input:
+    its inputs and groups are its outputs / k."""
+    if info.depthwise and isinstance(module, nn.modules.conv._ConvNd) and info.out_channels \
+            and info.in_channels and info.out_channels != info.in_channels:
+        k = info.out_channels // info.in_channels
+        module.in_channels = module.groups = module.out_channels // k
 
 
 def _slice_params(gm: fx.GraphModule, keep: Mapping[int, np.ndarray],

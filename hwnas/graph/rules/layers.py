@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
@@ -74,11 +75,13 @@ def _conv_rule(prop: ChannelProp, n: fx.Node, m: Any, out: Any) -> Any:
     x, shape = first(n), shape_of(out)
     cin, cout, g = m.in_channels, m.out_channels, m.groups
     ids_in = prop.along(n, x, 1, cin, "conv input")
-    depthwise = g > 1 and g == cin == cout
+    # depthwise, with or without a channel multiplier: output j*k + r reads input j only,
+    # so it is pruned with input j (the conv keeps groups == its input channels)
+    depthwise = g > 1 and g == cin and cout % cin == 0
     if g == 1:
         ids_out = prop.new_ids(n, cout)
     elif depthwise:
-        ids_out = ids_in
+        ids_out = np.repeat(ids_in, cout // cin)
     elif cin == g:
         reason = f"conv {n.target} multiplies channels per group (groups={g})"
         prop.freeze(ids_in, reason)

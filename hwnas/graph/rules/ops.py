@@ -63,14 +63,14 @@ def conv_rule(prop: ChannelProp, n: fx.Node, m: Any, out: Any) -> Any:
         return opaque(prop, n, out, "conv with an unusual weight")
     cout, cin = w_shape[0], w_shape[1] * g
     ids_in = prop.along(n, x, 1, cin, "conv input")
-    depthwise = g > 1 and g == cin == cout
+    depthwise = g > 1 and g == cin and cout % cin == 0  # with a channel multiplier too
     constant = constant_dims(prop, (w, 0), (w, 1), (b, 0))
     if not constant:
         reason = f"the weight of {n.name} is computed, not a parameter"
         prop.freeze(ids_in, reason)
         ids_out = prop.new_ids(n, cout, frozen=reason)
     elif depthwise:
-        ids_out = ids_in
+        ids_out = np.repeat(ids_in, cout // cin)
         prop.adopt(w, 0, ids_out)
     elif g > 1 and w_shape[1] == 1:
         reason = f"conv {n.name} multiplies channels per group (groups={g})"

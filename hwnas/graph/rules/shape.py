@@ -172,6 +172,25 @@ def _join_along_other_dim(prop: ChannelProp, n: fx.Node, tensors: list[Any],
     return None
 
 
+def stack_rule(prop: ChannelProp, n: fx.Node, m: Any, out: Any) -> Any:
+    """``torch.stack`` of tensors with the same channels (SKNet's branches): they are one set
+    of channels, on the dim after the new one when it comes before them."""
+    prop.set_kind(n, "cat")
+    tensors = list(first(n))
+    dim = int(arg(n, "dim", 1, 0)) % len(shape_of(out))
+    chans = [prop.info(t) for t in tensors]
+    ref = chans[0]
+    if ref is None or any(c is None or c.dim != ref.dim or c.ids.shape != ref.ids.shape
+                          for c in chans):
+        for c in chans:
+            if c is not None:
+                prop.freeze(c.ids, f"stack of tensors with different channels at {n.name}")
+        return None
+    for c in chans[1:]:
+        prop.union(ref.ids, c.ids)  # type: ignore[union-attr]
+    return Chan(ref.dim + (dim <= ref.dim), ref.ids)
+
+
 def split_rule(prop: ChannelProp, n: fx.Node, m: Any, out: Any) -> Any:
     prop.set_kind(n, "split")
     x = first(n)
@@ -212,10 +231,30 @@ def getitem_rule(prop: ChannelProp, n: fx.Node, m: Any, out: Any) -> Any:
         prop.freeze(chan.ids, f"indexing with a tensor at {n.name}")
         return None
     covered = range(chan.dim, chan.dim + chan.ids.ndim)
+    part = channel_slice(index, len(in_shape), chan.dim)
+    if chan.ids.ndim == 1 and dims[chan.dim][0] is not None and part is not None:
+        # a contiguous range of the channels (GhostNet's cat-then-slice, DPN's dual paths):
+        # the exported model slices the kept ones
+        return Chan(dims[chan.dim][0], chan.ids[part])  # type: ignore[arg-type]
     if any(dims[d][0] is None or not dims[d][1] for d in covered):
         prop.freeze(chan.ids, f"indexing over the channel dim at {n.name}")
         return None
     return Chan(dims[chan.dim][0], chan.ids)  # type: ignore[arg-type]
+
+
+def channel_slice(index: Any, rank: int, dim: int) -> slice | None:
+    """The step-1 slice ``index`` takes along ``dim`` (None for another index there)."""
+    idx = list(index) if isinstance(index, tuple) else [index]
+    if Ellipsis in idx:
+        k = idx.index(Ellipsis)
+        used = sum(1 for i in idx if i is not None and i is not Ellipsis)
+        idx[k:k + 1] = [slice(None)] * (rank - used)
+    real = [i for i in idx if i is not None]
+    part = real[dim] if dim < len(real) else slice(None)
+    if not isinstance(part, slice) or part.step not in (None, 1) or not all(
+            isinstance(v, (int, type(None))) for v in (part.start, part.stop)):
+        return None
+    return part
 
 
 def _index_dims(index: Any, rank: int) -> list[tuple[int | None, bool]] | None:
@@ -244,10 +283,12 @@ def _index_dims(index: Any, rank: int) -> list[tuple[int | None, bool]] | None:
 
 _FUNCTIONS = {
     reshape_rule: ("view", "reshape", "flatten", "unflatten", "transpose", "permute",
-                   "squeeze", "unsqueeze", "t", "swapaxes", "swapdims", "movedim"),
+                   "squeeze", "unsqueeze", "t", "swapaxes", "swapdims", "movedim",
+                   "reshape_as", "view_as"),
     reduce_rule: ("mean", "sum", "amax", "amin"),
     split_rule: ("chunk", "split", "tensor_split", "unbind"),
     cat_rule: ("cat", "concat", "concatenate"),
+    stack_rule: ("stack",),
     getitem_rule: ("getitem",),
 }
 for _rule, _names in _FUNCTIONS.items():
