@@ -148,7 +148,9 @@ def _rewrite_conv_groups(node: fx.Node, keep: Mapping[int, np.ndarray]) -> None:
 def _rewrite_channel_slice(node: fx.Node, keep: Mapping[int, np.ndarray]) -> None:
     """``x[:, a:b]`` over tracked channels: the kept channels of ``a:b`` in the pruned x."""
     x, index = node.args[0], node.args[1]
-    chan = x.meta.get(CHANNELS_KEY) if isinstance(x, fx.Node) else None
+    if not isinstance(x, fx.Node):
+        return
+    chan = x.meta.get(CHANNELS_KEY)
     if not isinstance(chan, ChannelSlots) or not chan.flat:
         return
     rank = len((x.meta[LAYER_KEY].out_shape or ())) if LAYER_KEY in x.meta else 0
@@ -173,7 +175,8 @@ def _rewrite_param_view(node: fx.Node, keep: Mapping[int, np.ndarray]) -> None:
     if ps is None or len(ps.dims) != 1 or node.meta.get(CHANNELS_KEY) is not None:
         return
     packed = len(node.args) == 2 and isinstance(node.args[1], (list, tuple))
-    shape = list(node.args[1] if packed else node.args[1:])
+    given: Any = node.args[1] if packed else node.args[1:]
+    shape = list(given)
     size = ps.slots[0].shape[1]
     if not all(isinstance(v, int) for v in shape) or shape.count(size) != 1:
         return
