@@ -417,9 +417,10 @@ def test_precision_search_on_the_device(device, precision):
     result = hwnas.fit(s, _data(64), targets=hwnas.relative_targets(s, {"luts": 0.3}),
                        config=cfg)
     reg = hwnas.DUCCIO({"luts": 1000.0}, task_loss=1.0)
-    reg(s, 0, 2)
+    reg(s, 1, 2)  # the first call of an epoch may read the costs and build its constants
     x = torch.rand(8, 1, 8, 8, device=device)
     s.train()
+    s(x).float().sum().backward()  # the first step on a device builds its cost constants
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")

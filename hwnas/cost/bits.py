@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -157,6 +158,16 @@ def _grid(values: Sequence[int], name: str) -> list[int]:
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _grid_constants(w_bits: tuple[int, ...], a_bits: tuple[int, ...], device: torch.device,
+                    dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Bits and weight moments ``(Kw, 3)`` as tensors on ``device``, made once (a copy to a
+    GPU in every search step would wait for it)."""
+    moments = [_weight_moments(b) for b in w_bits]
+    return tuple(torch.tensor(v, dtype=dtype).to(device)  # type: ignore[return-value]
+                 for v in (w_bits, a_bits, moments))
+
+
 def mac_luts_grid(n: Tensor, w_bits: Sequence[int], a_bits: Sequence[int], target: Target,
                   bias: Tensor | float = 0.0) -> Tensor:
     """LUTs of one output channel with ``n`` weights, for every (W, A) pair: ``(..., Kw, Ka)``.
@@ -181,8 +192,8 @@ def mac_luts_grid(n: Tensor, w_bits: Sequence[int], a_bits: Sequence[int], targe
         True
     """
     model = lut_model(target)
-    wb = n.new_tensor(_grid(w_bits, "w_bits"))
-    ab = n.new_tensor(_grid(a_bits, "a_bits"))
+    wb, ab, moments = _grid_constants(tuple(_grid(w_bits, "w_bits")),
+                                      tuple(_grid(a_bits, "a_bits")), n.device, n.dtype)
     nn_ = n[..., None, None]
     if model.mac == "multiplier_array":
         mult = nn_ * wb[:, None] * ab * model.luts_per_pp_bit
@@ -190,7 +201,6 @@ def mac_luts_grid(n: Tensor, w_bits: Sequence[int], a_bits: Sequence[int], targe
         adders = torch.clamp(nn_ - 1.0 + bias, min=0.0) * width * model.luts_per_adder_bit
         return mult + adders
     coef = _calibration(target, "mac").mac
-    moments = n.new_tensor([_weight_moments(int(b)) for b in w_bits])  # (Kw, 3)
     rows = nn_ * moments[:, 0, None]
     pp = ab * rows
     reach = nn_ * moments[:, 2, None] * (2.0**ab - 1.0)

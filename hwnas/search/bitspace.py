@@ -112,6 +112,11 @@ class QLayer:
     bias: bool
 
 
+def _one_hot(index: Tensor, k: int, dtype: torch.dtype) -> Tensor:
+    """One-hot rows (``F.one_hot`` checks its indices on the host: a GPU sync)."""
+    return (index[:, None] == torch.arange(k, device=index.device)).to(dtype)
+
+
 def mixing(param: Tensor, values: Tensor, relaxation: str, temperature: float,
            how: str) -> Tensor:
     """Mixing weights over the candidates ``values`` (K,), one row per row of ``param``.
@@ -130,7 +135,7 @@ def mixing(param: Tensor, values: Tensor, relaxation: str, temperature: float,
     k = values.shape[0]
     if relaxation == "softmax":
         soft = F.softmax(param / temperature, dim=-1)
-        hard = F.one_hot(param.argmax(-1), k).to(param.dtype)
+        hard = _one_hot(param.argmax(-1), k, param.dtype)
     else:
         b = param[:, 0].clamp(values[0], values[-1])
         if k == 1:
@@ -141,7 +146,7 @@ def mixing(param: Tensor, values: Tensor, relaxation: str, temperature: float,
             soft = param.new_zeros(param.shape[0], k).scatter(1, lo[:, None], (1 - t)[:, None])
             soft = soft.scatter_add(1, lo[:, None] + 1, t[:, None])
             nearest = (values[None, :] - b.detach()[:, None]).abs().argmin(1)
-            hard = F.one_hot(nearest, k).to(param.dtype)
+            hard = _one_hot(nearest, k, param.dtype)
     if how == "soft":
         return soft
     if how == "hard":

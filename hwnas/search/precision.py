@@ -147,10 +147,9 @@ class BitSearch(nn.Module):
         relaxed for ``"sample"``, the chosen bits for ``"deterministic"``, the largest
         candidates for ``"off"`` (the full model)."""
         if mode == "off":
-            w = F.one_hot(torch.full_like(self.weight_arch[:, 0], len(self.w_values) - 1,
-                                          dtype=torch.long), len(self.w_values))
-            a = F.one_hot(torch.full_like(self.act_arch[:, 0], len(self.a_values) - 1,
-                                          dtype=torch.long), len(self.a_values))
+            w = torch.zeros_like(self.weight_arch[:, :1]).expand(-1, len(self.w_values))
+            a = torch.zeros_like(self.act_arch[:, :1]).expand(-1, len(self.a_values))
+            w, a = (F.pad(t[:, 1:], (0, 1), value=1.0) for t in (w, a))  # the largest: 1
             return torch.cat([w.flatten(), a.flatten()]).float()
         how = "hard" if mode == "deterministic" else (
             "soft" if self.space.relaxation == "softmax" else "straight_through")
