@@ -64,12 +64,12 @@ class Ops(TorchDispatchMode):
         return sum(v for k, v in self.counts.items() if k not in NO_KERNEL)
 
 
-def steps(factory, shape, batch: int, adam: dict, seed: int = 0):
-    """(plain step, search step with DUCCIO) on one batch, each a closure."""
+def steps(factory, shape, batch: int, adam: dict, seed: int = 0, device: str = "cpu"):
+    """(plain step, search step with DUCCIO) on one batch on ``device``, each a closure."""
     torch.manual_seed(seed)
-    net = factory()
-    x = torch.randn(batch, *shape)
-    y = torch.randint(0, 10, (batch,))
+    net = factory().to(device)
+    x = torch.randn(batch, *shape, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
     plain = copy.deepcopy(net).train()
     opt = torch.optim.Adam(plain.parameters(), 1e-3, **adam)
     search = hwnas.wrap(net, x[:1]).train()
@@ -139,8 +139,7 @@ def gpu_rows(n_steps: int) -> list[dict]:
               (3, 224, 224), 64)]
     rows = []
     for name, factory, shape, batch in cases:
-        with torch.device("cuda"):
-            plain, search = steps(factory, shape, batch, {"fused": True})
+        plain, search = steps(factory, shape, batch, {"fused": True}, device="cuda")
         times: dict[str, list[float]] = {"plain": [], "search": []}
         for i in range(n_steps + 10):
             order = list(times)

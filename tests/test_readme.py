@@ -64,8 +64,13 @@ def test_the_complete_example_config_parses_with_every_key() -> None:
     """The README's example config shows every key of the schema and parses."""
     from dataclasses import fields
 
-    from hwnas.cli.schema import DataSection, ModelSection, OutputSection, SearchSection
-    from hwnas.cli.schema import parse_config
+    from hwnas.cli.schema import (
+        DataSection,
+        ModelSection,
+        OutputSection,
+        SearchSection,
+        parse_config,
+    )
 
     text = _blocks(_section(README.read_text(), "## Command line"), "toml")[0]
     config = parse_config(text)

@@ -58,8 +58,8 @@ def _span(index: torch.Tensor) -> tuple[int, int] | None:
     if index.numel() == 0:
         return None
     start = int(index[0])
-    run = torch.arange(start, start + index.numel(), dtype=index.dtype)
-    return (start, index.numel()) if torch.equal(index.cpu(), run) else None
+    run = torch.arange(start, start + index.numel(), dtype=index.dtype, device=index.device)
+    return (start, index.numel()) if torch.equal(index, run) else None
 
 
 class GateReader(nn.Module):

@@ -8,7 +8,7 @@ removes the masks from a copy of its graph and cuts the channels with
 from __future__ import annotations
 
 import copy
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import torch
 import torch.fx as fx
@@ -18,9 +18,10 @@ from hwnas.pruning import prune_graph
 from hwnas.search.surgery import strip_masks
 
 
-@runtime_checkable
 class Searched(Protocol):
-    """What :func:`materialize` reads off a search (a :class:`~hwnas.SearchModel`)."""
+    """What :func:`materialize` reads off a search (a :class:`~hwnas.SearchModel`). Checked
+    by :func:`is_searched`: ``isinstance`` with a runtime protocol looks attributes up
+    statically from Python 3.12 on, and misses a module's submodules (``gm``)."""
 
     gm: fx.GraphModule
     free_groups: list[int]
@@ -30,7 +31,14 @@ class Searched(Protocol):
 
     def channel_gate_values(self, group: int) -> torch.Tensor: ...
 
-__all__ = ["Searched", "materialize"]
+__all__ = ["Searched", "is_searched", "materialize"]
+
+
+def is_searched(obj: object) -> bool:
+    """Whether ``obj`` offers what :class:`Searched` names (a SearchModel does)."""
+    return (isinstance(getattr(obj, "gm", None), fx.GraphModule)
+            and all(callable(getattr(obj, m, None)) for m in ("keep_masks", "channel_gate_values"))
+            and hasattr(obj, "free_groups") and hasattr(obj, "training"))
 
 
 def materialize(search: Searched) -> fx.GraphModule:
@@ -60,7 +68,7 @@ def materialize(search: Searched) -> fx.GraphModule:
         >>> pruned.get_submodule("0").out_channels
         4
     """
-    if not isinstance(search, Searched):
+    if not is_searched(search):
         raise InvalidTypeError(f"`search` must be a SearchModel (from hwnas.wrap), but got "
                                f"{type(search).__name__}")
     with torch.no_grad():
