@@ -83,6 +83,11 @@ def test_mixing_weights_of_both_relaxations():
     p = mixing(logits, v, "softmax", 1.0, "soft")
     assert float(p[0, -1]) == pytest.approx(7.389 / 11.389, abs=1e-4)
     assert mixing(logits, v, "softmax", 1.0, "hard").tolist() == [[0.0, 0.0, 0.0, 0.0, 1.0]]
+    s = hwnas.wrap(_mlp(), torch.randn(1, 16),
+                   precision=PrecisionSpace(relaxation="hard_softmax"))
+    sample = s.precision.values("sample")  # the forward: the argmax alone, soft gradient
+    assert sample.detach().tolist() == s.precision.values("deterministic").tolist()
+    assert sample.requires_grad
 
 
 def test_mixed_fake_quant_equals_the_autograd_of_each_candidate():
@@ -433,3 +438,19 @@ def test_precision_search_on_the_device(device, precision):
     table = hwnas.profile(result.model.cpu(), torch.rand(1, 1, 8, 8), "xc7-lut6")
     assert float(table["luts"].iloc[-1]) == result.costs["luts"]
     assert export_qdq(result.model, tempfile.mkdtemp() + "/m.onnx", x.cpu()).bit_exact
+
+
+@pytest.mark.slow
+def test_readme_precision_example_runs(tmp_path, monkeypatch, capsys):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index("## Bits as a searched dimension\n")
+    block = re.findall(r"^```python\n(.*?)^```$", text[start:text.find("\n## ", start + 5)],
+                       flags=re.M | re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "True True True"
+    assert (tmp_path / "digits.qonnx.onnx").is_file() and (tmp_path / "digits.qdq.onnx").is_file()

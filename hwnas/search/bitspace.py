@@ -18,7 +18,7 @@ from hwnas.errors import InvalidTypeError, InvalidValueError
 
 __all__ = ["RELAXATIONS", "SCALES", "PrecisionSpace", "QLayer", "mixing"]
 
-RELAXATIONS = ("softmax", "ste")
+RELAXATIONS = ("softmax", "hard_softmax", "ste")
 SCALES = ("lsq", "pow2")
 
 
@@ -48,8 +48,9 @@ class PrecisionSpace:
         per_channel: One weight bit width per output channel instead of per layer.
         scale: ``"lsq"`` (learned scales) or ``"pow2"`` (learned power-of-two scales, what
             fixed-point FPGA flows want; the exports are then bit-exact).
-        relaxation: ``"softmax"`` or ``"ste"`` (see the module docstring).
-        temperature: Softmax temperature (``"softmax"`` only).
+        relaxation: ``"softmax"``, ``"hard_softmax"`` or ``"ste"`` (see
+            :mod:`hwnas.search.precision`).
+        temperature: Softmax temperature (the softmax relaxations only).
         calibration_batches: Training batches that calibrate the activation ranges when the
             search phase starts (``hwnas.fit`` does it once).
 
@@ -133,7 +134,7 @@ def mixing(param: Tensor, values: Tensor, relaxation: str, temperature: float,
         [[0.0, 1.0, 0.0]]
     """
     k = values.shape[0]
-    if relaxation == "softmax":
+    if relaxation != "ste":  # "softmax", "hard_softmax"
         soft = F.softmax(param / temperature, dim=-1)
         hard = _one_hot(param.argmax(-1), k, param.dtype)
     else:

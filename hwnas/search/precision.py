@@ -12,6 +12,9 @@ Relaxations (``PrecisionSpace.relaxation``):
 - ``"softmax"`` (default; PLiNIO's MPS, Risso et al. 2022): one logit per candidate; the
   forward mixes the candidates' fake-quantised tensors with ``softmax(logits / T)``, the
   costs take the expectation over the candidates, export takes the argmax.
+- ``"hard_softmax"``: the same logits, but the forward uses the argmax candidate alone
+  (straight through: the values of the choice export will make, the softmax's gradient),
+  so the weights are trained at the bits they will be exported with.
 - ``"ste"`` (HGQ-style): one continuous bit width per row; the forward uses the nearest
   candidate, the gradient flows through the linear interpolation between the two
   candidates around it (quantisers and costs alike).
@@ -151,7 +154,7 @@ class BitSearch(nn.Module):
             a = torch.zeros_like(self.act_arch[:, :1]).expand(-1, len(self.a_values))
             w, a = (F.pad(t[:, 1:], (0, 1), value=1.0) for t in (w, a))  # the largest: 1
             return torch.cat([w.flatten(), a.flatten()]).float()
-        how = "hard" if mode == "deterministic" else (
+        how = "hard" if mode == "deterministic" else (  # the forward of "sample":
             "soft" if self.space.relaxation == "softmax" else "straight_through")
         w, a = self.mixes(how)
         return torch.cat([w.flatten(), a.flatten()])
