@@ -179,6 +179,13 @@ class ChannelProp(fx.Interpreter):
         #: node name -> targets of the parameters it reads that take its gates.
         self.scaled: dict[str, list[str]] = {}
         self._current: fx.Node | None = None
+        #: The examples' batch size (dim 0 of the first input).
+        self.batch = 0
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        first = next((a for a in args if isinstance(a, torch.Tensor) and a.dim()), None)
+        self.batch = int(first.shape[0]) if first is not None else 0
+        return super().run(*args, **kwargs)
 
     # -- the pass ------------------------------------------------------------------------
     def run_node(self, n: fx.Node) -> Any:
@@ -313,6 +320,13 @@ class ChannelProp(fx.Interpreter):
         """Record a layer: its kind, the ids it reads and writes, extra LayerInfo fields."""
         self.kinds[n.name] = kind
         self.slots[n.name] = (ids_in, ids_out)
+        shape = self.shapes.get(n)
+        if shape and shape[0] > 1 and self.batch == 1:
+            # a leading dim other than the batch (patches folded into it, MobileViT; tokens
+            # first): its positions count per example too
+            for key in ("positions", "attn_positions"):
+                if fields.get(key):
+                    fields[key] *= shape[0]
         if fields:
             self.fields[n.name] = fields
 
