@@ -62,6 +62,12 @@ def test_space_is_checked_and_sorted():
         PrecisionSpace(weight_bits=(1, 4))
     with pytest.raises(InvalidValueError, match="`scale` must be one of"):
         PrecisionSpace(scale="log")
+    # the default scale is the target's setting: power-of-two on the FPGA targets
+    for target, scale in (("xc7-lut6", "pow2"), ("ice40-lut4", "pow2"), ("generic", "lsq")):
+        s = hwnas.wrap(_mlp(), torch.randn(1, 16), target=target, precision=True)
+        assert s.precision.space.scale == scale
+    with pytest.raises(InvalidValueError, match="`quant_scales` must be 'lsq' or 'pow2'"):
+        hwnas.Target("t", quant_scales="int")
     with pytest.raises(InvalidTypeError, match="`precision` must be a PrecisionSpace"):
         hwnas.wrap(_mlp(), torch.randn(1, 16), precision="8")
     with pytest.raises(InvalidValueError, match="needs a conv or linear module"):

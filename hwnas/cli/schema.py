@@ -37,7 +37,7 @@ Schema (every key optional unless marked required)::
     weight_bits = [2, 3, 4, 6, 8]          # defaults of hwnas.PrecisionSpace; targets on
     activation_bits = [2, 3, 4, 6, 8]      # luts, bitops or weight_memory then cost the
     per_channel = false                    # searched bits); the outputs add the QONNX
-    scale = "lsq"                          # and QDQ files of the quantised model and its
+    scale = "target"                       # and QDQ files of the quantised model and its
     relaxation = "softmax"                 # bits per layer
     temperature = 1.0
     calibration_batches = 8

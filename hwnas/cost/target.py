@@ -28,7 +28,7 @@ _TABLE_MODELS = ("logicnets", "shannon", "muxf", "bdd")
 _MAC_MODELS = ("multiplier_array", "fitted")
 _TOP_KEYS = {
     "name", "description", "family", "lut_inputs", "weight_bits", "activation_bits", "luts",
-    "synth",
+    "synth", "quant_scales",
 }
 _SYNTH_KEYS = {"script", "lut_cells", "carry_cells", "mux_cells", "ff_cells", "pnr", "device",
                "package"}
@@ -201,6 +201,9 @@ class Target:
         lut_inputs: Inputs per physical LUT (6 for LUT6 devices, 4 for LUT4); 0 if generic.
         luts: The LUT estimation model, ``None`` for generic targets.
         synth: How to synthesize for the target (:class:`SynthSpec`), ``None`` if unknown.
+        quant_scales: The quantisation scales a precision search learns by default
+            (``PrecisionSpace(scale="target")``): ``"lsq"`` (any positive number) or
+            ``"pow2"`` (powers of two, what fixed-point FPGA flows want).
 
     Example:
         >>> from hwnas.cost import load_target
@@ -216,8 +219,12 @@ class Target:
     lut_inputs: int = 0
     luts: LutModel | None = field(default=None)
     synth: SynthSpec | None = field(default=None)
+    quant_scales: str = "lsq"
 
     def __post_init__(self) -> None:
+        if self.quant_scales not in ("lsq", "pow2"):
+            raise InvalidValueError(f"`quant_scales` must be 'lsq' or 'pow2', but got "
+                                    f"{self.quant_scales!r}")
         if not isinstance(self.name, str) or not self.name:
             raise InvalidValueError(f"`name` must be a non-empty string, but got {self.name!r}")
         if self.family not in _FAMILIES:

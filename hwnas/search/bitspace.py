@@ -7,7 +7,7 @@ relaxations' weights over the candidates). The search itself is
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -19,7 +19,7 @@ from hwnas.errors import InvalidTypeError, InvalidValueError
 __all__ = ["RELAXATIONS", "SCALES", "PrecisionSpace", "QLayer", "mixing"]
 
 RELAXATIONS = ("softmax", "hard_softmax", "ste")
-SCALES = ("lsq", "pow2")
+SCALES = ("target", "lsq", "pow2")
 
 
 def _bits(name: str, value: Any) -> tuple[int, ...]:
@@ -46,8 +46,10 @@ class PrecisionSpace:
         weight_bits: Candidate weight bits (signed, narrow range, per-channel scales).
         activation_bits: Candidate bits of each conv/linear layer's input.
         per_channel: One weight bit width per output channel instead of per layer.
-        scale: ``"lsq"`` (learned scales) or ``"pow2"`` (learned power-of-two scales, what
-            fixed-point FPGA flows want; the exports are then bit-exact).
+        scale: ``"lsq"`` (learned scales), ``"pow2"`` (learned power-of-two scales, what
+            fixed-point FPGA flows want; the exports are then bit-exact) or ``"target"``
+            (the default: the hardware target's ``quant_scales``, ``"pow2"`` on the shipped
+            FPGA targets, ``"lsq"`` on ``generic``).
         relaxation: ``"softmax"``, ``"hard_softmax"`` or ``"ste"`` (see
             :mod:`hwnas.search.precision`).
         temperature: Softmax temperature (the softmax relaxations only).
@@ -69,7 +71,7 @@ class PrecisionSpace:
     weight_bits: tuple[int, ...] = (2, 3, 4, 6, 8)
     activation_bits: tuple[int, ...] = (2, 3, 4, 6, 8)
     per_channel: bool = False
-    scale: str = "lsq"
+    scale: str = "target"
     relaxation: str = "softmax"
     temperature: float = 1.0
     calibration_batches: int = 8
@@ -96,7 +98,12 @@ class PrecisionSpace:
 
     @property
     def pow2(self) -> bool:
+        """Power-of-two scales (``"target"`` must be resolved first: :meth:`for_target`)."""
         return self.scale == "pow2"
+
+    def for_target(self, quant_scales: str) -> PrecisionSpace:
+        """This space with ``scale="target"`` replaced by the target's ``quant_scales``."""
+        return self if self.scale != "target" else replace(self, scale=quant_scales)
 
 
 @dataclass(frozen=True)

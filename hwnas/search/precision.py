@@ -208,6 +208,7 @@ class BitSearch(nn.Module):
         """Quantise the conv / linear modules of ``search`` (see
         :mod:`hwnas.search.quant_graph`) and set ``search.precision``; the weights'
         scales are calibrated, the activations' roughly, on ``example_inputs``."""
+        space = space.for_target(search.target.quant_scales)
         found = quantizable_layers(search.gm, search.layer_infos)
         if not found:
             raise InvalidValueError("`precision` needs a conv or linear module to quantise "
