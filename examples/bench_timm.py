@@ -173,7 +173,7 @@ def _cells(r: dict[str, Any], c: dict[str, bool]) -> str:
 
 
 def to_markdown(rows: list[dict[str, Any]], command: str, threads: int, wall: float,
-                why: dict[str, str]) -> str:
+                why: dict[str, str], missing: list[str] | None = None) -> str:
     cs = {r["model"]: checks(r) for r in rows}
     keys = list(checks({"error": ""}))
     lines = [
@@ -210,6 +210,10 @@ def to_markdown(rows: list[dict[str, Any]], command: str, threads: int, wall: fl
             cause = why.get(r["model"]) or r.get("error") or "; ".join(
                 f"{k}: {v}" for k, v in r.get("frozen_top", ()))
             lines.append(f"- **{r['model']}** ({r['family']}; fails: {bad}): {cause}")
+    if missing:
+        lines += ["", f"## Not reached ({len(missing)} families)", "",
+                  "The run was stopped before these representatives (the largest, as the "
+                  "run goes from the smallest model up): " + ", ".join(missing) + "."]
     lines += ["", "## Models", "",
               "| model | family | input | params | profile - FlopCounterMode (params / ops) "
               "| hooks | inner ch. | gated | parity | costs = exported | ONNX | times | "
@@ -232,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--why", type=Path, help="JSON: model -> cause of its exception")
     parser.add_argument("--from-rows", type=Path, help="write the report from a run's rows "
                         "(.json, or the .rows.jsonl a stopped run leaves) instead of running")
+    parser.add_argument("--command", help="with --from-rows: the command to name")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -283,8 +288,11 @@ def _saved(path: Path) -> tuple[list[dict[str, Any]], str, float]:
 def _write(args: argparse.Namespace, rows: list[dict[str, Any]], command: str,
            wall: float) -> None:
     why = json.loads(args.why.read_text()) if args.why else {}
+    done = {r["model"] for r in rows}
+    missing = [m for m in args.models or [] if m not in done]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(to_markdown(rows, command, args.threads, wall, why))
+    args.out.write_text(to_markdown(rows, args.command or command, args.threads, wall, why,
+                                    missing))
     print(f"wrote {args.out}")
 
 
