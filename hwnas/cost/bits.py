@@ -217,6 +217,14 @@ def layer_lut_estimates(params: QuantParams, target: Target) -> tuple[float, flo
     power-of-two weights are cheaper), the second by :func:`mac_luts_grid` at the channel's
     bits for random weights (what a precision search optimises). Both use the target's
     calibrated coefficients.
+
+    Example:
+        >>> from hwnas.cost import load_target
+        >>> p = QuantParams(torch.tensor([[3, -1, 0, 2]]), torch.ones(1), torch.tensor([3]),
+        ...                 torch.tensor(1.0), 4, False, None, torch.ones(1))
+        >>> exact, smooth = layer_lut_estimates(p, load_target("xc7-lut6"))
+        >>> 0 < exact < smooth
+        True
     """
     coef = _calibration(target, "mac").mac
     rows = params.w_int.flatten(1)

@@ -63,7 +63,13 @@ def round_ste(x: Tensor) -> Tensor:
 
 def scale_of(theta: Tensor, pow2: bool) -> Tensor:
     """The scale of a scale parameter: ``2^(SCALE_RATE * theta)``, or
-    ``2^round(SCALE_RATE * theta)`` (straight through) with ``pow2``."""
+    ``2^round(SCALE_RATE * theta)`` (straight through) with ``pow2``.
+
+    Example:
+        >>> theta = theta_of(torch.tensor([-2.3]))
+        >>> scale_of(theta, pow2=True).tolist(), round(float(scale_of(theta, False)), 4)
+        ([0.25], 0.2031)
+    """
     log2 = theta * SCALE_RATE
     return torch.exp2(round_ste(log2) if pow2 else log2)
 
@@ -145,7 +151,7 @@ def mse_log2_scales(x: Tensor, q_min: Tensor, q_max: Tensor, pow2: bool,
     ``(R, K)``. Power-of-two scales with ``pow2``.
 
     Example:
-        >>> x = torch.tensor([[1.0, -0.5, 0.25, 0.0]])
+        >>> x = torch.tensor([[1.0, -1.0, 0.9, 0.0]])
         >>> mse_log2_scales(x, torch.tensor([-1.0]), torch.tensor([1.0]), pow2=True).tolist()
         [[0.0]]
     """
@@ -370,7 +376,12 @@ QUANT_LAYERS = tuple(_QUANT_CLASSES.values())
 
 def quantizable(module: nn.Module) -> bool:
     """Whether :func:`quantize_layer` takes the module (Linear, Conv1d/2d/3d with zero
-    padding)."""
+    padding).
+
+    Example:
+        >>> quantizable(nn.Conv2d(1, 2, 3)), quantizable(nn.ConvTranspose2d(1, 2, 3))
+        (True, False)
+    """
     base = next((c for c in _QUANT_CLASSES if isinstance(module, c)), None)
     return base is not None and getattr(module, "padding_mode", "zeros") == "zeros"
 

@@ -296,7 +296,15 @@ def calibrate(search: QuantHost, batches: Iterable[Any], max_batches: int,
 def fold_batchnorm(gm: fx.GraphModule, targets: Iterable[str]) -> dict[str, Tensor]:
     """Fold a BatchNorm that is the only reader of a conv / linear in ``targets`` into it
     (eval statistics). Returns the per-output-channel factor ``gamma / sigma`` of every
-    folded layer."""
+    folded layer.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU()).eval()
+        >>> gm = fx.symbolic_trace(net)
+        >>> factors = fold_batchnorm(gm, ["0"])
+        >>> [type(m).__name__ for m in gm.children()], factors["0"].shape
+        (['Conv2d', 'ReLU'], torch.Size([2]))
+    """
     factors = {}
     wanted = set(targets)
     for node in list(gm.graph.nodes):
