@@ -27,12 +27,15 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +69,8 @@ def run_one(name: str, fraction: float, seed: int, row: dict[str, Any]) -> dict[
     import hwnas
 
     row.update(model=name, family=family_of(name))
-    times: dict[str, float] = {}
-
-    def timed(key: str, fn: Any) -> Any:
-        start = time.perf_counter()
-        out = fn()
-        times[key] = time.perf_counter() - start
-        return out
-
+    times: dict[str, float] = row.setdefault("times", {})
+    timed = partial(_timed, times)
     row["stage"] = "build"
     model, x = build(name, seed=seed)
     row["input"] = "x".join(map(str, x.shape))
@@ -106,70 +103,83 @@ def run_one(name: str, fraction: float, seed: int, row: dict[str, Any]) -> dict[
         result = timed("onnx", lambda: hwnas.export_onnx(pruned, f"{d}/m.onnx", x))
     row["onnx"] = True  # export_onnx raises where onnxruntime differs (atol = rtol = 1e-4)
     row["onnx_rel"] = result.max_rel_diff
-    row["times"] = times
     return row
+
+
+def _timed(times: dict[str, float], key: str, fn: Any) -> Any:
+    """``fn()``, its seconds recorded as ``times[key]``."""
+    start = time.perf_counter()
+    try:
+        return fn()
+    finally:
+        times[key] = time.perf_counter() - start
 
 
 def _child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    row: dict[str, Any] = {}
+    row: dict[str, Any] = {"model": args.one, "family": family_of(args.one)}
     try:
         run_one(args.one, args.fraction, args.seed, row)
-    except Exception as e:  # reported in the table: the stage and the error's first line
-        row = {"model": args.one, "family": family_of(args.one),
-               "error": f"{row.get('stage', 'build')}: {type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:300] if str(e) else ''}"}
+    except Exception as e:  # the row keeps what was measured before the failing stage
+        first = (str(e).splitlines() or [""])[0][:300]
+        row["error"] = f"{row.get('stage', 'build')}: {type(e).__name__}: {first}"
         traceback.print_exc()
     Path(args.json).write_text(json.dumps(row, default=float))
 
 
 def _subprocess_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as d:
-        out = Path(d) / "row.json"
-        cmd = [sys.executable, __file__, "--one", name, "--json", str(out), "--fraction",
-               str(args.fraction), "--seed", str(args.seed), "--threads", str(args.threads)]
-        start = time.perf_counter()
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        except subprocess.TimeoutExpired:
-            tail = [f"timed out after {args.timeout} s"]
-        if not out.exists():
-            return {"model": name, "family": family_of(name), "error": tail[0][:300]}
-        return {**json.loads(out.read_text()), "wall": time.perf_counter() - start}
+    """Model ``name`` measured in a fresh process (its row, or the reason it gave none)."""
+    folder = Path(tempfile.mkdtemp())
+    flags = {"--one": name, "--json": folder / "row.json", "--fraction": args.fraction,
+             "--seed": args.seed, "--threads": args.threads}
+    start = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, __file__, *map(str, chain(*flags.items()))],
+                              capture_output=True, text=True, timeout=args.timeout)
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+    except subprocess.TimeoutExpired:
+        last = [f"timed out after {args.timeout} s"]
+    found = folder / "row.json"
+    row = json.loads(found.read_text()) if found.exists() else {
+        "model": name, "family": family_of(name), "error": last[0][:300]}
+    shutil.rmtree(folder, ignore_errors=True)
+    return {**row, "wall": time.perf_counter() - start}
 
 
 # ------------------------------------------------------------------------------ report
 
 
 def checks(r: dict[str, Any]) -> dict[str, bool]:
-    ok = "error" not in r
+    """Each check on a row; a stage that did not run (an error before it) fails its checks."""
+    profiled = "params" in r
     return {
-        "profile = FlopCounterMode": ok and (r["params"], r["ops"]) == (r["ref_params"],
-                                                                        r["ref_ops"]),
-        "profile = forward hooks": ok and r["hooks"],
-        f">= {GATED:.0%} inner channels gated": ok and r["inner"] > 0
+        "profile = FlopCounterMode": profiled and (r["params"], r["ops"]) == (
+            r["ref_params"], r["ref_ops"]),
+        "profile = forward hooks": bool(r.get("hooks")),
+        f">= {GATED:.0%} inner channels gated": r.get("inner", 0) > 0
         and r["gated"] / r["inner"] >= GATED,
-        "export parity": ok and r["parity"] <= PARITY,
-        "costs() = exported model": ok and r["cost_match"],
-        "ONNX verified": ok and "onnx_rel" in r,
+        "export parity": r.get("parity", float("inf")) <= PARITY,
+        "costs() = exported model": bool(r.get("cost_match")),
+        "ONNX verified": "onnx_rel" in r,
     }
 
 
 def _cells(r: dict[str, Any], c: dict[str, bool]) -> str:
-    if "error" in r:
+    if "params" not in r:
         return f"| {r['model']} | {r['family']} | | | | | | | | | {r['error'].replace('|', '/')} |"
-    share = r["gated"] / r["inner"] if r["inner"] else float("nan")
-    t = r["times"]
+    share = r["gated"] / r["inner"] if r.get("inner") else float("nan")
+    t = r.get("times", {})
     times = "/".join(f"{t.get(k, float('nan')):.1f}" for k in
                      ("reference", "profile", "wrap", "materialize", "onnx"))
-    notes = "; ".join(f"{k}: {v}" for k, v in r["frozen_top"]) if share < GATED else ""
+    notes = "; ".join(f"{k}: {v}" for k, v in r.get("frozen_top", ())) if share < GATED else ""
+    notes = r.get("error", "").replace("|", "/") or notes
     exact = "yes" if c["profile = FlopCounterMode"] else (
         f"**{r['params'] - r['ref_params']:+,} / {r['ops'] - r['ref_ops']:+,}**")
     yn = {True: "yes", False: "**no**"}
     return (f"| {r['model']} | {r['family']} | {r['input']} | {r['params']:,} | {exact} | "
-            f"{yn[r['hooks']]} | {r['inner']:,} | {share:.1%} | {r['parity']:.1e} | "
-            f"{yn[r['cost_match']]} | {yn['onnx_rel' in r]} | {times} | {notes} |")
+            f"{yn[c['profile = forward hooks']]} | {r.get('inner', 0):,} | {share:.1%} | "
+            f"{r.get('parity', float('nan')):.1e} | {yn[c['costs() = exported model']]} | "
+            f"{yn[c['ONNX verified']]} | {times} | {notes} |")
 
 
 def to_markdown(rows: list[dict[str, Any]], command: str, threads: int, wall: float,
@@ -237,14 +247,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--from-rows", type=Path, help="write the report from a run's rows "
                         "(.json, or the .rows.jsonl a stopped run leaves) instead of running")
     parser.add_argument("--command", help="with --from-rows: the command to name")
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    parser.add_argument("--json", help=argparse.SUPPRESS)
+    for hidden in ("--one", "--json"):  # a child process: one model, its row to a file
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.one:
-        _child(args)
-        return
-    if args.from_rows:
-        _write(args, *_saved(args.from_rows))
+    if args.one or args.from_rows:
+        if args.one:
+            _child(args)
+        else:
+            _write(args, *_saved(args.from_rows))
         return
     models = args.models or [representative(v) for v in families().values()]
     command = "python " + " ".join(shlex.quote(a) for a in ["examples/bench_timm.py",
