@@ -10,7 +10,8 @@
 
 Each at 32 px must be costed exactly (FlopCounterMode reference and forward hooks), have
 every inner channel gated, export exactly (outputs, and ``search.costs()`` equal to the
-exported model's reference and hooks) and pass ONNX verification.
+exported model's reference and, without attention, its forward hooks) and pass ONNX
+verification.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ try:
 except ImportError:  # pragma: no cover - the test extra installs timm
     pytest.skip("timm is not installed (pip install -e '.[test]')", allow_module_level=True)
 
+pytestmark = pytest.mark.slow  # about 45 s of CPU (three ONNX exports), as test_torchvision
+
 CASES: dict[str, dict[str, Any]] = {
     "test_efficientnet": {"pad_type": "same"},
     "lcnet_035": {},
@@ -52,10 +55,6 @@ def _build(name: str) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, **CASES[name])
     return randomize_(model, 1).eval(), torch.randn(1, 3, 32, 32)
-
-
-def _hook_totals(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
-    return hook_counts(model, x).total
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -76,20 +75,15 @@ def test_timm_model(name: str, tmp_path: Path) -> None:
     costs, exported = search.costs(), reference_counts(pruned, x)
     assert (costs["params"], costs["ops"]) == (exported.params, exported.ops) and \
         costs["params"] < 0.8 * ref.params
+    if name != "test_vit":  # no attention: hooks on conv / linear modules see every MAC
+        assert hook_counts(pruned, x).total == (costs["params"], costs["ops"])
     result = hwnas.export_onnx(pruned, tmp_path / "model.onnx", x)
     assert result.batch_sizes == (1, 3) and result.max_rel_diff <= 1e-3
 
 
-def test_conv_and_linear_modules_stay_modules_for_hooks() -> None:
-    """Without attention, hooks on the conv / linear modules see every parameter and MAC:
-    the Conv2dSame layers and timm's Linear classifier are modules of the exported model."""
-    for name in ("test_efficientnet", "lcnet_035"):
-        model, x = _build(name)
-        search = hwnas.wrap(model, x)
-        set_random_gates(search, 0.5, seed=1)
-        pruned = hwnas.materialize(search.eval()).eval()
-        costs = search.costs()
-        assert _hook_totals(pruned, x) == (costs["params"], costs["ops"]), name
+def test_conv2d_same_stays_one_layer() -> None:
+    """The specialised trace keeps each of timm's Conv2dSame as a module (its padding is
+    computed from the input size, so the symbolic trace fails inside it)."""
     gm = hwnas.graph.trace(*_build("test_efficientnet"))
     same = [n.target for n in gm.graph.nodes if n.op == "call_module"
             and type(gm.get_submodule(str(n.target))).__name__ == "Conv2dSame"]
