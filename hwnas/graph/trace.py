@@ -163,14 +163,19 @@ def trace(
     """Trace ``model`` with torch.fx and annotate every node (see :mod:`hwnas.graph.ir`).
 
     The model is run once on ``example_inputs`` (in its current train/eval mode, without
-    gradients) to record shapes. Channel dimensions that must be pruned together (residual
-    adds, concats, splits, depthwise convs, flatten->linear) are joined into
+    gradients) to record shapes. Where torch.fx's symbolic trace fails (a forward that
+    branches on a shape), the trace is specialised on the examples' shapes
+    (:mod:`hwnas.graph.concrete`: the batch size stays free, other sizes are fixed).
+    Forward arguments after the given inputs that have defaults are specialised to them.
+    Channel dimensions that must be pruned together (residual adds, concats, splits,
+    depthwise convs, flatten->linear) are joined into
     :class:`~hwnas.graph.ir.ChannelGroup` s, available with :func:`channel_groups`. Groups that
     cannot be pruned exactly are frozen with a reason.
 
     Args:
         model: The model. It is not modified.
-        example_inputs: One tensor or a tuple of positional inputs, batch first.
+        example_inputs: One tensor or a tuple of positional inputs, batch first; trailing
+            arguments with defaults (``attn_mask=None``) may be left out.
         leaf_modules: Module classes or qualified names to keep opaque (not traced into),
             e.g. modules with data-dependent control flow. Their channels are frozen.
         is_leaf: Also keep a module opaque when ``is_leaf(module)`` is true (hwnas's own
