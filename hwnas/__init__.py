@@ -138,8 +138,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from hwnas.pruning.slicers import register_slicer
     from hwnas.regularizers.base import BaseRegularizer
     from hwnas.regularizers.duccio import DUCCIO
-    from hwnas.search.gates import HardConcreteGate
     from hwnas.search.bitspace import PrecisionSpace
+    from hwnas.search.gates import HardConcreteGate
     from hwnas.search.l0 import L0
     from hwnas.search.materialize import materialize
     from hwnas.search.model import SearchModel
