@@ -1,5 +1,5 @@
 """Tests for the precision search: hwnas/search/precision.py, precision_costs.py, quant.py,
-quant_graph.py and the bit costs of hwnas/cost/bits.py."""
+quant_layers.py, quant_graph.py and the bit costs of hwnas/cost/bits.py."""
 
 from __future__ import annotations
 
@@ -18,13 +18,8 @@ from hwnas.cost.bits import mac_luts_grid
 from hwnas.cost.luts import mac_luts
 from hwnas.errors import InvalidTypeError, InvalidValueError
 from hwnas.search.precision import PrecisionSpace, mixing
-from hwnas.search.quant import (
-    QuantConv2d,
-    QuantLinear,
-    fake_quant,
-    mixed_fake_quant,
-    quantize_layer,
-)
+from hwnas.search.quant import fake_quant, mixed_fake_quant
+from hwnas.search.quant_layers import QuantConv2d, QuantLinear, quantize_layer
 from hwnas.zoo.models import digits_cnn
 
 ALL = ("params", "ops", "bitops", "weight_memory", "luts")

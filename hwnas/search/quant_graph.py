@@ -12,7 +12,7 @@ calibration on data, and the exported quantised model.
 - :func:`export_quantized` is what ``search.export()`` returns with a precision: the
   pruned model (:func:`hwnas.materialize` of the graph without quantisers), BatchNorm
   folded into the conv / linear before it, every quantised layer replaced by a
-  :func:`~hwnas.search.quant.quantize_layer` at its chosen bits with its learned scales
+  :func:`~hwnas.search.quant_layers.quantize_layer` at its chosen bits with its learned scales
   (the weight scales of the kept channels, times ``|gamma / sigma|`` of a folded BatchNorm:
   per-channel quantisation commutes with that fold).
 """
@@ -39,13 +39,8 @@ from hwnas.search.alive import AliveIndex
 from hwnas.search.bitspace import PrecisionSpace, QLayer
 from hwnas.search.masks import BATCH_NORMS, GatedBatchNorm, WeightMasked
 from hwnas.search.materialize import materialize
-from hwnas.search.quant import (
-    ActCandidates,
-    WeightCandidates,
-    log2_of,
-    quantizable,
-    quantize_layer,
-)
+from hwnas.search.quant import ActCandidates, WeightCandidates, log2_of
+from hwnas.search.quant_layers import quantizable, quantize_layer
 
 __all__ = ["BITS_INPUT", "BitChoices", "QuantHost", "SearchQuantized", "calibrate",
            "export_quantized", "fold_batchnorm", "quantized_call",
