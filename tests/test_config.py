@@ -105,8 +105,8 @@ def test_bad_search_values_name_their_key(line: str, message: str, tmp_path: Pat
 
 
 def test_search_section_directly() -> None:
-    with pytest.raises(ConfigError, match=r"target fraction for 'params' must be a number > 0, "
-                                          r"but got nan"):
+    with pytest.raises(ConfigError, match=r"target fraction for 'params' must be in \(0, 1\] "
+                                          r"\(a fraction of the original cost\), but got nan"):
         SearchSection(targets={"params": float("nan")})
 
 
@@ -146,11 +146,17 @@ def test_bad_input_shape(shape: str) -> None:
         parse_config(text)
 
 
-@pytest.mark.parametrize("fraction", ["0", "-0.5", '"half"', "inf", "true"])
+@pytest.mark.parametrize("fraction", ["0", "-0.5", '"half"', "inf", "true", "1.5"])
 def test_bad_target_fraction(fraction: str) -> None:
     text = MINIMAL.replace("targets = {params = 0.5}", f"targets = {{params = {fraction}}}")
-    with pytest.raises(ValueError,
-                       match=r"target fraction for 'params' must be a number > 0, but got"):
+    with pytest.raises(ValueError, match=r"target fraction for 'params' must be in \(0, 1\] "
+                                         r"\(a fraction of the original cost\), but got"):
+        parse_config(text)
+
+
+def test_a_percentage_as_target_fraction_gets_the_fraction_to_write() -> None:
+    text = MINIMAL.replace("targets = {params = 0.5}", "targets = {params = 50}")
+    with pytest.raises(ValueError, match=r"but got 50; for 50% write 0\.5$"):
         parse_config(text)
 
 

@@ -23,7 +23,8 @@ def test_synth_prints_the_counts_of_yosys_stat(tmp_path, capsys):
     v = _verilog(tmp_path)
     assert main(["synth", str(v.path), "--target", "xc7-lut6"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("hwnas_lut_net on xc7-lut6: synth_xilinx -family xc7 -nodsp -abc9")
+    assert out.startswith(f"synthesizing {v.path} for xc7-lut6 with yosys ...\n  done in ")
+    assert "\nhwnas_lut_net on xc7-lut6: synth_xilinx -family xc7 -nodsp -abc9" in out
     assert "  LUTs        8  (LUT6 8)\n" in out and "  muxes       0  \n" in out
 
 
